@@ -1,0 +1,3 @@
+from searche1.cli import main
+
+main()

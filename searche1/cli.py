@@ -1,0 +1,165 @@
+"""The `searche1` command line (typer). Each subcommand is a thin shell over a library function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from searche1.errors import SearchE1Error
+
+app = typer.Typer(help="searche1: train and evaluate search agents with the Search-E1 recipe.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Data utilities: synthetic worlds, file checks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def index(
+    corpus: Annotated[Path, typer.Option(help="corpus file: FlashRAG jsonl (id, contents) or id/title/text jsonl")],
+    out: Annotated[Path, typer.Option(help="index folder to create (written atomically)")],
+    kind: Annotated[str, typer.Option(help="bm25 (CPU default) or dense (sentence-transformers + faiss)")] = "bm25",
+    model: Annotated[Optional[str], typer.Option(help="dense only: local sentence-transformers folder or pkg:NAME")] = None,
+    query_prefix: Annotated[str, typer.Option(help="dense only: prefix for queries (E5: 'query: ')")] = "",
+    passage_prefix: Annotated[str, typer.Option(help="dense only: prefix for passages (E5: 'passage: ')")] = "",
+    overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
+) -> None:
+    """Build a BM25 or dense index over a corpus."""
+    from searche1.retrieval.index import build_index
+
+    if kind not in ("bm25", "dense"):
+        _fail(ValueError(f"--kind {kind!r}: valid kinds are bm25, dense"))
+    params: dict = {}
+    if kind == "dense":
+        from searche1.retrieval.dense import DEFAULT_DENSE_MODEL
+
+        params = {"model": model or DEFAULT_DENSE_MODEL, "query_prefix": query_prefix, "passage_prefix": passage_prefix}
+    try:
+        path = build_index(corpus, out, kind=kind, overwrite=overwrite, **params)
+    except (SearchE1Error, FileExistsError, FileNotFoundError, ImportError) as e:
+        _fail(e)
+    from searche1.retrieval.index import read_index_meta
+
+    meta = read_index_meta(path)
+    console.print(f"[green]indexed[/] {meta['num_docs']} passages ({kind}) in {meta['build_seconds']:.1f}s → {path}")
+
+
+@app.command()
+def serve(
+    index: Annotated[Path, typer.Option(help="index folder built by `searche1 index`")],
+    host: Annotated[str, typer.Option(help="bind address (loopback unless you mean to expose it)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_queries: Annotated[int, typer.Option(help="max queries per request")] = 512,
+    max_topk: Annotated[int, typer.Option(help="max topk per request (≤ 50)")] = 50,
+    cache_size: Annotated[int, typer.Option(help="server-side LRU cache entries (0 = off)")] = 100_000,
+) -> None:
+    """Serve an index over HTTP with the Search-R1 `/retrieve` API."""
+    from searche1.retrieval.cache import CachedRetriever
+    from searche1.retrieval.index import load_retriever, read_index_meta
+    from searche1.retrieval.server import ServerLimits, create_app
+    from searche1.retrieval.server import serve as run_server
+
+    try:
+        meta = read_index_meta(index)
+        retriever = load_retriever(index)
+    except SearchE1Error as e:
+        _fail(e)
+    if cache_size:
+        retriever = CachedRetriever(retriever, maxsize=cache_size)
+    limits = ServerLimits(max_queries=max_queries, max_topk=min(max_topk, 50))
+    application = create_app(retriever, limits, info={"index": str(index), "kind": meta["kind"],
+                                                      "num_docs": meta["num_docs"]})
+    console.print(f"serving {meta['kind']} index {index} ({meta['num_docs']} passages) on http://{host}:{port}")
+    run_server(application, host=host, port=port)
+
+
+@app.command()
+def search(
+    queries: Annotated[list[str], typer.Argument(help="one or more queries")],
+    index: Annotated[Optional[Path], typer.Option(help="index folder (in-process)")] = None,
+    url: Annotated[Optional[str], typer.Option(help="retrieval server URL")] = None,
+    topk: Annotated[int, typer.Option(help="passages per query")] = 3,
+) -> None:
+    """Query an index or a server and print the hits."""
+    from searche1.config import from_dict
+    from searche1.retrieval.config import RetrievalConfig, make_retriever
+
+    try:
+        cfg = from_dict(RetrievalConfig, {"index": index, "url": url, "topk": topk, "cache_size": 0})
+        results = make_retriever(cfg).search(list(queries), topk)
+    except SearchE1Error as e:
+        _fail(e)
+    for q, hits in zip(queries, results):
+        typer.echo(f"# {q}")
+        for i, h in enumerate(hits, 1):
+            typer.echo(f"  {i}. [{h.score:.2f}] {h.id} {h.title}: {h.text[:160]}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="output folder (corpus.jsonl, train/, dev/)")],
+    seed: Annotated[int, typer.Option(help="world seed: the same seed gives byte-identical files")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing folder")] = False,
+) -> None:
+    """Generate a deterministic fictional encyclopedia with single- and multi-hop questions."""
+    from searche1.data.synth import generate_world, write_world
+
+    world = generate_world(seed=seed)
+    try:
+        write_world(world, out, overwrite=overwrite)
+    except FileExistsError as e:
+        _fail(e)
+    n_q = {f"{split}/{k}": len(v) for split, d in (("train", world.train), ("dev", world.dev)) for k, v in d.items()}
+    console.print(f"[green]wrote[/] {len(world.passages)} passages and questions {n_q} → {out}")
+
+
+@data_app.command("check")
+def data_check(
+    paths: Annotated[list[Path], typer.Argument(help="QA files/folders or corpus files to validate")],
+    corpus: Annotated[bool, typer.Option(help="treat the files as corpora")] = False,
+) -> None:
+    """Validate QA or corpus files and print record counts (errors name file, line and field)."""
+    from searche1.data.corpus import load_corpus
+    from searche1.data.qa import load_qa_files
+
+    try:
+        if corpus:
+            for p in paths:
+                typer.echo(f"{p}: {len(load_corpus(p))} passages")
+        else:
+            for name, exs in load_qa_files(paths).items():
+                typer.echo(f"{name}: {len(exs)} questions")
+    except SearchE1Error as e:
+        _fail(e)
+
+
+@app.command()
+def demo(
+    data: Annotated[Optional[Path], typer.Option(help="searchqa-style folder (corpus.jsonl, dev/); default: "
+                                                      "../shared/data/searchqa if present, else a synthetic world")] = None,
+    out: Annotated[Path, typer.Option(help="working folder for the demo's index and results")] = Path("runs/demo"),
+    synthetic: Annotated[bool, typer.Option(help="force the synthetic world even if searchqa is present")] = False,
+) -> None:
+    """The main job on a CPU: index a corpus with BM25, answer sample queries, print retrieval quality."""
+    from searche1.demo import run_demo
+
+    try:
+        run_demo(data=data, out=out, synthetic=synthetic)
+    except SearchE1Error as e:
+        _fail(e)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""BM25 retrieval with `bm25s` (sparse scores precomputed at index time) and PyStemmer's English stemmer.
+
+The default CPU retriever. Queries are tokenised with the index's vocabulary; words the corpus never saw are
+dropped, and a query left with no known words returns the first ``topk`` passages with score 0 rather than failing,
+so one odd query from a policy never breaks a batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from searche1.data.types import Passage
+from searche1.errors import DataError
+from searche1.retrieval.base import Hit
+
+
+def _stemmer(language: str | None):
+    if not language:
+        return None
+    import Stemmer  # PyStemmer
+
+    return Stemmer.Stemmer(language)
+
+
+class BM25Retriever:
+    """In-process BM25 over a list of passages (``search`` is batched and thread-safe for reads)."""
+
+    def __init__(self, model, tokenizer, passages: list[Passage], params: dict) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self.passages = passages
+        self.params = params
+
+    # ---- building -------------------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        passages: list[Passage],
+        *,
+        k1: float = 1.5,
+        b: float = 0.75,
+        method: str = "lucene",
+        stemmer: str | None = "english",
+        stopwords: str = "en",
+        show_progress: bool = True,
+    ) -> "BM25Retriever":
+        import bm25s
+        from bm25s.tokenization import Tokenizer
+
+        if not passages:
+            raise ValueError("cannot build a BM25 index over an empty corpus")
+        tok = Tokenizer(stemmer=_stemmer(stemmer), stopwords=stopwords)
+        ids = tok.tokenize(
+            [p.contents for p in passages], update_vocab=True, return_as="ids", show_progress=show_progress
+        )
+        model = bm25s.BM25(k1=k1, b=b, method=method)
+        model.index(ids, show_progress=show_progress)
+        params = {"k1": k1, "b": b, "method": method, "stemmer": stemmer, "stopwords": stopwords}
+        return cls(model, tok, passages, params)
+
+    # ---- persistence ------------------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write the bm25s arrays and the tokenizer vocabulary into ``folder`` (passages are saved by the caller)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._model.save(str(folder / "bm25"), show_progress=False)
+        self._tokenizer.save_vocab(str(folder / "bm25"))
+        self._tokenizer.save_stopwords(str(folder / "bm25"))
+        (folder / "bm25" / "searche1_params.json").write_text(json.dumps(self.params))
+
+    @classmethod
+    def load(cls, folder: Path, passages: list[Passage], mmap: bool = False) -> "BM25Retriever":
+        import bm25s
+        from bm25s.tokenization import Tokenizer
+
+        sub = folder / "bm25"
+        params_file = sub / "searche1_params.json"
+        if not params_file.is_file():
+            raise DataError(folder, "not a BM25 index (bm25/searche1_params.json missing)",
+                            fix="build one with `searche1 index --corpus FILE --out DIR`")
+        params = json.loads(params_file.read_text())
+        model = bm25s.BM25.load(str(sub), mmap=mmap, show_progress=False)
+        tok = Tokenizer(stemmer=_stemmer(params.get("stemmer")), stopwords=params.get("stopwords", "en"))
+        tok.load_vocab(str(sub))
+        tok.load_stopwords(str(sub))
+        n = model.scores["num_docs"]
+        if n != len(passages):
+            raise DataError(folder, f"index has {n} documents but corpus.jsonl has {len(passages)}",
+                            fix="rebuild the index with `searche1 index`")
+        return cls(model, tok, passages, params)
+
+    # ---- search -----------------------------------------------------------------------------------------------
+    def search(self, queries: list[str], topk: int = 3) -> list[list[Hit]]:
+        if not queries:
+            return []
+        k = max(1, min(int(topk), len(self.passages)))
+        ids = self._tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
+        docs, scores = self._model.retrieve(ids, k=k, show_progress=False, n_threads=0)  # (Q, k) each
+        docs = np.asarray(docs)
+        scores = np.asarray(scores)
+        out: list[list[Hit]] = []
+        for qi in range(len(queries)):
+            row = []
+            for d, s in zip(docs[qi].tolist(), scores[qi].tolist()):
+                p = self.passages[int(d)]
+                row.append(Hit(id=p.id, contents=p.contents, score=float(s)))
+            out.append(row)
+        return out
