@@ -1,0 +1,81 @@
+import json
+import os
+
+import pytest
+
+from searche1.data.types import Passage
+from searche1.errors import DataError
+from searche1.retrieval.bm25 import BM25Retriever
+from searche1.retrieval.index import build_index, load_retriever, read_index_meta
+from searche1.retrieval.metrics import answer_recall, has_answer
+from searche1.data.types import QAExample
+
+PASSAGES = [
+    Passage.from_title_text("d0", "Aardvark", "The aardvark is a burrowing mammal native to Africa."),
+    Passage.from_title_text("d1", "Python (language)", "Python is a programming language created by Guido van Rossum."),
+    Passage.from_title_text("d2", "Python (snake)", "Pythons are large snakes found in Africa, Asia and Australia."),
+    Passage.from_title_text("d3", "Paris", "Paris is the capital and largest city of France."),
+    Passage.from_title_text("d4", "Berlin", "Berlin is the capital of Germany; it was divided during the Cold War."),
+]
+
+
+@pytest.fixture(scope="module")
+def bm25():
+    return BM25Retriever.build(PASSAGES, show_progress=False)
+
+
+def test_bm25_ranks_the_obvious_passage_first(bm25):
+    res = bm25.search(["who created the python programming language", "capital of France", "snakes in Australia"], 3)
+    assert [r[0].id for r in res] == ["d1", "d3", "d2"]
+    for row in res:
+        assert len(row) == 3
+        assert [h.score for h in row] == sorted((h.score for h in row), reverse=True)
+    # stemming: "burrowed" / "mammals" match "burrowing" / "mammal"
+    assert bm25.search(["burrowed mammals"], 1)[0][0].id == "d0"
+
+
+def test_bm25_edge_cases(bm25):
+    assert bm25.search([], 3) == []
+    (row,) = bm25.search(["qwertyuiop zzzz"], 2)  # no known word: still topk hits, score 0
+    assert len(row) == 2 and all(h.score == 0 for h in row)
+    assert len(bm25.search(["Paris"], 50)[0]) == len(PASSAGES)  # topk clamped to corpus size
+
+
+def test_index_folder_roundtrip_and_atomicity(tmp_path, bm25):
+    out = tmp_path / "idx"
+    build_index(PASSAGES, out, kind="bm25", show_progress=False)
+    meta = read_index_meta(out)
+    assert meta["kind"] == "bm25" and meta["num_docs"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    r = load_retriever(out)
+    q = ["capital of Germany cold war", "python language"]
+    assert [[h.id for h in row] for row in r.search(q, 3)] == [[h.id for h in row] for row in bm25.search(q, 3)]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        build_index(PASSAGES, out, kind="bm25", show_progress=False)
+    build_index(PASSAGES[:3], out, kind="bm25", overwrite=True, show_progress=False)
+    assert read_index_meta(out)["num_docs"] == 3
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    out = tmp_path / "idx"
+    with pytest.raises(ValueError, match="empty corpus"):
+        build_index([], out, kind="bm25", show_progress=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_from_file_and_bad_index(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(p.to_json()) + "\n" for p in PASSAGES))
+    build_index(corpus, tmp_path / "idx", show_progress=False)
+    assert read_index_meta(tmp_path / "idx")["corpus"] == str(corpus)
+    with pytest.raises(DataError, match="not a searche1 index"):
+        load_retriever(tmp_path)
+    (tmp_path / "idx" / "corpus.jsonl").write_text(json.dumps(PASSAGES[0].to_json()) + "\n")
+    with pytest.raises(DataError, match="rebuild"):
+        load_retriever(tmp_path / "idx")
+
+
+def test_answer_recall(bm25):
+    exs = [QAExample("1", "capital of France", ["Paris"]), QAExample("2", "capital of France", ["Madrid"])]
+    assert answer_recall(bm25, exs, topk=1) == 0.5
+    assert has_answer("The city of Paris.", ["paris"]) and not has_answer("Parisian", ["Paris"])

@@ -1,0 +1,83 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from searche1.config import describe, from_dict, load_config, to_dict
+from searche1.errors import ConfigError
+from searche1.retrieval.config import RetrievalConfig
+
+
+@dataclass
+class Inner:
+    lr: float = 1e-5
+    kind: Literal["a", "b"] = "a"
+
+    def validate(self):
+        if self.lr <= 0:
+            raise ConfigError("lr: must be > 0 (fix: use e.g. 5e-5)")
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    steps: int = 10
+    files: list[Path] = field(default_factory=list)
+    inner: Inner = field(default_factory=Inner)
+    maybe: int | None = None
+
+
+def test_from_dict_nested_and_types():
+    cfg = from_dict(Outer, {"name": "run", "steps": 3, "files": "a.jsonl", "inner": {"lr": "5e-5", "kind": "b"}})
+    assert cfg.steps == 3 and cfg.files == [Path("a.jsonl")]
+    assert cfg.inner.lr == pytest.approx(5e-5) and cfg.inner.kind == "b"
+    assert to_dict(cfg)["files"] == ["a.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"stepz": 3}, "stepz: unknown field of Outer (did you mean 'steps'?)"),
+        ({"steps": "many"}, "steps: expected an integer"),
+        ({"steps": True}, "steps: expected an integer"),
+        ({"inner": {"kind": "c"}}, "inner.kind: 'c' is not one of 'a', 'b'"),
+        ({"inner": {"lr": -1.0}}, "inner.lr: must be > 0"),
+        ({"inner": 3}, "inner: expected a mapping"),
+        ({"maybe": "x"}, "maybe: expected int"),
+    ],
+)
+def test_from_dict_errors_name_the_field(data, needle):
+    with pytest.raises(ConfigError) as e:
+        from_dict(Outer, data)
+    assert needle in str(e.value)
+
+
+def test_load_config_yaml_file_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: demo\ninner:\n  lr: 1.0e-4\n")
+    cfg = load_config(Outer, p, overrides={"inner.kind": "b", "steps": 7})
+    assert (cfg.name, cfg.steps, cfg.inner.kind) == ("demo", 7, "b")
+    p.write_text("inner:\n  lrr: 1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: inner\.lrr: unknown field .*did you mean 'lr'"):
+        load_config(Outer, p)
+    p.write_text("[1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, p)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Outer, tmp_path / "missing.yaml")
+
+
+def test_retrieval_config_cross_field_rules():
+    with pytest.raises(ConfigError, match="set exactly one of `index`"):
+        from_dict(RetrievalConfig, {})
+    with pytest.raises(ConfigError, match="set exactly one"):
+        from_dict(RetrievalConfig, {"index": "x", "url": "http://y"})
+    with pytest.raises(ConfigError, match="topk: 99 is outside 1..50"):
+        from_dict(RetrievalConfig, {"index": "x", "topk": 99})
+    assert from_dict(RetrievalConfig, {"url": "http://127.0.0.1:8000"}).topk == 3
+
+
+def test_describe_lists_nested_fields():
+    rows = {r[0]: r for r in describe(Outer)}
+    assert "inner.lr" in rows and rows["steps"][2] == "10"
