@@ -1,0 +1,254 @@
+"""Multi-turn search episodes decoded in batches with HF transformers and one KV cache per batch.
+
+How it works (one batch of B episodes):
+
+1. Prompts are left-padded and prefilled once.
+2. A *turn*: every live row samples token by token (our own sampling loop over the model's forward, not
+   ``generate``) until its turn text contains ``</search>`` or ``</answer>``, it emits EOS, or the turn budget runs
+   out. Rows that finished their turn early feed a pad token with attention-mask 0 so the cache stays aligned.
+3. All pending searches of the turn go to the retriever in **one batched call**. Each retrieved block is tokenised
+   once and appended as tokens (policy-mask 0) in one padded prefill; pads in the middle of a row are masked out
+   and position ids skip them, so the model sees exactly the unpadded sequence.
+4. Finished rows are dropped from the cache (``batch_select_indices``), and the next turn starts.
+
+Nothing is ever decoded and re-tokenised to continue an episode (the Search-R1 pattern), so the token ids, the
+policy mask and the sampler log-probs are exact. Log-probs are those of the temperature-scaled full distribution
+(before top-p), computed in fp32 from the same logits the token was sampled from.
+
+A retrieval failure ends only the episodes whose queries failed (``retrieval_error``); the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from searche1 import protocol
+from searche1.data.types import QAExample
+from searche1.retrieval.base import Hit, Retriever
+from searche1.rollout.types import Episode, RolloutConfig, StopReason
+
+log = logging.getLogger(__name__)
+
+# (episode so far, this turn's sampled tokens) per cache row, and the raw logits (B, V) -> logits to sample from.
+# Used for constrained decoding; recorded log-probs stay those of the unconstrained policy.
+LogitsHook = Callable[[list[tuple[Episode, list[int]]], torch.Tensor], torch.Tensor]
+
+
+def _safe_search(retriever: Retriever, queries: list[str], topk: int) -> list[list[Hit] | Exception]:
+    """Batched search; if the batch fails, retry one by one so only the failing queries fail."""
+    try:
+        res = retriever.search(queries, topk)
+        if len(res) != len(queries):
+            raise RuntimeError(f"retriever returned {len(res)} results for {len(queries)} queries")
+        return list(res)
+    except Exception as batch_err:  # noqa: BLE001 - any retriever failure becomes a stop reason
+        out: list[list[Hit] | Exception] = []
+        for q in queries:
+            try:
+                out.append(retriever.search([q], topk)[0])
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        log.warning("batched retrieval failed (%s); retried %d queries one by one", batch_err, len(queries))
+        return out
+
+
+class HFEngine:
+    """Rollout engine over an HF causal LM (CPU or GPU)."""
+
+    def __init__(self, model, tokenizer, retriever: Retriever, cfg: RolloutConfig | None = None,
+                 logits_hook: LogitsHook | None = None) -> None:
+        self.model = model
+        self.logits_hook = logits_hook
+        self.tok = tokenizer
+        self.retriever = retriever
+        self.cfg = cfg or RolloutConfig()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if gen_eos is not None:
+            self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_ids.discard(None)
+        import inspect
+
+        # transformers >= 5 calls the KV cache argument `cache`, earlier versions `past_key_values`
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # ------------------------------------------------------------------------------------------------------------
+    def prompt_ids(self, question: str) -> list[int]:
+        text = protocol.build_prompt(question, self.tok, chat=self.cfg.chat, max_searches=self.cfg.max_searches)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def info_ids(self, hits: list[Hit]) -> list[int]:
+        text = protocol.format_information(hits, self.tok, max_doc_tokens=self.cfg.max_doc_tokens)
+        return self.tok(text, add_special_tokens=False)["input_ids"][: self.cfg.max_info_tokens]
+
+    def run(
+        self,
+        examples: Sequence[QAExample],
+        *,
+        seed: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Episode]:
+        """Run one episode per example (repeat an example G times for a GRPO group), in batches."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=self._device).manual_seed(seed)
+        episodes: list[Episode] = []
+        bs = self.cfg.batch_size
+        for i in range(0, len(examples), bs):
+            episodes.extend(self._run_batch(examples[i : i + bs], gen))
+            if progress:
+                progress(min(bs, len(examples) - i))
+        for ep in episodes:
+            ep.response_text = self.tok.decode(ep.response_ids, skip_special_tokens=False)
+            ep.answer = protocol.extract_answer(ep.response_text) if ep.stop_reason == StopReason.ANSWERED else None
+        return episodes
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _forward(self, input_ids, attn, cache, n_new: int) -> torch.Tensor:
+        """Feed ``input_ids`` (B, n_new) given the full mask ``attn`` (B, L); the cache is updated in place.
+
+        Returns the logits of the last position only (B, V): every chunk is left-padded so that each row's last
+        real token sits at the end, and computing the LM head on one position instead of n_new is a large saving
+        on CPU (vocabulary 49k).
+        """
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)[:, -n_new:]  # (B, n_new)
+        out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **{self._cache_kw: cache})
+        return out.logits[:, -1]  # (B, V)
+
+    def _sample(self, raw: torch.Tensor, logits: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample from ``logits`` (B, V) (possibly constrained by a hook); log-probs come from ``raw``, the policy's
+        own temperature-scaled distribution, which is what the trainer recomputes."""
+        raw, logits = raw.float(), logits.float()
+        if self.cfg.greedy:
+            tokens = logits.argmax(-1)
+            return tokens, torch.log_softmax(raw, -1).gather(-1, tokens[:, None])[:, 0]
+        probs = torch.softmax(logits / self.cfg.temperature, -1)  # (B, V)
+        if self.cfg.top_p < 1.0:
+            sp, si = probs.sort(-1, descending=True)
+            keep = (sp.cumsum(-1) - sp) < self.cfg.top_p
+            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+        tokens = torch.multinomial(probs, 1, generator=gen)[:, 0]
+        return tokens, torch.log_softmax(raw / self.cfg.temperature, -1).gather(-1, tokens[:, None])[:, 0]
+
+    @torch.no_grad()
+    def _run_batch(self, examples: Sequence[QAExample], gen) -> list[Episode]:
+        cfg, dev = self.cfg, self._device
+        eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
+                       prompt_ids=self.prompt_ids(e.question)) for e in examples]
+        # ---- prefill the left-padded prompts
+        P = max(len(e.prompt_ids) for e in eps)
+        ids = torch.full((len(eps), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(eps), P), dtype=torch.long)
+        for r, e in enumerate(eps):
+            ids[r, P - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
+            attn[r, P - len(e.prompt_ids):] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        last = self._forward(ids, attn, cache, P)  # (B, V)
+        rows = list(range(len(eps)))  # cache row -> episode index
+        total_len = [len(e.prompt_ids) for e in eps]
+
+        while rows:
+            # ---- one turn: sample until every live row has stopped
+            turn_tokens: list[list[int]] = [[] for _ in rows]
+            turn_lps: list[list[float]] = [[] for _ in rows]
+            turn_end: list[str | None] = [None] * len(rows)  # "stop" | "eos" | "budget"
+            unfed: set[int] = set()  # rows whose last sampled token is not in the cache yet
+            for _step in range(cfg.max_turn_tokens):
+                live = [j for j in range(len(rows)) if turn_end[j] is None]
+                if not live:
+                    break
+                proc = last
+                if self.logits_hook is not None:
+                    proc = self.logits_hook([(eps[r], turn_tokens[j]) for j, r in enumerate(rows)], last.clone())
+                tokens, lps = self._sample(last, proc, gen)
+                feed = torch.full((len(rows), 1), self.pad_id, dtype=torch.long, device=dev)
+                feed_mask = torch.zeros((len(rows), 1), dtype=torch.long, device=dev)
+                tok_list, lp_list = tokens.tolist(), lps.tolist()
+                for j in live:
+                    t = tok_list[j]
+                    turn_tokens[j].append(t)
+                    turn_lps[j].append(lp_list[j])
+                    total_len[rows[j]] += 1
+                    feed[j, 0] = t
+                    feed_mask[j, 0] = 1
+                    if t in self.eos_ids:
+                        turn_end[j] = "eos"
+                    elif any(s in self.tok.decode(turn_tokens[j][-8:]) for s in protocol.TURN_STOP_STRINGS):
+                        turn_end[j] = "stop"
+                    elif total_len[rows[j]] >= cfg.max_total_tokens:
+                        turn_end[j] = "budget"
+                if all(e is not None for e in turn_end):
+                    unfed = set(live)  # fed together with the retrieved block below (saves one forward)
+                    break
+                attn = torch.cat([attn, feed_mask], dim=1)
+                last = self._forward(feed, attn, cache, 1)
+            # ---- parse the turn, decide each row's fate
+            pending: list[int] = []  # positions j with a search to run
+            for j, r in enumerate(rows):
+                ep = eps[r]
+                ep.turns += 1
+                ep.append(turn_tokens[j], True, turn_lps[j])
+                action = protocol.parse_turn(self.tok.decode(turn_tokens[j]))
+                if action.kind == "answer":
+                    ep.stop_reason = StopReason.ANSWERED
+                elif action.kind == "search":
+                    if ep.searches >= cfg.max_searches:
+                        ep.stop_reason = StopReason.MAX_TURNS
+                    else:
+                        ep.queries.append(action.content)
+                        pending.append(j)
+                elif turn_end[j] == "eos":
+                    ep.stop_reason = StopReason.PARSE_ERROR
+                else:
+                    ep.stop_reason = StopReason.MAX_TOKENS
+            # ---- one batched retrieval for the whole turn
+            infos: dict[int, list[int]] = {}
+            if pending:
+                results = _safe_search(self.retriever, [eps[rows[j]].queries[-1] for j in pending], cfg.topk)
+                for j, res in zip(pending, results):
+                    ep = eps[rows[j]]
+                    if isinstance(res, Exception):
+                        ep.stop_reason = StopReason.RETRIEVAL_ERROR
+                        ep.metrics["retrieval_error"] = str(res)
+                        continue
+                    block = self.info_ids(res)
+                    if total_len[rows[j]] + len(block) + 1 >= cfg.max_total_tokens:
+                        ep.stop_reason = StopReason.MAX_TOKENS
+                        continue
+                    infos[j] = block
+            keep = [j for j in range(len(rows)) if j in infos]
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                idx = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(idx)
+                attn = attn[idx]
+                rows = [rows[j] for j in keep]
+            # ---- append the retrieved blocks (left-padded within this chunk, pads masked out); a row's last
+            # sampled token rides along in front of its block when it has not been fed yet
+            feeds = {j: ([turn_tokens[j][-1]] if j in unfed else []) + infos[j] for j in keep}
+            L = max(len(f) for f in feeds.values())
+            block_ids = torch.full((len(keep), L), self.pad_id, dtype=torch.long)
+            block_mask = torch.zeros((len(keep), L), dtype=torch.long)
+            for k, j in enumerate(keep):
+                f = feeds[j]
+                block_ids[k, L - len(f):] = torch.tensor(f)
+                block_mask[k, L - len(f):] = 1
+                eps[rows[k]].append(infos[j], False)
+                total_len[rows[k]] += len(infos[j])
+            attn = torch.cat([attn, block_mask.to(dev)], dim=1)
+            last = self._forward(block_ids.to(dev), attn, cache, L)  # (B', V)
+        return eps

@@ -1,0 +1,82 @@
+"""Rollout records and limits: what one search-agent episode produced, token by token.
+
+Token ids are the source of truth (DESIGN §3). ``response_ids`` holds everything after the prompt in order: tokens
+the policy sampled (``policy_mask`` 1, with the sampler's log-prob) and tokens the environment inserted, i.e.
+retrieved ``<information>`` blocks (``policy_mask`` 0, log-prob 0). Masks are never rebuilt from decoded text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from searche1.config import ConfigError
+
+
+class StopReason(str, Enum):
+    ANSWERED = "answered"  # a complete <answer> … </answer>
+    MAX_TURNS = "max_turns"  # asked for a search after the search budget was spent
+    MAX_TOKENS = "max_tokens"  # turn budget or total length budget exhausted
+    PARSE_ERROR = "parse_error"  # EOS without a complete <search> or <answer>
+    RETRIEVAL_ERROR = "retrieval_error"  # the retriever failed for this episode's query
+
+
+@dataclass
+class RolloutConfig:
+    max_searches: int = field(default=4, metadata={"help": "searches per episode; one more ends it (max_turns)"})
+    max_turn_tokens: int = field(default=192, metadata={"help": "new tokens the policy may write per turn"})
+    max_doc_tokens: int = field(default=96, metadata={"help": "tokens kept of each retrieved passage"})
+    max_info_tokens: int = field(default=400, metadata={"help": "hard cap on one <information> block"})
+    max_total_tokens: int = field(default=2048, metadata={"help": "prompt + response length cap"})
+    topk: int = field(default=3, metadata={"help": "passages per search"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (ignored when greedy)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling; log-probs stay those of the full "
+                                                        "temperature-scaled distribution"})
+    greedy: bool = field(default=False, metadata={"help": "argmax decoding (evaluation)"})
+    batch_size: int = field(default=32, metadata={"help": "episodes decoded together"})
+    chat: bool | None = field(default=None, metadata={"help": "use the chat template (None = if the tokenizer has one)"})
+
+    def validate(self) -> None:
+        if self.max_searches < 0:
+            raise ConfigError("max_searches: must be >= 0")
+        if self.temperature <= 0 and not self.greedy:
+            raise ConfigError("temperature: must be > 0 (fix: set greedy: true for argmax decoding)")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("top_p: must be in (0, 1]")
+        for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1")
+
+
+@dataclass
+class Episode:
+    """One finished episode."""
+
+    example_id: str
+    question: str
+    answers: list[str]
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    policy_mask: list[int] = field(default_factory=list)  # per response token: 1 sampled by the policy, 0 inserted
+    logprobs: list[float] = field(default_factory=list)  # per response token: sampler log-prob (0.0 where mask 0)
+    turns: int = 0
+    queries: list[str] = field(default_factory=list)
+    answer: str | None = None
+    stop_reason: StopReason | None = None
+    response_text: str = ""
+    reward: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    dataset: str = ""
+
+    @property
+    def searches(self) -> int:
+        return len(self.queries)
+
+    @property
+    def num_policy_tokens(self) -> int:
+        return sum(self.policy_mask)
+
+    def append(self, ids: list[int], policy: bool, logprobs: list[float] | None = None) -> None:
+        self.response_ids.extend(ids)
+        self.policy_mask.extend([1 if policy else 0] * len(ids))
+        self.logprobs.extend(logprobs if logprobs is not None else [0.0] * len(ids))
