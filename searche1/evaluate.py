@@ -1,0 +1,145 @@
+"""Evaluation: EM/F1 per benchmark for the agent and the paper's two non-agent baselines.
+
+Modes (all greedy):
+
+* ``agent``      multi-turn search episodes (the trained policy's protocol); answers are taken strictly from
+                 ``<answer>`` tags in the response.
+* ``naive-rag``  retrieve once with the question, put the top-k passages in the prompt, answer in one turn.
+* ``direct``     no retrieval: answer from the model's own knowledge.
+
+For the baselines the answer is the tagged answer when present, else the first line of the response
+(:func:`searche1.protocol.lenient_answer`): format compliance is not what they measure. ``valid_format`` is reported
+for every mode with the agent protocol's rule (:func:`searche1.protocol.is_valid_format`).
+
+Output JSON: ``{"datasets": {name: {em, f1, n, searches, valid_format, response_tokens, stop_reasons}},
+"average": {em, f1, ...}, "settings": {...}}``; the average is the unweighted mean over datasets, as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from searche1 import protocol
+from searche1.data.types import QAExample
+from searche1.errors import ConfigError
+from searche1.rewards import exact_match, f1_score
+from searche1.rollout.types import Episode, RolloutConfig
+
+Mode = Literal["agent", "naive-rag", "direct"]
+MODES = ("agent", "naive-rag", "direct")
+
+
+@dataclass
+class EvalConfig:
+    mode: Mode = field(default="agent", metadata={"help": "agent | naive-rag | direct"})
+    limit: int | None = field(default=None, metadata={"help": "questions per dataset (first N); None = all"})
+    batch_size: int = field(default=32, metadata={"help": "episodes decoded together"})
+    max_turn_tokens: int = field(default=128, metadata={"help": "new tokens per turn"})
+    max_searches: int = field(default=4, metadata={"help": "search budget per question (agent mode)"})
+    topk: int = field(default=3, metadata={"help": "passages per search"})
+    max_doc_tokens: int = field(default=96, metadata={"help": "tokens kept of each passage"})
+
+    def validate(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("limit: must be >= 1 or null")
+
+    def rollout(self) -> RolloutConfig:
+        return RolloutConfig(greedy=True, batch_size=self.batch_size, max_turn_tokens=self.max_turn_tokens,
+                             max_searches=self.max_searches if self.mode == "agent" else 0, topk=self.topk,
+                             max_doc_tokens=self.max_doc_tokens)
+
+
+def score_episode(ep: Episode, mode: str, clean_text: str) -> tuple[str | None, float, float]:
+    pred = ep.answer if mode == "agent" else protocol.lenient_answer(clean_text)
+    if pred is None:
+        return None, 0.0, 0.0
+    return pred, exact_match(pred, ep.answers), f1_score(pred, ep.answers)
+
+
+def summarize(episodes: list[Episode], mode: str, tokenizer) -> dict:
+    """Per-dataset metrics of scored episodes (``ep.metrics['em'/'f1']`` set by :func:`evaluate`)."""
+    n = len(episodes)
+    if n == 0:
+        return {"n": 0}
+    stops = Counter(ep.stop_reason.value if ep.stop_reason else "none" for ep in episodes)
+    return {
+        "em": round(sum(ep.metrics["em"] for ep in episodes) / n, 4),
+        "f1": round(sum(ep.metrics["f1"] for ep in episodes) / n, 4),
+        "n": n,
+        "searches": round(sum(ep.searches for ep in episodes) / n, 3),
+        "valid_format": round(sum(ep.metrics["valid_format"] for ep in episodes) / n, 4),
+        "response_tokens": round(sum(ep.num_policy_tokens for ep in episodes) / n, 1),
+        "stop_reasons": dict(sorted(stops.items())),
+    }
+
+
+def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], cfg: EvalConfig,
+             *, progress: bool = True, samples_out: Path | None = None) -> dict:
+    """Run ``cfg.mode`` on every dataset and return the results dict (see module docstring)."""
+    from tqdm.auto import tqdm
+
+    from searche1.rollout.hf_engine import HFEngine
+
+    rcfg = cfg.rollout()
+    engine = HFEngine(model, tokenizer, retriever, rcfg)
+    t0 = time.perf_counter()
+    results: dict[str, dict] = {}
+    samples = []
+    total = sum(len(v[: cfg.limit] if cfg.limit else v) for v in datasets.values())
+    bar = tqdm(total=total, desc=f"eval {cfg.mode}", disable=not progress, unit="q")
+    for name, exs in datasets.items():
+        exs = exs[: cfg.limit] if cfg.limit else exs
+        prompts = None
+        if cfg.mode != "agent":
+            passages = [None] * len(exs)
+            if cfg.mode == "naive-rag":
+                hits = retriever.search([e.question for e in exs], cfg.topk)
+                passages = [protocol.format_information(h, tokenizer, cfg.max_doc_tokens) for h in hits]
+            prompts = [tokenizer(protocol.build_baseline_prompt(e.question, tokenizer, passages=p, chat=rcfg.chat),
+                                 add_special_tokens=False)["input_ids"] for e, p in zip(exs, passages)]
+        eps = engine.run(exs, prompts=prompts, progress=bar.update)
+        for ep in eps:
+            clean = tokenizer.decode(ep.response_ids, skip_special_tokens=True)
+            pred, em, f1 = score_episode(ep, cfg.mode, clean)
+            ep.metrics.update(em=em, f1=f1, valid_format=float(protocol.is_valid_format(clean)))
+            samples.append({"dataset": name, "id": ep.example_id, "question": ep.question, "gold": ep.answers,
+                            "pred": pred, "em": em, "searches": ep.searches, "stop": ep.stop_reason.value,
+                            "response": ep.response_text})
+        results[name] = summarize(eps, cfg.mode, tokenizer)
+    bar.close()
+    names = [k for k, v in results.items() if v.get("n")]
+    avg = {k: round(sum(results[d][k] for d in names) / len(names), 4)
+           for k in ("em", "f1", "searches", "valid_format", "response_tokens")} if names else {}
+    out = {"mode": cfg.mode, "datasets": results, "average": avg,
+           "settings": {**cfg.__dict__, "seconds": round(time.perf_counter() - t0, 1)}}
+    if samples_out is not None:
+        samples_out.parent.mkdir(parents=True, exist_ok=True)
+        with open(samples_out, "w", encoding="utf-8") as f:
+            for s in samples:
+                f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    return out
+
+
+def markdown_table(results: dict | list[dict], labels: list[str] | None = None) -> str:
+    """One row per dataset, EM (and searches) per result set; the last row is the average."""
+    runs = results if isinstance(results, list) else [results]
+    labels = labels or [r.get("mode", f"run{i}") for i, r in enumerate(runs)]
+    names = list(dict.fromkeys(n for r in runs for n in r["datasets"]))
+    head = "| dataset | n | " + " | ".join(f"{lb} EM | {lb} srch | {lb} fmt" for lb in labels) + " |"
+    sep = "|---|---:|" + "---:|---:|---:|" * len(runs)
+    lines = [head, sep]
+    for n in names + ["average"]:
+        cells = []
+        count = ""
+        for r in runs:
+            d = r["average"] if n == "average" else r["datasets"].get(n, {})
+            count = count or str(d.get("n", ""))
+            cells += [f"{d.get('em', float('nan')):.3f}", f"{d.get('searches', float('nan')):.2f}",
+                      f"{d.get('valid_format', float('nan')):.2f}"]
+        lines.append(f"| {'**average**' if n == 'average' else n} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
