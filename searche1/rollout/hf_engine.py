@@ -84,7 +84,12 @@ class HFEngine:
 
     def info_ids(self, hits: list[Hit]) -> list[int]:
         text = protocol.format_information(hits, self.tok, max_doc_tokens=self.cfg.max_doc_tokens)
-        return self.tok(text, add_special_tokens=False)["input_ids"][: self.cfg.max_info_tokens]
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        cap = self.cfg.max_info_tokens
+        if len(ids) > cap:  # cut the passages, never the closing tag
+            tail = self.tok(protocol.INFO_CLOSE + "\n\n", add_special_tokens=False)["input_ids"]
+            ids = ids[: max(0, cap - len(tail))] + tail
+        return ids
 
     def run(
         self,
@@ -191,7 +196,7 @@ class HFEngine:
                     feed_mask[j, 0] = 1
                     if t in self.eos_ids:
                         turn_end[j] = "eos"
-                    elif any(s in self.tok.decode(turn_tokens[j][-8:]) for s in protocol.TURN_STOP_STRINGS):
+                    elif any(s in self.tok.decode(turn_tokens[j][-16:]) for s in protocol.TURN_STOP_STRINGS):
                         turn_end[j] = "stop"
                     elif total_len[rows[j]] >= cfg.max_total_tokens:
                         turn_end[j] = "budget"
@@ -215,9 +220,9 @@ class HFEngine:
                     else:
                         ep.queries.append(action.content)
                         pending.append(j)
-                elif turn_end[j] == "eos":
+                elif turn_end[j] in ("eos", "stop"):  # ended without a usable action (e.g. empty query)
                     ep.stop_reason = StopReason.PARSE_ERROR
-                else:
+                else:  # a length budget ran out mid-turn
                     ep.stop_reason = StopReason.MAX_TOKENS
             # ---- one batched retrieval for the whole turn
             infos: dict[int, list[int]] = {}
