@@ -166,6 +166,36 @@ def _retriever(index: Optional[Path], url: Optional[str], topk: int = 3):
     return make_retriever(cfg)
 
 
+@app.command()
+def warmup(
+    model: Annotated[str, typer.Option(help="HF model folder or embedded model name")] = "smollm2-135m-instruct",
+    index: Annotated[Path, typer.Option(help="index folder for the demonstrations' searches")] = Path("index"),
+    data: Annotated[list[Path], typer.Option(help="training QA file(s); repeat the option for several")] = [],
+    out: Annotated[Path, typer.Option(help="folder for the warmed-up model (written atomically)")] = Path("warmup"),
+    num_examples: Annotated[int, typer.Option(help="demonstrations to train on")] = 240,
+    epochs: Annotated[int, typer.Option(help="passes over the demonstrations")] = 1,
+    batch_size: Annotated[int, typer.Option(help="demonstrations per optimizer step")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate")] = 5e-5,
+    max_hops: Annotated[int, typer.Option(help="searches per demonstration at most")] = 2,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
+) -> None:
+    """Format warm-up (a bootstrap, not part of Search-E1): fine-tune briefly on protocol demonstrations built from
+    the training questions and the retriever (search, read, answer; two hops where the data allows)."""
+    from searche1.config import from_dict
+    from searche1.warmup import WarmupConfig, run_warmup
+
+    if not data:
+        _fail(ValueError("--data: give at least one training QA file"))
+    try:
+        cfg = from_dict(WarmupConfig, {"num_examples": num_examples, "epochs": epochs, "batch_size": batch_size,
+                                       "lr": lr, "max_hops": max_hops, "seed": seed})
+        path = run_warmup(model, index, data, out, cfg, overwrite=overwrite)
+    except (SearchE1Error, FileExistsError, ValueError) as e:
+        _fail(e)
+    console.print(f"[green]warmed-up model[/] → {path}")
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="HF model folder or embedded model name")],

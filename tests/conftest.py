@@ -10,3 +10,17 @@ import pytest
 SEARCHQA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "searchqa"
 
 requires_searchqa = pytest.mark.skipif(not SEARCHQA.is_dir(), reason=f"shared data set absent: {SEARCHQA}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run much faster on one thread on a shared 2-core machine (thread contention dominates)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,6 +28,7 @@ import torch
 from searche1 import protocol
 from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit, Retriever
+from searche1.rollout import tokens
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,10 @@ class HFEngine:
 
     # ------------------------------------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> list[int]:
-        text = protocol.build_prompt(question, self.tok, chat=self.cfg.chat, max_searches=self.cfg.max_searches)
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return tokens.prompt_ids(self.tok, question, self.cfg)
 
     def info_ids(self, hits: list[Hit]) -> list[int]:
-        text = protocol.format_information(hits, self.tok, max_doc_tokens=self.cfg.max_doc_tokens)
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        cap = self.cfg.max_info_tokens
-        if len(ids) > cap:  # cut the passages, never the closing tag
-            tail = self.tok(protocol.INFO_CLOSE + "\n\n", add_special_tokens=False)["input_ids"]
-            ids = ids[: max(0, cap - len(tail))] + tail
-        return ids
+        return tokens.info_ids(self.tok, hits, self.cfg)
 
     def run(
         self,
