@@ -206,6 +206,7 @@ def eval_cmd(
     limit: Annotated[Optional[int], typer.Option(help="first N questions per dataset")] = None,
     batch_size: Annotated[int, typer.Option(help="episodes decoded together")] = 32,
     max_turn_tokens: Annotated[int, typer.Option(help="new tokens per turn")] = 128,
+    turn_start: Annotated[str, typer.Option(help="free | constrained (agent mode: turns open only with a tag)")] = "free",
     out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl)")] = None,
 ) -> None:
     """Greedy evaluation: EM/F1, searches, valid format per dataset and the average; markdown table on stdout."""
@@ -216,7 +217,7 @@ def eval_cmd(
 
     try:
         cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "batch_size": batch_size,
-                                     "max_turn_tokens": max_turn_tokens})
+                                     "max_turn_tokens": max_turn_tokens, "turn_start": turn_start})
         if mode != "direct" and index is None and retriever_url is None:
             raise SearchE1Error("--index or --retriever-url is required for modes agent and naive-rag")
         retriever = _retriever(index, retriever_url) if mode != "direct" else None

@@ -43,6 +43,8 @@ class EvalConfig:
     max_searches: int = field(default=4, metadata={"help": "search budget per question (agent mode)"})
     topk: int = field(default=3, metadata={"help": "passages per search"})
     max_doc_tokens: int = field(default=96, metadata={"help": "tokens kept of each passage"})
+    turn_start: Literal["free", "constrained"] = field(default="free", metadata={
+        "help": "constrained: turns may only open with <search>/<answer>/<think> (agent mode)"})
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -51,7 +53,8 @@ class EvalConfig:
     def rollout(self) -> RolloutConfig:
         return RolloutConfig(greedy=True, batch_size=self.batch_size, max_turn_tokens=self.max_turn_tokens,
                              max_searches=self.max_searches if self.mode == "agent" else 0, topk=self.topk,
-                             max_doc_tokens=self.max_doc_tokens)
+                             max_doc_tokens=self.max_doc_tokens,
+                             turn_start=self.turn_start if self.mode == "agent" else "free")
 
 
 def score_episode(ep: Episode, mode: str, clean_text: str) -> tuple[str | None, float, float]:

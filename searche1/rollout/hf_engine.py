@@ -62,10 +62,14 @@ class HFEngine:
     def __init__(self, model, tokenizer, retriever: Retriever, cfg: RolloutConfig | None = None,
                  logits_hook: LogitsHook | None = None) -> None:
         self.model = model
+        self.cfg = cfg or RolloutConfig()
+        if logits_hook is None and self.cfg.turn_start == "constrained":
+            from searche1.rollout.constraints import TurnStartConstraint
+
+            logits_hook = TurnStartConstraint(tokenizer)
         self.logits_hook = logits_hook
         self.tok = tokenizer
         self.retriever = retriever
-        self.cfg = cfg or RolloutConfig()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = {tokenizer.eos_token_id}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

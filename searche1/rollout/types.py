@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 from searche1.config import ConfigError
 
@@ -35,6 +36,9 @@ class RolloutConfig:
     greedy: bool = field(default=False, metadata={"help": "argmax decoding (evaluation)"})
     batch_size: int = field(default=32, metadata={"help": "episodes decoded together"})
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (None = if the tokenizer has one)"})
+    turn_start: Literal["free", "constrained"] = field(default="free", metadata={
+        "help": "constrained: a turn may only open with <search>, <answer> or <think> (sampling only; log-probs stay "
+                "the policy's)"})
 
     def validate(self) -> None:
         if self.max_searches < 0:
