@@ -33,16 +33,13 @@ def main() -> None:
     from searche1.evaluate import EvalConfig, evaluate, markdown_table
     from searche1.models import ModelConfig, load_policy
     from searche1.paths import cache_dir, searchqa_dir
-    from searche1.retrieval.index import build_index, load_retriever
+    from searche1.retrieval.index import ensure_index, load_retriever
 
     data = searchqa_dir()
     if data is None:
         print("searchqa data not found (../shared/data/searchqa); nothing to evaluate")
         return
-    index = cache_dir() / "indexes" / "searchqa-bm25"
-    if not index.is_dir():
-        build_index(data / "corpus.jsonl", index, show_progress=False)
-    retriever = load_retriever(index)
+    retriever = load_retriever(ensure_index(data / "corpus.jsonl", cache_dir() / "indexes" / "searchqa-bm25"))
     datasets = load_qa_files([data / "dev"])
     order = ["nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"]
     datasets = {k: datasets[k] for k in order if k in datasets}

@@ -69,7 +69,7 @@ def main() -> None:
     from searche1.data.qa import load_qa
     from searche1.models import ModelConfig, load_policy
     from searche1.paths import cache_dir, searchqa_dir
-    from searche1.retrieval.index import build_index, load_retriever
+    from searche1.retrieval.index import ensure_index, load_retriever
     from searche1.rollout.hf_engine import HFEngine
     from searche1.rollout.types import RolloutConfig
 
@@ -79,10 +79,7 @@ def main() -> None:
     if data is None:
         print("searchqa data not found (../shared/data/searchqa); nothing to benchmark")
         return
-    index = cache_dir() / "indexes" / "searchqa-bm25"
-    if not index.is_dir():
-        build_index(data / "corpus.jsonl", index, show_progress=False)
-    retriever = load_retriever(index)
+    retriever = load_retriever(ensure_index(data / "corpus.jsonl", cache_dir() / "indexes" / "searchqa-bm25"))
     model, tok = load_policy(ModelConfig(name_or_path=args.model))
     exs = (load_qa(data / "dev" / "nq.jsonl") + load_qa(data / "dev" / "hotpotqa.jsonl"))[::7][: args.n]
     cfg = RolloutConfig(max_turn_tokens=args.max_turn_tokens, temperature=1.0)

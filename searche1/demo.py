@@ -37,30 +37,15 @@ def prepare_data(data: Path | None, out: Path, synthetic: bool) -> Path:
     return world_dir
 
 
-def ensure_index(corpus: Path, index_dir: Path) -> Path:
-    """Build a BM25 index for ``corpus`` unless ``index_dir`` already holds one of the same corpus."""
-    from searche1.retrieval.index import build_index, read_index_meta
-
-    if index_dir.is_dir():
-        try:
-            if read_index_meta(index_dir).get("corpus") == str(corpus):
-                console.print(f"reusing BM25 index {index_dir}")
-                return index_dir
-        except DataError:
-            pass
-    console.print(f"[bold]indexing[/] {corpus} with BM25 …")
-    build_index(corpus, index_dir, kind="bm25", overwrite=True)
-    return index_dir
-
-
 def run_demo(data: Path | None = None, out: Path = Path("runs/demo"), synthetic: bool = False) -> dict:
     from searche1.data.qa import load_qa_files
-    from searche1.retrieval.index import load_retriever
+    from searche1.retrieval.index import ensure_index, load_retriever
     from searche1.retrieval.metrics import answer_recall, has_answer
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_data(data, out, synthetic)
+    console.print(f"[bold]BM25 index[/] of {data_dir / 'corpus.jsonl'} (built once, then reused)")
     index_dir = ensure_index(data_dir / "corpus.jsonl", out / "index")
     retriever = load_retriever(index_dir)
     dev = load_qa_files([data_dir / "dev"])

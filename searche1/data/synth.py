@@ -23,15 +23,13 @@ README) atomically.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from searche1.data.types import Passage, QAExample
+from searche1.io import atomic_dir
 
 __all__ = [
     "DATASETS",
@@ -752,36 +750,13 @@ def write_world(world: World, out_dir: str | Path, *, overwrite: bool = False) -
     Raises :class:`FileExistsError` if ``out_dir`` exists and is not empty, unless ``overwrite`` is true.
     """
     out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory")
-        if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True to replace it)")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        os.chmod(tmp, 0o755)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         _write_jsonl(tmp / "corpus.jsonl", (p.to_json() for p in world.passages))
         for split in SPLITS:
             (tmp / split).mkdir()
             for name, qs in world.split(split).items():
                 _write_jsonl(tmp / split / f"{name}.jsonl", (q.to_json() for q in qs))
         (tmp / "README.md").write_text(_readme(world), encoding="utf-8", newline="\n")
-
-        if out.exists():
-            graveyard = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, graveyard / out.name)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(graveyard / out.name, out)
-                raise
-            shutil.rmtree(graveyard, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -73,6 +73,19 @@ def build_index(
     return out
 
 
+def ensure_index(corpus: str | Path, index_dir: str | Path, kind: IndexKind = "bm25", **params) -> Path:
+    """Build an index of ``corpus`` in ``index_dir`` unless one built from the same corpus file is already there."""
+    index_dir = Path(index_dir)
+    if index_dir.is_dir():
+        try:
+            meta = read_index_meta(index_dir)
+            if meta.get("corpus") == str(corpus) and meta.get("kind") == kind:
+                return index_dir
+        except DataError:
+            pass
+    return build_index(corpus, index_dir, kind=kind, overwrite=True, **params)
+
+
 def read_index_meta(index_dir: str | Path) -> dict:
     index_dir = Path(index_dir)
     meta_path = index_dir / META_FILE
