@@ -196,6 +196,33 @@ def warmup(
     console.print(f"[green]warmed-up model[/] → {path}")
 
 
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option(help="YAML config (see configs/)")],
+    out: Annotated[Path, typer.Option(help="run folder: metrics.jsonl, checkpoints/, config.json")],
+    resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint in --out")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set grpo.lr=1e-6")] = [],
+) -> None:
+    """GRPO training (the vanilla RL stage of Search-E1): resumable, with run-health checks."""
+    import yaml
+
+    from searche1.config import load_config
+    from searche1.train import TrainConfig, run_grpo
+
+    try:
+        overrides = {}
+        for item in set_:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SearchE1Error(f"--set {item!r}: expected key=value, e.g. --set grpo.steps=10")
+            overrides[key.strip()] = yaml.safe_load(value)
+        cfg = load_config(TrainConfig, config, overrides)
+        path = run_grpo(cfg, out, resume=resume)
+    except (SearchE1Error, FileExistsError, ValueError) as e:
+        _fail(e)
+    console.print(f"[green]done[/]: {path}")
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="HF model folder or embedded model name")],

@@ -70,3 +70,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def fault_point(name: str) -> None:
+    """Test hook: SIGKILL this process at the named point when ``SEARCHE1_FAULT`` equals it (crash-safety tests)."""
+    import os
+
+    if os.environ.get("SEARCHE1_FAULT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

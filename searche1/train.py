@@ -1,0 +1,343 @@
+"""GRPO training: the vanilla RL stage of Search-E1, as one flat loop you can read in one sitting.
+
+    sample questions → G rollouts each → EM rewards → group advantages → micro-batched clipped-surrogate loss with
+    gradient accumulation → AdamW step (clipping, LR warm-up) → metrics → health check → periodic checkpoint
+
+Departures from the paper / peers, all options:
+* no KL penalty by default (β = 0, no reference model is loaded), as in Search-E1;
+* only policy-sampled tokens count (the rollout's policy mask; retrieved ``<information>`` tokens are masked);
+* groups whose rewards are all equal carry no signal: they are counted and can be skipped;
+* the sampler's log-probs are the "old" policy for the PPO ratio; with one PPO epoch the ratio is 1 up to
+  numerical noise (recorded as ``loss/ratio_mean``);
+* a non-finite loss or gradient skips the step; collapse detection can roll back to the last good checkpoint.
+
+Everything is deterministic given the seed and the step, so a run killed at any point resumes from its newest
+checkpoint without repeating or skipping a step (the data cursor and RNG states are saved with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from searche1.config import ConfigError, to_dict
+from searche1.data.types import QAExample
+from searche1.health import HealthConfig
+from searche1.io import fault_point
+from searche1.models import ModelConfig
+from searche1.retrieval.config import RetrievalConfig
+from searche1.rollout.types import Episode, RolloutConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    train: list[Path] = field(default_factory=list, metadata={"help": "training QA files (FlashRAG/Search-R1/HF)"})
+    dev: list[Path] = field(default_factory=list, metadata={"help": "dev QA files evaluated every eval_every steps"})
+    dev_limit: int = field(default=20, metadata={"help": "dev questions per dataset in periodic evaluations"})
+
+    def validate(self) -> None:
+        if not self.train:
+            raise ConfigError("train: give at least one training QA file")
+
+
+@dataclass
+class GRPOConfig:
+    steps: int = field(default=20, metadata={"help": "optimizer steps"})
+    questions_per_step: int = field(default=8, metadata={"help": "questions sampled per step"})
+    group_size: int = field(default=5, metadata={"help": "rollouts per question (G)"})
+    lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate"})
+    warmup_steps: int = field(default=2, metadata={"help": "linear LR warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward/backward"})
+    ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
+    clip_low: float = field(default=0.2, metadata={"help": "ratio clip 1 - clip_low"})
+    clip_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + clip_high"})
+    advantage: str = field(default="grpo", metadata={"help": "grpo ((r-mean)/std) | no_std"})
+    loss_agg: str = field(default="token_mean", metadata={"help": "token_mean | seq_mean_token_mean | dr_grpo"})
+    kl_beta: float = field(default=0.0, metadata={"help": "k3 KL to the initial policy; 0 = off (Search-E1)"})
+    skip_zero_std_groups: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal"})
+    reward: str = field(default="em", metadata={"help": "em | f1"})
+    bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "bf16 autocast for training; auto = GPU or CPU with native bf16"})
+    seed: int = field(default=0, metadata={"help": "data order and sampling seed"})
+    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
+    eval_every: int = field(default=0, metadata={"help": "dev evaluation every N steps; 0 = off"})
+
+    def validate(self) -> None:
+        for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1")
+        if self.group_size < 2:
+            raise ConfigError("group_size: GRPO needs at least 2 rollouts per question")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(index=Path("index")))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    sinks: list[str] = field(default_factory=list, metadata={"help": "extra metric sinks: tensorboard, wandb"})
+
+    def validate(self) -> None:
+        bad = [s for s in self.sinks if s not in ("tensorboard", "wandb")]
+        if bad:
+            raise ConfigError(f"sinks: unknown sink {bad[0]!r}; valid: tensorboard, wandb")
+
+
+class QuestionSampler:
+    """Deterministic epoch-wise shuffling; ``cursor`` (questions consumed) is the whole state."""
+
+    def __init__(self, questions: list[QAExample], seed: int, cursor: int = 0) -> None:
+        if not questions:
+            raise ConfigError("data.train: no training questions loaded")
+        self.questions, self.seed, self.cursor = questions, seed, cursor
+
+    def _order(self, epoch: int) -> list[int]:
+        idx = list(range(len(self.questions)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
+        return idx
+
+    def take(self, n: int) -> list[QAExample]:
+        out = []
+        for _ in range(n):
+            epoch, pos = divmod(self.cursor, len(self.questions))
+            out.append(self.questions[self._order(epoch)[pos]])
+            self.cursor += 1
+        return out
+
+
+def use_bf16(setting: str, device: str) -> bool:
+    from searche1.models import cpu_has_native_bf16
+
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return device.startswith("cuda") or cpu_has_native_bf16()
+
+
+def episode_tensors(eps: list[Episode], pad_id: int):
+    """Right-padded ``ids`` (B, T), ``mask`` (B, T-1) over predicted tokens (policy tokens only) and the sampler's
+    log-probs ``old`` (B, T-1), aligned so position t predicts ids[:, t+1]."""
+    T = max(len(e.prompt_ids) + len(e.response_ids) for e in eps)
+    ids = torch.full((len(eps), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(eps), T), dtype=torch.long)
+    mask = torch.zeros((len(eps), T - 1))
+    old = torch.zeros((len(eps), T - 1))
+    for b, e in enumerate(eps):
+        seq = e.prompt_ids + e.response_ids
+        P, n = len(e.prompt_ids), len(seq)
+        ids[b, :n] = torch.tensor(seq)
+        attn[b, :n] = 1
+        mask[b, P - 1 : n - 1] = torch.tensor(e.policy_mask, dtype=torch.float)
+        old[b, P - 1 : n - 1] = torch.tensor(e.logprobs)
+    return ids, attn, mask, old
+
+
+def batch_denominator(mask: torch.Tensor, agg: str, max_len: int) -> float:
+    """The whole batch's normaliser, so micro-batch losses add up to the full-batch loss (see algos.aggregate)."""
+    if agg == "token_mean":
+        return float(mask.sum().clamp(min=1))
+    if agg == "seq_mean_token_mean":
+        return float((mask.sum(-1) > 0).sum().clamp(min=1))
+    return float(mask.shape[0] * max_len)  # dr_grpo
+
+
+def rollout_metrics(eps: list[Episode]) -> dict:
+    from collections import Counter
+
+    from searche1 import protocol
+
+    n = len(eps)
+    stops = Counter(e.stop_reason.value for e in eps)
+    return {
+        "reward/em": sum(e.metrics.get("reward/em", 0.0) for e in eps) / n,
+        "reward/f1": sum(e.metrics.get("reward/f1", 0.0) for e in eps) / n,
+        "rollout/searches": sum(e.searches for e in eps) / n,
+        "rollout/valid_format": sum(protocol.is_valid_format(e.response_text) for e in eps) / n,
+        "rollout/policy_tokens": sum(e.num_policy_tokens for e in eps) / n,
+        "rollout/response_tokens": sum(len(e.response_ids) for e in eps) / n,
+        **{f"rollout/stop_{k}": v / n for k, v in stops.items()},
+    }
+
+
+def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+             stop_after: int | None = None,
+             episode_reward: Callable[[Episode], tuple[float, dict]] | None = None) -> Path:
+    """Train with GRPO per ``cfg`` into ``out_dir`` (metrics.jsonl, checkpoints/, config.json); returns ``out_dir``.
+
+    ``resume`` continues from the newest complete checkpoint. ``stop_after`` ends this invocation after that many
+    steps (interruption tests). ``episode_reward`` replaces the registered answer reward ``cfg.grpo.reward`` with a
+    function of the whole episode (custom rewards, tests)."""
+    from tqdm.auto import tqdm
+
+    from searche1.algos import get_advantage, get_policy_loss, kl_k3, token_logprobs
+    from searche1.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from searche1.data.qa import load_qa, load_qa_files
+    from searche1.health import CollapseDetector
+    from searche1.io import write_json
+    from searche1.metrics import MetricsLogger
+    from searche1.models import load_policy, resolve_device
+    from searche1.retrieval.config import make_retriever
+    from searche1.rewards import get_reward
+    from searche1.rollout.hf_engine import HFEngine
+
+    out = Path(out_dir)
+    ckpt = latest_checkpoint(out) if resume else None
+    if not resume and (out / "metrics.jsonl").exists():
+        raise FileExistsError(f"{out} already holds a run (fix: pass --resume to continue it, or another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", to_dict(cfg))
+    g = cfg.grpo
+    model_cfg = cfg.model if ckpt is None else ModelConfig(**{**cfg.model.__dict__, "name_or_path": str(ckpt)})
+    model, tok = load_policy(model_cfg, trainable=True)
+    ref_model = load_policy(cfg.model)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
+    device = resolve_device(cfg.model.device)
+    autocast = use_bf16(g.bf16, device)
+    retriever = make_retriever(cfg.retrieval)
+    questions = [q for f in cfg.data.train for q in load_qa(f)]
+    dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=g.lr, weight_decay=g.weight_decay)
+    lr_scale = 1.0  # lowered by collapse rollbacks; lr = g.lr * lr_scale * linear warm-up
+    health = CollapseDetector(cfg.health)
+    start, cursor = 0, 0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, opt)
+        start, cursor, lr_scale = state["step"], state["cursor"], state.get("lr_scale", 1.0)
+        health.load_state_dict(state.get("health", {}))
+        log.info("resumed from %s (step %d)", ckpt, start)
+    sampler = QuestionSampler(questions, g.seed, cursor)
+    metrics_log = MetricsLogger(out, cfg.sinks, config=to_dict(cfg), resume_step=start if ckpt else None)
+    advantage_fn = get_advantage(g.advantage)
+    loss_fn = get_policy_loss(g.loss_agg)
+    reward_fn = get_reward(g.reward)
+    engine = HFEngine(model, tok, retriever, cfg.rollout)
+    gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
+    bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress, unit="step")
+    done_here = 0
+    for step in range(start + 1, g.steps + 1):
+        t0 = time.perf_counter()
+        # ---- rollouts (policy in eval mode, no grad)
+        qs = sampler.take(g.questions_per_step)
+        model.eval()
+        eps = engine.run([q for q in qs for _ in range(g.group_size)], seed=g.seed * 1_000_003 + step)
+        t_roll = time.perf_counter() - t0
+        rewards = []
+        for e in eps:
+            r, m = episode_reward(e) if episode_reward is not None else reward_fn(e.answer, e.answers)
+            e.reward = r
+            e.metrics.update(m)
+            rewards.append(r)
+        adv, adv_metrics = advantage_fn(torch.tensor(rewards), g.group_size)  # (N,)
+        keep = list(range(len(eps)))
+        if g.skip_zero_std_groups:
+            keep = [i for i in keep if any(rewards[j] != rewards[i] for j in range(
+                (i // g.group_size) * g.group_size, (i // g.group_size + 1) * g.group_size))]
+        t1 = time.perf_counter()
+        # ---- policy update: micro-batches with gradient accumulation over the whole batch
+        model.train()
+        stats: dict[str, float] = {}
+        skipped = 0.0
+        grad_norm = float("nan")
+        for _epoch in range(g.ppo_epochs):
+            opt.zero_grad(set_to_none=True)
+            if not keep:
+                break
+            ids, attn, mask, old = episode_tensors([eps[i] for i in keep], tok.pad_token_id)
+            a = adv[keep]
+            denom = batch_denominator(mask, g.loss_agg, gen_budget)
+            total = 0.0
+            for s in range(0, len(keep), g.micro_batch_size):
+                sl = slice(s, s + g.micro_batch_size)
+                with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+                    logits = model(input_ids=ids[sl].to(device), attention_mask=attn[sl].to(device)).logits
+                temp = cfg.rollout.temperature if not cfg.rollout.greedy else 1.0  # the sampler's distribution
+                logp = token_logprobs(logits[:, :-1], ids[sl, 1:].to(device), temperature=temp)  # (b, T-1) fp32
+                loss, m = loss_fn(logp, old[sl].to(device), a[sl].to(device), mask[sl].to(device),
+                                  clip_low=g.clip_low, clip_high=g.clip_high, max_len=gen_budget, denom=denom)
+                if ref_model is not None:
+                    with torch.no_grad():
+                        ref_logits = ref_model(input_ids=ids[sl].to(device), attention_mask=attn[sl].to(device)).logits
+                        ref_logp = token_logprobs(ref_logits[:, :-1], ids[sl, 1:].to(device), temperature=temp)
+                    kl, km = kl_k3(logp, ref_logp, mask[sl].to(device), agg=g.loss_agg, max_len=gen_budget,
+                                   denom=denom)
+                    loss = loss + g.kl_beta * kl
+                    m = {**m, **km}
+                loss.backward()
+                fault_point(f"step{step}:backward")
+                total += float(loss.detach())
+                for k, v in m.items():
+                    stats[k] = stats.get(k, 0.0) + float(v) * (len(range(*sl.indices(len(keep)))) / len(keep))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm))
+            if not (math.isfinite(total) and math.isfinite(grad_norm)):
+                opt.zero_grad(set_to_none=True)
+                skipped = 1.0
+                log.warning("step %d: non-finite loss/gradient (loss %s, grad norm %s): update skipped",
+                            step, total, grad_norm)
+                break
+            for group in opt.param_groups:
+                group["lr"] = g.lr * lr_scale * min(1.0, step / max(1, g.warmup_steps))
+            opt.step()
+            stats["loss/policy"] = stats.get("loss/policy", 0.0) + total / g.ppo_epochs
+        t_train = time.perf_counter() - t1
+        metrics = {**rollout_metrics(eps), **adv_metrics, **stats, "grad/norm": grad_norm,
+                   "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
+                   "train/kept_rollouts": len(keep), "time/rollout_s": t_roll, "time/train_s": t_train,
+                   "time/step_s": time.perf_counter() - t0}
+        if dev and step % g.eval_every == 0:
+            metrics.update(_dev_eval(model, tok, retriever, dev, cfg))
+        collapsed = health.update(metrics)
+        if collapsed:
+            log.warning("step %d: collapse of %s (far below the recent level for %d steps)",
+                        step, ", ".join(collapsed), cfg.health.patience)
+            metrics["health/collapse"] = 1.0
+            last = latest_checkpoint(out)
+            if cfg.health.rollback_on_collapse and last is not None:
+                load_checkpoint(last, model, opt, None, restore_rng=False)
+                lr_scale *= cfg.health.lr_factor
+                health.reset()
+                metrics["health/rollback_to"] = int(last.name.split("-")[1])
+                log.warning("rolled back to %s; lr scale now %.3g", last, lr_scale)
+        metrics_log.log(step, metrics)
+        bar.update(1)
+        bar.set_postfix(em=f"{metrics['reward/em']:.2f}", fmt=f"{metrics['rollout/valid_format']:.2f}")
+        if step % g.save_every == 0 or step == g.steps:
+            fault_point(f"step{step}:before_save")
+            save_checkpoint(out, step, model, tok, opt, None,
+                            {"cursor": sampler.cursor, "lr_scale": lr_scale, "health": health.state_dict()},
+                            keep_last=g.keep_last)
+        done_here += 1
+        if stop_after is not None and done_here >= stop_after:
+            break
+    bar.close()
+    metrics_log.close()
+    return out
+
+
+def _dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig) -> dict:
+    from searche1.evaluate import EvalConfig, evaluate
+
+    model.eval()
+    res = evaluate(model, tok, retriever, dev, EvalConfig(mode="agent", limit=cfg.data.dev_limit,
+                                                          max_searches=cfg.rollout.max_searches), progress=False)
+    out = {f"dev/{name}/em": d["em"] for name, d in res["datasets"].items()}
+    out["dev/em"] = res["average"]["em"]
+    out["dev/valid_format"] = res["average"]["valid_format"]
+    return out
