@@ -157,3 +157,22 @@ def test_config_errors():
         from_dict(TrainConfig, {"data": {"train": []}})
     with pytest.raises(ConfigError, match="sinks: unknown sink 'mlflow'"):
         from_dict(TrainConfig, {"data": {"train": ["x"]}, "sinks": ["mlflow"]})
+
+
+def test_train_command_runs_a_yaml_config(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from searche1.cli import app
+    from searche1.config import to_dict
+
+    cfg = to_dict(make_config(tmp_path))
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "run"),
+                            "--set", "grpo.steps=1", "--set", "grpo.reward=f1"])
+    assert r.exit_code == 0, r.output
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1]
+    r = runner.invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "run2"), "--set", "grpo.lrr=1"])
+    assert r.exit_code == 2 and "did you mean 'lr'" in r.output
