@@ -59,6 +59,7 @@ __all__ = [
     "is_valid_format",
     "lenient_answer",
     "parse_turn",
+    "render_user_turn",
     "search_queries",
 ]
 
@@ -114,7 +115,7 @@ def build_messages(question: str, *, max_searches: int | None = 4) -> list[dict[
     return [{"role": "user", "content": _user_content(question, max_searches)}]
 
 
-def _render(content: str, tokenizer: Any, chat: bool | None) -> str:
+def render_user_turn(content: str, tokenizer: Any, chat: bool | None) -> str:
     """One user turn as prompt text: the chat template when available (and ``chat`` is not False), else plain."""
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     if chat is True and template is None:
@@ -135,7 +136,7 @@ def build_prompt(question: str, tokenizer: Any = None, *, chat: bool | None = No
     With ``chat=None`` (auto) the tokenizer's chat template is used when it has one; ``chat=False`` forces the plain
     ``instruction\\n\\nQuestion: ...\\nAssistant:`` form (base models); ``chat=True`` requires a chat template.
     """
-    return _render(_user_content(question, max_searches), tokenizer, chat)
+    return render_user_turn(_user_content(question, max_searches), tokenizer, chat)
 
 
 _BASELINE_INSTRUCTION = (
@@ -154,7 +155,7 @@ def build_baseline_prompt(
     else:
         content = (_BASELINE_INSTRUCTION.format(source=" using the retrieved passages")
                    + f"\n\n{passages.strip()}\n\nQuestion: {question.strip()}")
-    return _render(content, tokenizer, chat)
+    return render_user_turn(content, tokenizer, chat)
 
 
 def lenient_answer(response: str) -> str | None:

@@ -22,6 +22,7 @@ from searche1.algos.advantages import (
     no_std_advantages,
 )
 from searche1.algos.aggregate import AGGREGATIONS, DEFAULT_AGG, masked_aggregate, masked_mean
+from searche1.algos.distill import DISTILL_LOSSES, forward_kl_topk, get_distill_loss, topk_teacher
 from searche1.algos.kl import DEFAULT_REF_KL, REF_KL, get_ref_kl, k3_per_token, kl_k3, token_logprobs
 from searche1.algos.policy_losses import (
     DEFAULT_POLICY_LOSS,
@@ -32,6 +33,10 @@ from searche1.algos.policy_losses import (
 )
 
 __all__ = [
+    "DISTILL_LOSSES",
+    "forward_kl_topk",
+    "get_distill_loss",
+    "topk_teacher",
     "ADVANTAGES",
     "AGGREGATIONS",
     "DEFAULT_ADVANTAGE",
