@@ -203,11 +203,12 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint in --out")] = False,
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set grpo.lr=1e-6")] = [],
 ) -> None:
-    """GRPO training (the vanilla RL stage of Search-E1): resumable, with run-health checks."""
+    """Training: GRPO only, or a Search-E1 schedule of phases (grpo, ofsd, grpo, ofsd); resumable."""
     import yaml
 
     from searche1.config import load_config
-    from searche1.train import TrainConfig, run_grpo
+    from searche1.pipeline import PipelineConfig, run_pipeline
+    from searche1.train import run_grpo
 
     try:
         overrides = {}
@@ -216,8 +217,11 @@ def train(
             if not sep:
                 raise SearchE1Error(f"--set {item!r}: expected key=value, e.g. --set grpo.steps=10")
             overrides[key.strip()] = yaml.safe_load(value)
-        cfg = load_config(TrainConfig, config, overrides)
-        path = run_grpo(cfg, out, resume=resume)
+        cfg = load_config(PipelineConfig, config, overrides)
+        if cfg.schedule == ["grpo"]:
+            path = run_grpo(cfg, out, resume=resume)  # GRPO only: the run folder is the GRPO run itself
+        else:
+            path = run_pipeline(cfg, out, resume=resume)
     except (SearchE1Error, FileExistsError, ValueError) as e:
         _fail(e)
     console.print(f"[green]done[/]: {path}")

@@ -1,0 +1,537 @@
+"""The OFSD phase (DESIGN §1): freeze the policy as a teacher, re-sample, mine pairs, distil from a privileged context.
+
+    θ_r frozen as teacher → K rollouts per sampled training question → rewards → pair mining → teacher targets
+    (teacher on privileged prompt + τ_stu) → student (the policy itself, on the plain prompt + τ_stu) trained for
+    ``epochs`` passes with the distillation loss on τ_stu's policy tokens → metrics
+
+:func:`run_ofsd_phase` is the whole phase as one flat function; its parts (:class:`FrozenTeacher`,
+:func:`prepare_pairs`, :func:`precompute_topk`, :func:`distill_loss`, :func:`distill`) are usable on their own.
+
+Choices and departures from the paper (all options of :class:`OFSDConfig` unless stated):
+
+* **Teacher.** A deep copy of the policy (eval mode, ``requires_grad`` off): costs one more copy of the weights.
+  The paper trains a LoRA adapter and uses "adapter off" as the teacher. For a peft model whose LoRA adapter is
+  still fresh (every ``lora_B`` is zero, so adapter-off *is* θ_r) the teacher is the same model run inside
+  ``model.disable_adapter()``, with no copy. A peft model whose adapter is already trained (e.g. LoRA-GRPO) is deep
+  copied instead: adapter-off would be the base model, not θ_r. The teacher is **frozen** (no live-teacher option).
+* **Teacher targets.** ``teacher_mode = "exact"``: the teacher's full logits are computed on the fly in every
+  micro-batch (no grad), nothing is stored. ``"topk"``: the teacher runs once over all pairs before training and its
+  top-k + tail distribution at the student's policy tokens is written to ``work_dir/teacher/`` (sharded safetensors,
+  atomic; :mod:`searche1.ofsd.teacher`); the teacher copy is then freed and training reads the shards back. The top-k
+  loss is an approximation of *forward* KL only (``loss`` must be ``forward_kl``).
+* **Alignment.** Teacher and student score the same response tokens (the student trajectory's ``response_ids``)
+  after different prompts. Sequences are **left-padded** (with position ids that skip the pads, as in the rollout
+  engine) and only the last ``R_max + 1`` positions' logits are computed (``logits_to_keep``): position ``m`` of the
+  returned ``(B, R_max, V)`` block of row ``b`` predicts response token ``j = m − (R_max − R_b)``, for the student
+  and the teacher alike, because the layout depends only on the response lengths. This is the same alignment as
+  "logits at ``len(prompt) + j − 1``" (``TeacherSequence.offset`` = teacher − student prompt length, checked),
+  without computing logits for the (long, privileged) prompts. Only policy-mask-1 response tokens count (never
+  ``<information>``); pairs with no policy token are dropped, pairs whose teacher sequence exceeds
+  ``max_teacher_tokens`` are skipped (both counted).
+* **Optimisation.** A fresh AdamW (constant ``lr``, no warm-up; the GRPO optimizer state is untouched). Each epoch
+  visits the pairs in a seeded order that goes shard by shard (shards shuffled, pairs shuffled inside a shard; the
+  same order in exact mode, for identical runs), and takes **one optimizer step per ``pairs_per_step`` pairs**
+  (the last step of an epoch may hold fewer), accumulated over micro-batches of ``micro_batch_size`` with the exact
+  whole-step normaliser (``denom`` = the step's policy-token count: token-mean over the step, as in
+  ``L = mean_t Σ_v …``), then gradient clipping; a non-finite loss or gradient skips the step.
+* **Metrics.** ``ofsd/kl_first`` / ``ofsd/kl_last`` are the token-weighted means of the unclipped per-token
+  divergence over the first and last epoch, measured on the fly (each step's value is taken before its update);
+  ``ofsd/kl`` = ``ofsd/kl_last``. Without pairs the KL keys are absent and the model is untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from searche1.algos.distill import (
+    DEFAULT_BETA,
+    DEFAULT_CLIP,
+    DEFAULT_TOPK,
+    forward_kl_topk,
+    get_distill_loss,
+    topk_teacher,
+)
+from searche1.errors import ConfigError
+from searche1.ofsd.contexts import ContextFn, get_context, student_sequence, teacher_sequence
+from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
+from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
+from searche1.rollout.types import Episode, RolloutConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FrozenTeacher",
+    "OFSDConfig",
+    "PairItem",
+    "distill",
+    "distill_loss",
+    "epoch_order",
+    "precompute_topk",
+    "prepare_pairs",
+    "response_logits",
+    "response_mask",
+    "run_ofsd_phase",
+    "sample_groups",
+]
+
+EpisodeReward = Callable[[Episode], tuple[float, dict]]
+
+
+@dataclass
+class OFSDConfig:
+    samples_per_question: int = field(default=5, metadata={"help": "rollouts re-sampled per question (K)"})
+    questions: int = field(default=32, metadata={"help": "training questions sampled per phase (seeded; all if fewer)"})
+    context: str = field(default="sibling", metadata={"help": "teacher's privileged context: sibling | answer | "
+                                                              "hindsight"})
+    show_information: bool = field(default=True, metadata={"help": "sibling: show τ_ref's retrieved passages"})
+    show_answer: bool = field(default=True, metadata={"help": "sibling: show τ_ref's <answer>"})
+    student: str = field(default="most_different", metadata={"help": "most_different | all_others"})
+    reference: str = field(default="fewest_searches", metadata={"help": "fewest_searches | shortest"})
+    correct_threshold: float = field(default=1.0, metadata={"help": "reward at or above which a rollout is correct"})
+    loss: str = field(default="forward_kl", metadata={"help": "forward_kl | reverse_kl | jsd"})
+    clip: float | None = field(default=DEFAULT_CLIP, metadata={"help": "point-wise clip of each vocabulary entry's "
+                                                                        "term; null = off"})
+    jsd_beta: float = field(default=DEFAULT_BETA, metadata={"help": "JSD teacher weight (0.5 = symmetric)"})
+    teacher_mode: Literal["exact", "topk"] = field(default="exact", metadata={
+        "help": "exact: full teacher logits each micro-batch; topk: top-k + tail cached once to work_dir/teacher"})
+    topk: int = field(default=DEFAULT_TOPK, metadata={"help": "teacher entries kept in topk mode"})
+    pairs_per_shard: int = field(default=64, metadata={"help": "pairs per teacher cache shard (topk mode)"})
+    max_teacher_tokens: int = field(default=4096, metadata={"help": "skip pairs whose teacher sequence is longer"})
+    epochs: int = field(default=2, metadata={"help": "passes over the pair pool"})
+    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate (constant)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    pairs_per_step: int = field(default=8, metadata={"help": "pairs per optimizer step"})
+    micro_batch_size: int = field(default=2, metadata={"help": "pairs per forward/backward"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
+        "help": "bf16 autocast for teacher and student; auto = GPU or CPU with native bf16"})
+    reward: str = field(default="em", metadata={"help": "reward of the re-sampled rollouts: em | f1"})
+
+    def validate(self) -> None:
+        for name in ("samples_per_question", "questions", "epochs", "pairs_per_step", "micro_batch_size", "topk",
+                     "pairs_per_shard", "max_teacher_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1")
+        if self.samples_per_question < 2:
+            raise ConfigError("samples_per_question: pair mining needs at least 2 rollouts per question")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be > 0")
+        if self.clip is not None and self.clip <= 0:
+            raise ConfigError("clip: must be > 0, or null for no clip")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ConfigError("jsd_beta: must be in [0, 1]")
+        if self.teacher_mode not in ("exact", "topk"):
+            raise ConfigError(f"teacher_mode: unknown '{self.teacher_mode}' (fix: use one of: exact, topk)")
+        for name, fn in (("context", get_context), ("loss", get_distill_loss)):
+            try:
+                fn(getattr(self, name))
+            except ConfigError as e:
+                raise ConfigError(f"{name}: {e}") from None
+        from searche1.rewards import get_reward
+
+        try:
+            get_reward(self.reward)
+        except ConfigError as e:
+            raise ConfigError(f"reward: {e}") from None
+        for name, valid in (("student", STUDENT_RULES), ("reference", REFERENCE_RULES)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"{name}: unknown rule '{getattr(self, name)}' (fix: use one of: {', '.join(valid)})")
+        if self.teacher_mode == "topk" and self.loss != "forward_kl":
+            raise ConfigError(f"teacher_mode: topk approximates forward KL only, not '{self.loss}' (fix: set "
+                              "teacher_mode: exact, or loss: forward_kl)")
+
+
+# ------------------------------------------------------------------------------------------------------- sequences
+
+
+@dataclass
+class PairItem:
+    """One pair's token sequences, ready for the forward passes."""
+
+    pair: Pair
+    student_ids: list[int]  # plain prompt + τ_stu response
+    teacher_ids: list[int]  # privileged prompt + τ_stu response
+    response_mask: list[int]  # (R,) 1 at τ_stu's policy tokens
+
+    @property
+    def response_len(self) -> int:
+        return len(self.response_mask)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.response_mask)
+
+
+def prepare_pairs(pairs: Sequence[Pair], tokenizer: Any, *, context: str | ContextFn = "sibling",
+                  chat: bool | None = None, max_searches: int | None = 4, show_information: bool = True,
+                  show_answer: bool = True, max_teacher_tokens: int | None = None) -> tuple[list[PairItem], dict]:
+    """Student and teacher sequences per pair; pairs without policy tokens or with a too-long teacher are dropped."""
+    items: list[PairItem] = []
+    too_long = empty = 0
+    for p in pairs:
+        s_ids, s_mask = student_sequence(p)
+        ts = teacher_sequence(p, tokenizer, context, chat=chat, max_searches=max_searches,
+                              show_information=show_information, show_answer=show_answer)
+        R, P_s = len(p.student.response_ids), len(p.student.prompt_ids)
+        if len(ts.ids) - R != P_s + ts.offset or ts.mask[len(ts.ids) - R:] != s_mask[P_s:]:
+            raise AssertionError("teacher and student sequences are misaligned")  # contexts.py contract
+        if sum(s_mask) == 0:
+            empty += 1
+            continue
+        if max_teacher_tokens is not None and len(ts.ids) > max_teacher_tokens:
+            too_long += 1
+            continue
+        items.append(PairItem(p, s_ids, list(ts.ids), s_mask[P_s:]))
+    return items, {"ofsd/skipped_too_long": float(too_long), "ofsd/skipped_no_tokens": float(empty)}
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequence[int], pad_id: int,
+                    device: Any) -> Tensor:  # (B, R_max, V)
+    """Logits that predict the last ``resp_lens[b]`` tokens of each sequence, right-aligned (module docstring).
+
+    Row ``b``, position ``m`` predicts response token ``m − (R_max − resp_lens[b])``; earlier positions are filler.
+    """
+    B, T, R = len(seqs), max(len(s) for s in seqs), max(resp_lens)
+    if any(len(s) <= r for s, r in zip(seqs, resp_lens)):
+        raise ValueError("every sequence needs at least one prompt token before its response")
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        attn[b, T - len(s):] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    kw = {"logits_to_keep": R + 1} if _accepts_logits_to_keep(model) else {}
+    out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+                use_cache=False, **kw).logits
+    return out[:, -(R + 1):-1]
+
+
+def response_mask(items: Sequence[PairItem]) -> Tensor:  # (B, R_max) in the layout of :func:`response_logits`
+    R = max(it.response_len for it in items)
+    mask = torch.zeros((len(items), R))
+    for b, it in enumerate(items):
+        mask[b, R - it.response_len:] = torch.tensor(it.response_mask, dtype=torch.float)
+    return mask
+
+
+class FrozenTeacher:
+    """θ_r frozen: a deep copy in eval mode, or the peft model itself with a fresh adapter disabled (module doc)."""
+
+    def __init__(self, model: Any) -> None:
+        self.adapter_off = _is_peft(model) and _adapter_is_fresh(model)
+        if self.adapter_off:
+            self.model = model
+        else:
+            self.model = copy.deepcopy(model)
+            self.model.eval()
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+                p.grad = None
+
+    @torch.no_grad()
+    def response_logits(self, items: Sequence[PairItem], pad_id: int, device: Any, autocast: bool) -> Tensor:
+        was = self.model.training
+        ctx = self.model.disable_adapter() if self.adapter_off else _nullcontext()
+        try:
+            self.model.eval()
+            with ctx, torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+                return response_logits(self.model, [it.teacher_ids for it in items],
+                                       [it.response_len for it in items], pad_id, device)
+        finally:
+            self.model.train(was)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def _adapter_is_fresh(model: Any) -> bool:
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    return bool(lora_b) and all(not bool(p.detach().any()) for p in lora_b)
+
+
+# ------------------------------------------------------------------------------------------------------ rollouts
+
+
+def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
+                  rollout_cfg: RolloutConfig, *, seed: int = 0,
+                  episode_reward: EpisodeReward | None = None) -> tuple[list[list[Episode]], dict]:
+    """K scored rollouts for each of ``cfg.questions`` seeded-sampled questions, grouped per question."""
+    from searche1.rewards import get_reward
+    from searche1.rollout.hf_engine import HFEngine
+
+    if not questions:
+        raise ConfigError("OFSD phase: no training questions given")
+    qs = random.Random(seed).sample(list(questions), min(cfg.questions, len(questions)))
+    K = cfg.samples_per_question
+    was = model.training
+    model.eval()
+    try:
+        eps = HFEngine(model, tokenizer, retriever, rollout_cfg).run([q for q in qs for _ in range(K)], seed=seed)
+    finally:
+        model.train(was)
+    reward_fn = get_reward(cfg.reward)
+    for e in eps:
+        r, m = episode_reward(e) if episode_reward is not None else reward_fn(e.answer, e.answers)
+        e.reward = float(r)
+        e.metrics.update(m)
+    n = len(eps)
+    stats = {
+        "ofsd/reward": sum(e.reward for e in eps) / n,
+        "ofsd/reward_em": sum(e.metrics.get("reward/em", e.reward) for e in eps) / n,
+        "ofsd/reward_f1": sum(e.metrics.get("reward/f1", 0.0) for e in eps) / n,
+        "ofsd/searches": sum(e.searches for e in eps) / n,
+        "ofsd/policy_tokens": sum(e.num_policy_tokens for e in eps) / n,
+        "ofsd/rollouts": float(n),
+    }
+    return [eps[i * K:(i + 1) * K] for i in range(len(qs))], stats
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def epoch_order(n: int, pairs_per_shard: int, rng: random.Random) -> list[int]:
+    """Pair order for one epoch: shards of ``pairs_per_shard`` consecutive pairs in shuffled order, each shuffled."""
+    shards = [list(range(s, min(n, s + pairs_per_shard))) for s in range(0, n, pairs_per_shard)]
+    rng.shuffle(shards)
+    out: list[int] = []
+    for sh in shards:
+        rng.shuffle(sh)
+        out.extend(sh)
+    return out
+
+
+def _topk_targets(shards: TeacherShards, pair_ids: Sequence[int], items: Sequence[PairItem],
+                  mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Cached targets laid out like ``mask`` (B, R): idx (B, R, k), logp (B, R, k), tail (B, R)."""
+    B, R = mask.shape
+    k = shards.k
+    idx = torch.zeros((B, R, k), dtype=torch.long)
+    logp = torch.full((B, R, k), float("-inf"))  # zero teacher mass at masked positions
+    tail = torch.zeros((B, R))
+    rows = [shards.get(j) for j in pair_ids]
+    for j, it, r in zip(pair_ids, items, rows):
+        if r[0].shape[0] != it.tokens:
+            raise ValueError(f"teacher cache pair {j} holds {r[0].shape[0]} tokens but the pair has {it.tokens} "
+                             "(stale cache: rerun the teacher pass)")
+    keep = mask != 0
+    idx[keep] = torch.cat([r[0] for r in rows])
+    logp[keep] = torch.cat([r[1] for r in rows])
+    tail[keep] = torch.cat([r[2] for r in rows])
+    return idx, logp, tail
+
+
+def distill_loss(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: int,
+                 teacher: FrozenTeacher | None = None, shards: TeacherShards | None = None,
+                 pair_ids: Sequence[int] | None = None, denom: float | None = None,
+                 autocast: bool = False, timer: dict | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The distillation loss of one micro-batch (student forward with grad; teacher exact or from ``shards``)."""
+    device = next(model.parameters()).device
+    mask = response_mask(items).to(device)  # (B, R)
+    if shards is None and teacher is None:
+        raise ValueError("distill_loss needs a teacher (exact mode) or teacher shards (topk mode)")
+    if shards is None:
+        t0 = time.perf_counter()
+        t_logits = teacher.response_logits(items, pad_id, device, autocast)  # (B, R, V) no grad
+        if timer is not None:
+            timer["teacher"] = timer.get("teacher", 0.0) + time.perf_counter() - t0
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+        s_logits = response_logits(model, [it.student_ids for it in items], [it.response_len for it in items],
+                                   pad_id, device)  # (B, R, V)
+    if shards is None:
+        return get_distill_loss(cfg.loss)(s_logits, t_logits, mask, clip=cfg.clip, beta=cfg.jsd_beta, denom=denom)
+    if pair_ids is None:
+        raise ValueError("topk mode needs the pairs' indices into the teacher cache (pair_ids)")
+    idx, logp, tail = (x.to(device) for x in _topk_targets(shards, pair_ids, items, mask.cpu()))
+    return forward_kl_topk(s_logits, idx, logp, tail, mask, clip=cfg.clip, temperature=shards.temperature,
+                           denom=denom)
+
+
+def precompute_topk(teacher: FrozenTeacher, items: Sequence[PairItem], path: str | Path, cfg: OFSDConfig, *,
+                    pad_id: int, autocast: bool = False) -> TeacherShards:
+    """Run the teacher once over every pair and write its top-k targets to ``path`` (atomic shards)."""
+    device = next(teacher.model.parameters()).device
+
+    def records():
+        for s in range(0, len(items), cfg.micro_batch_size):
+            batch = items[s:s + cfg.micro_batch_size]
+            mask = response_mask(batch).to(device) != 0  # (B, R)
+            logits = teacher.response_logits(batch, pad_id, device, autocast)  # (B, R, V)
+            idx, logp, tail = topk_teacher(logits, cfg.topk)
+            for b in range(len(batch)):
+                m = mask[b]
+                yield idx[b][m], logp[b][m], tail[b][m]
+
+    write_teacher_shards(path, records(), k=cfg.topk, pairs_per_shard=cfg.pairs_per_shard,
+                         meta={"loss": cfg.loss, "context": cfg.context})
+    return TeacherShards(path)
+
+
+def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: int,
+            teacher: FrozenTeacher | None = None, shards: TeacherShards | None = None, seed: int = 0,
+            progress: bool = False, autocast: bool | None = None) -> dict[str, float]:
+    """Train ``model`` on ``items`` for ``cfg.epochs`` passes (module docstring); returns the training metrics."""
+    from tqdm.auto import tqdm
+
+    from searche1.train import use_bf16
+
+    device = next(model.parameters()).device
+    if autocast is None:
+        autocast = use_bf16(cfg.bf16, str(device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("OFSD phase: the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_steps = math.ceil(len(items) / cfg.pairs_per_step)
+    bar = tqdm(total=cfg.epochs * n_steps, desc="ofsd", disable=not progress, unit="step")
+    timer: dict[str, float] = {}
+    kl_epochs: list[float] = []
+    clip_sum = tok_total = loss_last = grad_sum = 0.0
+    steps = skipped = 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = epoch_order(len(items), cfg.pairs_per_shard, random.Random(seed * 1_000_003 + epoch))
+        kl_sum = kl_tok = loss_sum = 0.0
+        epoch_steps = 0
+        for s in range(0, len(order), cfg.pairs_per_step):
+            step_ids = order[s:s + cfg.pairs_per_step]
+            denom = float(max(1, sum(items[j].tokens for j in step_ids)))  # exact whole-step normaliser
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            st = {"kl": 0.0, "clip": 0.0, "tok": 0.0}
+            for m0 in range(0, len(step_ids), cfg.micro_batch_size):
+                ids = step_ids[m0:m0 + cfg.micro_batch_size]
+                loss, m = distill_loss(model, [items[j] for j in ids], cfg, pad_id=pad_id, teacher=teacher,
+                                       shards=shards, pair_ids=ids, denom=denom, autocast=autocast, timer=timer)
+                loss.backward()
+                total += float(loss.detach())
+                st["kl"] += m["ofsd/kl"] * m["ofsd/tokens"]
+                st["clip"] += m["ofsd/clip_frac"] * m["ofsd/tokens"]
+                st["tok"] += m["ofsd/tokens"]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            bar.update(1)
+            if not (math.isfinite(total) and math.isfinite(grad_norm)):
+                opt.zero_grad(set_to_none=True)
+                skipped += 1
+                log.warning("OFSD epoch %d: non-finite loss/gradient (loss %s, grad norm %s): step skipped",
+                            epoch + 1, total, grad_norm)
+                continue
+            opt.step()
+            steps += 1
+            epoch_steps += 1
+            grad_sum += grad_norm
+            kl_sum += st["kl"]
+            kl_tok += st["tok"]
+            clip_sum += st["clip"]
+            tok_total += st["tok"]
+            loss_sum += total
+            bar.set_postfix(kl=f"{st['kl'] / max(st['tok'], 1):.4f}")
+        opt.zero_grad(set_to_none=True)
+        kl_epochs.append(kl_sum / kl_tok if kl_tok else float("nan"))
+        loss_last = loss_sum / max(1, epoch_steps)
+        log.info("OFSD epoch %d/%d: kl %.5f", epoch + 1, cfg.epochs, kl_epochs[-1])
+    bar.close()
+    return {
+        "ofsd/kl_first": kl_epochs[0],
+        "ofsd/kl_last": kl_epochs[-1],
+        "ofsd/kl": kl_epochs[-1],
+        "ofsd/loss": loss_last,
+        "ofsd/clip_frac": clip_sum / tok_total if tok_total else 0.0,
+        "ofsd/grad_norm": grad_sum / max(1, steps),
+        "ofsd/steps": float(steps),
+        "ofsd/skipped_nonfinite": float(skipped),
+        "ofsd/train_tokens": tok_total,
+        "time/ofsd_teacher_s": timer.get("teacher", 0.0),  # teacher forwards inside the loop (exact mode)
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- phase
+
+
+def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
+                   rollout_cfg: RolloutConfig, work_dir: str | Path, *, seed: int = 0, progress: bool = True,
+                   episode_reward: EpisodeReward | None = None,
+                   context: str | ContextFn | None = None) -> dict[str, float]:
+    """One OFSD phase on ``model`` (trained in place); returns the phase's metrics (module docstring).
+
+    ``questions`` are :class:`searche1.data.types.QAExample`; ``rollout_cfg`` is the GRPO rollout configuration
+    (temperature, chat, max_searches are reused for sampling and for the teacher prompt). ``work_dir`` receives the
+    top-k teacher cache (``teacher/``) in topk mode. ``episode_reward`` replaces the registered reward ``cfg.reward``;
+    ``context`` (a registered name or a ``ContextFn``) replaces ``cfg.context``.
+    """
+    cfg.validate()
+    t0 = time.perf_counter()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    groups, roll_stats = sample_groups(model, tokenizer, retriever, questions, cfg, rollout_cfg, seed=seed,
+                                       episode_reward=episode_reward)
+    pairs, pair_stats = mine_pairs(groups, student=cfg.student, reference=cfg.reference,  # type: ignore[arg-type]
+                                   correct_threshold=cfg.correct_threshold)
+    t_roll = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    items, prep_stats = prepare_pairs(pairs, tokenizer, context=context if context is not None else cfg.context,
+                                      chat=rollout_cfg.chat, max_searches=rollout_cfg.max_searches,
+                                      show_information=cfg.show_information, show_answer=cfg.show_answer,
+                                      max_teacher_tokens=cfg.max_teacher_tokens)
+    metrics: dict[str, float] = {**roll_stats, **pair_stats, **prep_stats, "ofsd/pairs_trained": float(len(items)),
+                                 "ofsd/skipped_nonfinite": 0.0, "ofsd/steps": 0.0}
+    from searche1.train import use_bf16
+
+    device = next(model.parameters()).device
+    autocast = use_bf16(cfg.bf16, str(device))
+    shards = None
+    teacher = FrozenTeacher(model) if items else None  # θ_r (the model is not updated before distill())
+    if cfg.teacher_mode == "topk" and teacher is not None:
+        shards = precompute_topk(teacher, items, Path(work_dir) / "teacher", cfg, pad_id=pad_id, autocast=autocast)
+        teacher = None  # the cache replaces the teacher: free the copy before training
+        metrics["ofsd/teacher_bytes_per_token"] = shards.data_bytes / max(1, shards.tokens)
+        metrics["ofsd/teacher_disk_bytes"] = float(shards.disk_bytes)
+    elif cfg.teacher_mode == "topk":  # no pairs: nothing written; the nominal cost per token
+        metrics["ofsd/teacher_bytes_per_token"] = float(bytes_per_token(cfg.topk))
+    else:  # exact: nothing is stored; for reference, what caching fp32 logits over the vocabulary would take
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
+        metrics["ofsd/teacher_bytes_per_token"] = float(vocab * 4)
+    t_teacher = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    if items:
+        train_stats = distill(model, items, cfg, pad_id=pad_id, teacher=teacher, shards=shards, seed=seed,
+                              progress=progress, autocast=autocast)
+        in_loop_teacher = train_stats.pop("time/ofsd_teacher_s")
+        t_teacher += in_loop_teacher
+        metrics.update(train_stats)
+    else:
+        in_loop_teacher = 0.0
+        log.warning("OFSD phase: no distillation pairs to train on (%s)", {k: v for k, v in metrics.items()
+                                                                            if k.startswith("ofsd/skipped")})
+    t_train = time.perf_counter() - t2 - in_loop_teacher
+    model.train(was_training)
+    del teacher
+    metrics.update({"time/ofsd_rollout_s": t_roll, "time/ofsd_teacher_s": t_teacher, "time/ofsd_train_s": t_train,
+                    "time/ofsd_s": time.perf_counter() - t0})
+    return metrics
+

@@ -1,0 +1,102 @@
+"""The self-evolution pipeline: a schedule of phases — GRPO round, OFSD phase, GRPO round, OFSD phase (the paper
+runs 2 rounds) — each phase in its own folder, checkpointed and resumable.
+
+    RUN/phase-00-grpo/      a GRPO run (metrics.jsonl, checkpoints/)
+    RUN/phase-01-ofsd/      model/ (the distilled policy), metrics.json
+    RUN/phase-02-grpo/      ...
+    RUN/pipeline.json       the schedule and each finished phase's output model
+
+A phase is finished when its output is recorded in ``pipeline.json`` (written atomically after the phase's model is
+saved). ``--resume`` skips finished phases, continues an interrupted GRPO phase from its newest checkpoint, and
+restarts an interrupted OFSD phase from its beginning (an OFSD phase is short and its only state is the model).
+Each phase starts from the previous phase's output; the first from ``model.name_or_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from searche1.config import ConfigError, to_dict
+from searche1.io import atomic_dir, fault_point, write_json
+from searche1.ofsd.phase import OFSDConfig
+from searche1.train import TrainConfig, run_grpo
+
+PHASES = ("grpo", "ofsd")
+
+
+@dataclass
+class PipelineConfig(TrainConfig):
+    schedule: list[str] = field(default_factory=lambda: ["grpo"], metadata={
+        "help": "phases in order: grpo | ofsd, e.g. [grpo, ofsd, grpo, ofsd] (Search-E1, 2 rounds)"})
+    ofsd: OFSDConfig = field(default_factory=OFSDConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        bad = [p for p in self.schedule if p not in PHASES]
+        if bad or not self.schedule:
+            raise ConfigError(f"schedule: {bad[0] if bad else '[]'!r} is not a phase; valid phases: grpo, ofsd")
+
+
+def _phase_dir(out: Path, i: int, kind: str) -> Path:
+    return out / f"phase-{i:02d}-{kind}"
+
+
+def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 episode_reward=None) -> Path:
+    """Run ``cfg.schedule``; returns the folder of the final policy (HF layout)."""
+    from searche1.checkpoint import latest_checkpoint
+
+    out = Path(out_dir)
+    state_path = out / "pipeline.json"
+    if state_path.is_file() and not resume:
+        raise FileExistsError(f"{out} already holds a pipeline run (fix: pass --resume, or another --out)")
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"phases": []}
+    if state.get("schedule", cfg.schedule) != cfg.schedule:
+        raise ConfigError(f"schedule: the run in {out} used {state['schedule']}, the config says {cfg.schedule}")
+    out.mkdir(parents=True, exist_ok=True)
+    state["schedule"] = cfg.schedule
+    write_json(out / "config.json", to_dict(cfg))
+    model_path = cfg.model.name_or_path
+    for i, kind in enumerate(cfg.schedule):
+        if i < len(state["phases"]):
+            model_path = state["phases"][i]["model"]
+            continue
+        pdir = _phase_dir(out, i, kind)
+        fault_point(f"phase{i}:start")
+        t0 = time.perf_counter()
+        phase_cfg = replace(cfg, model=replace(cfg.model, name_or_path=str(model_path)))
+        if kind == "grpo":
+            run_grpo(phase_cfg, pdir, resume=(pdir / "metrics.jsonl").exists(), progress=progress,
+                     episode_reward=episode_reward)
+            result_model = latest_checkpoint(pdir)
+            metrics = {}
+        else:
+            result_model, metrics = _run_ofsd(phase_cfg, pdir, seed=cfg.grpo.seed + i, progress=progress,
+                                              episode_reward=episode_reward)
+        state["phases"].append({"index": i, "kind": kind, "model": str(result_model),
+                                "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics})
+        write_json(state_path, state)
+        model_path = result_model
+    return Path(model_path)
+
+
+def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, episode_reward) -> tuple[Path, dict]:
+    from searche1.data.qa import load_qa
+    from searche1.models import load_policy
+    from searche1.ofsd.phase import run_ofsd_phase
+    from searche1.retrieval.config import make_retriever
+
+    model, tok = load_policy(cfg.model, trainable=True)
+    retriever = make_retriever(cfg.retrieval)
+    questions = [q for f in cfg.data.train for q in load_qa(f)]
+    pdir.mkdir(parents=True, exist_ok=True)
+    metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
+                             progress=progress, episode_reward=episode_reward)
+    with atomic_dir(pdir / "model", overwrite=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+    write_json(pdir / "metrics.json", metrics)
+    return pdir / "model", metrics

@@ -1,0 +1,307 @@
+"""The OFSD phase on a tiny model: teacher frozen, alignment, zero KL for an identical context, exact == top-k at
+k = V, the sharded top-k cache (round trip, atomic writes), the phase end to end, config errors, no pairs, LoRA.
+
+The tiny random policy never answers correctly, so the phase runs use a scripted episode reward (first sampled token
+id even → 1, as in tests/test_train.py) that gives groups with both correct and incorrect rollouts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny import QUESTIONS, tiny_model, tiny_retriever, tiny_tokenizer
+
+from searche1 import protocol
+from searche1.algos.distill import topk_teacher
+from searche1.config import from_dict
+from searche1.data.types import QAExample
+from searche1.errors import ConfigError
+from searche1.ofsd import Pair, mine_pairs
+from searche1.ofsd.phase import (
+    FrozenTeacher,
+    OFSDConfig,
+    distill,
+    distill_loss,
+    precompute_topk,
+    prepare_pairs,
+    response_mask,
+    run_ofsd_phase,
+    sample_groups,
+)
+from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
+from searche1.rollout import tokens
+from searche1.rollout.types import Episode, RolloutConfig
+
+ROLLOUT = RolloutConfig(max_turn_tokens=9, max_total_tokens=400, batch_size=8, max_searches=1)
+QS = [QAExample(str(i), q, [a]) for i, (q, a) in enumerate(QUESTIONS)]
+
+
+def parity_reward(ep):
+    r = float(ep.response_ids[0] % 2 == 0)
+    return r, {"reward/em": r, "reward/f1": r}
+
+
+def zero_reward(ep):
+    return 0.0, {"reward/em": 0.0, "reward/f1": 0.0}
+
+
+def plain_context(pair, tokenizer, *, chat=None, max_searches=4, **_):
+    """A 'privileged' context that is exactly the student's plain prompt."""
+    return protocol.build_prompt(pair.question, tokenizer, chat=chat, max_searches=max_searches)
+
+
+def cfg(**kw) -> OFSDConfig:
+    base = dict(samples_per_question=4, questions=6, bf16="off", lr=3e-3, epochs=1, pairs_per_step=2,
+                micro_batch_size=2, pairs_per_shard=2)
+    c = OFSDConfig(**{**base, **kw})
+    c.validate()
+    return c
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pairs(tok):
+    groups, _ = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS, cfg(), ROLLOUT, seed=0,
+                              episode_reward=parity_reward)
+    ps, stats = mine_pairs(groups)
+    assert len(ps) >= 3, stats
+    return ps
+
+
+def items_for(pairs, tok, context="sibling"):
+    items, _ = prepare_pairs(pairs, tok, context=context, chat=ROLLOUT.chat, max_searches=ROLLOUT.max_searches)
+    return items
+
+
+def state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------- alignment, teacher
+
+
+def hand_pair(tok, question: str, student_resp: list[int], student_mask: list[int]) -> Pair:
+    prompt = tokens.prompt_ids(tok, question, ROLLOUT)
+    ref = Episode("r", question, ["x"], prompt, response_ids=[40, 41, 42], policy_mask=[1, 1, 1],
+                  logprobs=[0.0] * 3, reward=1.0, response_text="<answer> x </answer>")
+    stu = Episode("s", question, ["x"], prompt, response_ids=student_resp, policy_mask=student_mask,
+                  logprobs=[0.0] * len(student_resp), reward=0.0)
+    return Pair(question, ["x"], ref, stu, group_index=0, reference_index=0, student_index=1, group=[ref, stu])
+
+
+def test_alignment_matches_a_naive_unpadded_forward(tok):
+    """Batched, left-padded, logits_to_keep: per-token forward KL equals a per-pair loop at len(prompt) + j − 1."""
+    ps = [hand_pair(tok, QUESTIONS[0][0], [50, 51, 60, 61, 62, 52, 53], [1, 1, 0, 0, 0, 1, 1]),  # info in the middle
+          hand_pair(tok, QUESTIONS[3][0], [70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80], [1] * 11)]
+    model = tiny_model(tok)
+    teacher = FrozenTeacher(model)
+    items = items_for(ps, tok)
+    loss, m = distill_loss(model, items, cfg(clip=None), pad_id=tok.pad_token_id, teacher=teacher)
+    assert m["ofsd/tokens"] == 4 + 11  # the <information> tokens do not count
+    per_tok = []
+    with torch.no_grad():
+        for p, it in zip(ps, items):
+            R, P_s = len(p.student.response_ids), len(p.student.prompt_ids)
+            P_t = len(it.teacher_ids) - R
+            assert P_t > P_s  # the privileged prompt is longer
+            zs = model(input_ids=torch.tensor([it.student_ids])).logits[0]
+            zt = model(input_ids=torch.tensor([it.teacher_ids])).logits[0]
+            for j, keep in enumerate(p.student.policy_mask):
+                if keep:
+                    lt, ls = zt[P_t + j - 1].log_softmax(-1), zs[P_s + j - 1].log_softmax(-1)
+                    per_tok.append(float((lt.exp() * (lt - ls)).sum()))
+    naive = sum(per_tok) / len(per_tok)
+    assert naive > 1e-3  # the contexts differ, so does the distribution
+    assert float(loss.detach()) == pytest.approx(naive, rel=1e-4, abs=1e-6)
+    assert m["ofsd/kl"] == pytest.approx(naive, rel=1e-4, abs=1e-6)
+
+
+def test_teacher_is_frozen_while_the_student_trains(tok, pairs):
+    model = tiny_model(tok)
+    teacher = FrozenTeacher(model)
+    assert teacher.model is not model and not teacher.adapter_off
+    t0, s0 = state(teacher.model), state(model)
+    out = distill(model, items_for(pairs, tok), cfg(lr=1e-2, epochs=2), pad_id=tok.pad_token_id, teacher=teacher)
+    assert out["ofsd/steps"] > 0 and out["ofsd/skipped_nonfinite"] == 0
+    assert all(not p.requires_grad and p.grad is None for p in teacher.model.parameters())
+    assert not changed(t0, state(teacher.model))  # teacher weights identical
+    assert changed(s0, state(model))  # student moved
+    assert not teacher.model.training
+
+
+def test_identical_context_gives_zero_kl_and_zero_gradient(tok, pairs):
+    model = tiny_model(tok)
+    teacher = FrozenTeacher(model)
+    items = items_for(pairs, tok, context=plain_context)
+    assert all(it.teacher_ids == it.student_ids for it in items)
+    model.train()
+    loss, m = distill_loss(model, items, cfg(), pad_id=tok.pad_token_id, teacher=teacher)
+    assert abs(m["ofsd/kl"]) < 1e-6 and abs(float(loss.detach())) < 1e-6 and m["ofsd/tokens"] > 0
+    loss.backward()
+    g = max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
+    assert g < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ top-k cache
+
+
+def test_exact_and_topk_with_k_equal_vocab_agree(tok, pairs, tmp_path):
+    V = len(tok)
+    items = items_for(pairs, tok)
+    m1, m2 = tiny_model(tok), tiny_model(tok)
+    ce, ct = cfg(lr=1e-2, epochs=2), cfg(lr=1e-2, epochs=2, teacher_mode="topk", topk=V)
+    shards = precompute_topk(FrozenTeacher(m2), items, tmp_path / "teacher", ct, pad_id=tok.pad_token_id)
+    assert shards.k == V and len(shards) == len(items)
+    batch = items[:2]
+    le, _ = distill_loss(m1, batch, ce, pad_id=tok.pad_token_id, teacher=FrozenTeacher(m1))
+    lt, _ = distill_loss(m2, batch, ct, pad_id=tok.pad_token_id, shards=shards, pair_ids=[0, 1])
+    le, lt = float(le.detach()), float(lt.detach())
+    assert le > 1e-3 and lt == pytest.approx(le, rel=1e-5)
+    oe = distill(m1, items, ce, pad_id=tok.pad_token_id, teacher=FrozenTeacher(m1))
+    ot = distill(m2, items, ct, pad_id=tok.pad_token_id, shards=shards)
+    for key in ("ofsd/kl_first", "ofsd/kl_last", "ofsd/loss"):
+        assert ot[key] == pytest.approx(oe[key], rel=1e-4), key
+    a, b = state(m1), state(m2)  # Adam turns float noise in near-zero gradients into lr-sized steps: loose atol
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
+def test_topk_shards_round_trip_and_are_read_shard_by_shard(tok, pairs, tmp_path):
+    k = 8
+    items = items_for(pairs, tok)
+    c = cfg(teacher_mode="topk", topk=k, pairs_per_shard=2)
+    model = tiny_model(tok)
+    teacher = FrozenTeacher(model)
+    shards = precompute_topk(teacher, items, tmp_path / "teacher", c, pad_id=tok.pad_token_id)
+    files = sorted(p.name for p in (tmp_path / "teacher").iterdir())
+    n_shards = -(-len(items) // 2)
+    assert files == ["index.json"] + [f"shard-{i:05d}.safetensors" for i in range(n_shards)]
+    index = json.loads((tmp_path / "teacher" / "index.json").read_text())
+    assert index["num_pairs"] == len(items) and index["k"] == k and len(index["shards"]) == n_shards
+    assert shards.tokens == sum(it.tokens for it in items)
+    assert shards.data_bytes / shards.tokens == bytes_per_token(k) == k * (4 + 4) + 4
+    # the stored rows are the teacher's top-k at exactly the student's policy tokens
+    mb = c.micro_batch_size  # same batches as the teacher pass, so the padded forwards are bit-identical
+    for s in range(0, len(items), mb):
+        batch = items[s:s + mb]
+        idx, logp, tail = topk_teacher(teacher.response_logits(batch, tok.pad_token_id, "cpu", False), k)
+        keep = response_mask(batch) != 0  # (B, R)
+        for b, it in enumerate(batch):
+            gi, gl, gt = shards.get(s + b)
+            assert gi.shape == (it.tokens, k)
+            assert torch.equal(gi, idx[b][keep[b]]) and torch.equal(gl, logp[b][keep[b]])
+            assert torch.equal(gt, tail[b][keep[b]])
+    fresh = TeacherShards(tmp_path / "teacher")
+    distill(model, items, c, pad_id=tok.pad_token_id, shards=fresh)
+    assert fresh.loads == n_shards  # one epoch visits the pairs shard by shard: each file read once
+
+
+def test_shard_writing_is_atomic(tmp_path):
+    final = tmp_path / "teacher"
+    k = 3
+
+    def rec(n=2):
+        return torch.zeros((n, k), dtype=torch.long), torch.zeros((n, k)), torch.zeros(n)
+
+    def failing(existing: int = 0):
+        for i in range(5):
+            yield rec()
+            if i == 3:
+                # two new shards are written by now, in a hidden folder only; the visible one is the old or none
+                assert (TeacherShards(final).num_pairs == existing) if existing else not final.exists()
+                hidden = [p for p in tmp_path.iterdir() if p.name.startswith(".teacher.tmp")]
+                assert len(hidden) == 1 and (hidden[0] / "shard-00001.safetensors").is_file()
+                raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        write_teacher_shards(final, failing(), k=k, pairs_per_shard=2)
+    assert list(tmp_path.iterdir()) == []  # nothing visible, temp folder removed
+    write_teacher_shards(final, [rec(), rec(1)], k=k, pairs_per_shard=2)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        write_teacher_shards(final, failing(existing=2), k=k, pairs_per_shard=2)
+    old = TeacherShards(final)  # the previous complete cache survives a failed rewrite
+    assert len(old) == 2 and old.tokens == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["teacher"]
+
+
+# -------------------------------------------------------------------------------------------------- the phase
+
+
+@pytest.mark.parametrize("mode", ["exact", "topk"])
+def test_phase_mines_pairs_trains_and_kl_decreases(tok, tmp_path, mode):
+    model = tiny_model(tok)
+    s0 = state(model)
+    c = cfg(epochs=5, lr=3e-3, teacher_mode=mode, topk=32)
+    out = run_ofsd_phase(model, tok, tiny_retriever(), QS, c, ROLLOUT, tmp_path, progress=False,
+                         episode_reward=parity_reward)
+    assert out["ofsd/pairs"] >= 3 and out["ofsd/pairs_trained"] == out["ofsd/pairs"]
+    assert out["ofsd/rollouts"] == 6 * 4 and 0 < out["ofsd/reward_em"] < 1
+    assert out["ofsd/steps"] == 5 * -(-out["ofsd/pairs"] // 2) and out["ofsd/skipped_nonfinite"] == 0
+    assert out["ofsd/kl_first"] > 0 and out["ofsd/kl_last"] < 0.7 * out["ofsd/kl_first"]
+    for key in ("ofsd/searches", "ofsd/clip_frac", "ofsd/skipped_no_correct", "ofsd/teacher_bytes_per_token",
+                "time/ofsd_rollout_s", "time/ofsd_teacher_s", "time/ofsd_train_s"):
+        assert key in out
+    assert changed(s0, state(model))
+    if mode == "topk":
+        assert out["ofsd/teacher_bytes_per_token"] == bytes_per_token(32)
+        assert (tmp_path / "teacher" / "index.json").is_file()
+    else:
+        assert out["ofsd/teacher_bytes_per_token"] == len(tok) * 4
+        assert not (tmp_path / "teacher").exists()
+
+
+def test_no_pairs_leaves_the_model_unchanged(tok, tmp_path):
+    model = tiny_model(tok)
+    s0 = state(model)
+    out = run_ofsd_phase(model, tok, tiny_retriever(), QS, cfg(teacher_mode="topk"), ROLLOUT, tmp_path,
+                         progress=False, episode_reward=zero_reward)
+    assert out["ofsd/pairs"] == 0 and out["ofsd/skipped_no_correct"] == 6 and out["ofsd/steps"] == 0
+    assert "ofsd/kl" not in out
+    assert not changed(s0, state(model))
+    assert not (tmp_path / "teacher").exists()
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="topk approximates forward KL only, not 'reverse_kl'.*teacher_mode: exact"):
+        from_dict(OFSDConfig, {"teacher_mode": "topk", "loss": "reverse_kl"})
+    with pytest.raises(ConfigError, match="context: unknown privileged context 'nope'.*answer, hindsight, sibling"):
+        from_dict(OFSDConfig, {"context": "nope"})
+    with pytest.raises(ConfigError, match="loss: unknown distillation loss 'kl'.*forward_kl, jsd, reverse_kl"):
+        from_dict(OFSDConfig, {"loss": "kl"})
+    with pytest.raises(ConfigError, match="student: unknown rule 'best'.*most_different, all_others"):
+        from_dict(OFSDConfig, {"student": "best"})
+    with pytest.raises(ConfigError, match="reward: unknown reward 'bleu'"):
+        from_dict(OFSDConfig, {"reward": "bleu"})
+    with pytest.raises(ConfigError, match="samples_per_question: pair mining needs at least 2"):
+        from_dict(OFSDConfig, {"samples_per_question": 1})
+    with pytest.raises(ConfigError, match="teacher_mode: 'cached' is not one of"):
+        from_dict(OFSDConfig, {"teacher_mode": "cached"})
+    ok = from_dict(OFSDConfig, {"loss": "jsd", "clip": None})
+    assert ok.samples_per_question == 5 and ok.context == "sibling" and ok.clip is None
+
+
+def test_lora_teacher_is_the_adapter_off(tok, pairs):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_model(tok), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                                  task_type="CAUSAL_LM"))
+    teacher = FrozenTeacher(model)
+    assert teacher.adapter_off and teacher.model is model  # fresh adapter: no copy
+    items = items_for(pairs, tok)
+    before = teacher.response_logits(items[:2], tok.pad_token_id, "cpu", False)
+    base0 = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    out = distill(model, items, cfg(lr=1e-2, epochs=2), pad_id=tok.pad_token_id, teacher=teacher)
+    assert out["ofsd/kl_last"] < out["ofsd/kl_first"]
+    after = teacher.response_logits(items[:2], tok.pad_token_id, "cpu", False)
+    torch.testing.assert_close(before, after)  # the teacher (adapter off) did not move
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in base0.items())  # only the adapter trained
+    assert not FrozenTeacher(model).adapter_off  # a trained adapter is deep-copied instead

@@ -1,0 +1,84 @@
+"""The self-evolution schedule (GRPO → OFSD → GRPO) on a tiny model: phases chain, record, and resume by phase."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import TESTS, make_config, parity_reward
+
+from searche1.config import ConfigError, from_dict, to_dict
+from searche1.pipeline import PipelineConfig, run_pipeline
+
+
+def pipeline_config(root: Path) -> PipelineConfig:
+    base = to_dict(make_config(root, steps=2, save_every=2))
+    base["schedule"] = ["grpo", "ofsd", "grpo"]
+    base["ofsd"] = {"questions": 3, "samples_per_question": 3, "epochs": 1, "lr": 1e-3, "micro_batch_size": 2}
+    return from_dict(PipelineConfig, base)
+
+
+def final_weights(path: Path) -> dict:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_schedule_runs_phases_in_order(tmp_path):
+    cfg = pipeline_config(tmp_path)
+    final = run_pipeline(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert [p["kind"] for p in state["phases"]] == ["grpo", "ofsd", "grpo"]
+    assert state["phases"][1]["model"].endswith("phase-01-ofsd/model")
+    assert "ofsd/pairs" in state["phases"][1]["metrics"]
+    # phase 2 started from the OFSD output
+    cfg2 = json.loads((tmp_path / "run" / "phase-02-grpo" / "config.json").read_text())
+    assert cfg2["model"]["name_or_path"] == state["phases"][1]["model"]
+    assert Path(final) == Path(state["phases"][2]["model"]) and final_weights(final)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_pipeline(cfg, tmp_path / "run", progress=False)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_pipeline import pipeline_config
+    from test_train import parity_reward
+    from searche1.pipeline import run_pipeline
+    run_pipeline(pipeline_config(Path({root!r})), Path({out!r}), resume={resume}, progress=False,
+                 episode_reward=parity_reward)
+""")
+
+
+def test_killed_pipeline_resumes_by_phase(tmp_path):
+    pipeline_config(tmp_path)
+    out = tmp_path / "run"
+
+    def launch(resume, fault):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("SEARCHE1_FAULT", None)
+        if fault:
+            env["SEARCHE1_FAULT"] = fault
+        code = SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(out), resume=resume)
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+    killed = launch(False, "phase2:start")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert len(json.loads((out / "pipeline.json").read_text())["phases"]) == 2
+    done = launch(True, None)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((out / "pipeline.json").read_text())
+    assert [p["index"] for p in state["phases"]] == [0, 1, 2]
+    ref = run_pipeline(pipeline_config(tmp_path), tmp_path / "ref", progress=False, episode_reward=parity_reward)
+    a, b = final_weights(ref), final_weights(state["phases"][2]["model"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_schedule_validation():
+    with pytest.raises(ConfigError, match="schedule: 'sft' is not a phase; valid phases: grpo, ofsd"):
+        from_dict(PipelineConfig, {"data": {"train": ["x"]}, "schedule": ["grpo", "sft"]})
