@@ -73,11 +73,20 @@ def test_retrieval_config_cross_field_rules():
         from_dict(RetrievalConfig, {})
     with pytest.raises(ConfigError, match="set exactly one"):
         from_dict(RetrievalConfig, {"index": "x", "url": "http://y"})
-    with pytest.raises(ConfigError, match="topk: 99 is outside 1..50"):
-        from_dict(RetrievalConfig, {"index": "x", "topk": 99})
-    assert from_dict(RetrievalConfig, {"url": "http://127.0.0.1:8000"}).topk == 3
+    with pytest.raises(ConfigError, match="topk: unknown field of RetrievalConfig"):
+        from_dict(RetrievalConfig, {"index": "x", "topk": 3})  # passages per search live in rollout.topk
+    assert from_dict(RetrievalConfig, {"url": "http://127.0.0.1:8000"}).cache_size == 100_000
 
 
 def test_describe_lists_nested_fields():
     rows = {r[0]: r for r in describe(Outer)}
     assert "inner.lr" in rows and rows["steps"][2] == "10"
+
+
+def test_configuration_reference_doc_is_current():
+    from pathlib import Path
+
+    from searche1.cli import render_config_reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == render_config_reference() + "\n", "regenerate: searche1 config-reference > docs/configuration.md"

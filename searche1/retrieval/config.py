@@ -13,7 +13,6 @@ from searche1.retrieval.base import Retriever
 class RetrievalConfig:
     index: Path | None = field(default=None, metadata={"help": "index folder built by `searche1 index` (in-process)"})
     url: str | None = field(default=None, metadata={"help": "retrieval server URL, e.g. http://127.0.0.1:8000"})
-    topk: int = field(default=3, metadata={"help": "passages per search (the paper uses 3)"})
     cache_size: int = field(default=100_000, metadata={"help": "LRU cache entries; 0 disables the cache"})
     timeout_s: float = field(default=30.0, metadata={"help": "HTTP timeout per request"})
     retries: int = field(default=3, metadata={"help": "HTTP retries with exponential backoff"})
@@ -21,8 +20,6 @@ class RetrievalConfig:
     def validate(self) -> None:
         if (self.index is None) == (self.url is None):
             raise ConfigError("index/url: set exactly one of `index` (a local index folder) or `url` (a server)")
-        if not 1 <= self.topk <= 50:
-            raise ConfigError(f"topk: {self.topk} is outside 1..50")
         if self.cache_size < 0:
             raise ConfigError("cache_size: must be >= 0 (0 disables the cache)")
 
