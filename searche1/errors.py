@@ -41,7 +41,7 @@ class DataError(SearchE1Error, ValueError):
 
 
 class ConfigError(SearchE1Error, ValueError):
-    """A configuration value is invalid; the message names the field path (e.g. ``retrieval.topk``) and the fix."""
+    """A configuration value is invalid; the message names the field path (e.g. ``rollout.topk``) and the fix."""
 
 
 class RetrievalError(SearchE1Error, RuntimeError):
