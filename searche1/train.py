@@ -246,6 +246,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             e.metrics.update(m)
             rewards.append(r)
         adv, adv_metrics = advantage_fn(torch.tensor(rewards), g.group_size)  # (N,)
+        t_reward = time.perf_counter() - t0 - t_roll
         keep = list(range(len(eps)))
         if g.skip_zero_std_groups:
             keep = [i for i in keep if any(rewards[j] != rewards[i] for j in range(
@@ -299,7 +300,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         t_train = time.perf_counter() - t1
         metrics = {**rollout_metrics(eps), **adv_metrics, **stats, "grad/norm": grad_norm,
                    "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
-                   "train/kept_rollouts": len(keep), "time/rollout_s": t_roll, "time/train_s": t_train,
+                   "train/kept_rollouts": len(keep), "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
                    "time/step_s": time.perf_counter() - t0}
         if dev and step % g.eval_every == 0:
             metrics.update(_dev_eval(model, tok, retriever, dev, cfg))
