@@ -63,8 +63,11 @@ def trl_step(model_path: str, questions, args) -> dict:
         return [exact_match(protocol.extract_answer(c) or "", g) for c, g in zip(completions, golden)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GRPOConfig(output_dir=tmp, per_device_train_batch_size=4, gradient_accumulation_steps=len(rows) * 5 // 4,
-                         num_generations=5, max_completion_length=args.max_tokens, temperature=1.0, beta=0.0,
+        n = len(rows) * 5
+        if n % 4:
+            raise SystemExit(f"--questions {len(rows)}: 5 x questions must be a multiple of the micro-batch 4")
+        cfg = GRPOConfig(output_dir=tmp, per_device_train_batch_size=4, gradient_accumulation_steps=n // 4,
+                         generation_batch_size=n, num_generations=5, max_completion_length=args.max_tokens, temperature=1.0, beta=0.0,
                          loss_type="dapo", learning_rate=1e-6, max_steps=1, use_cpu=True, bf16=False,
                          report_to="none", save_strategy="no", logging_steps=1, seed=args.seed,
                          dataloader_num_workers=0, disable_tqdm=True)

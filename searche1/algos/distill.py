@@ -53,12 +53,13 @@ that were clipped; ``k + 1`` entries per token for the top-k loss) and ``ofsd/to
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from searche1.algos.aggregate import DEFAULT_AGG, check_agg, masked_aggregate, masked_mean
+from searche1.algos.kl import _blocks  # shared position blocking
 from searche1.errors import ConfigError
 
 __all__ = [
@@ -92,19 +93,6 @@ _KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-
-
-def _blocks(b: int, t: int, rows: int) -> Iterator[tuple[slice, slice]]:
-    """(batch slice, time slice) blocks of at most ``rows`` positions covering a (b, t) grid."""
-    rows = max(1, rows)
-    if t >= rows:
-        for i in range(b):
-            for j in range(0, t, rows):
-                yield slice(i, i + 1), slice(j, min(t, j + rows))
-    else:
-        per = max(1, rows // max(t, 1))
-        for i in range(0, b, per):
-            yield slice(i, min(b, i + per)), slice(0, t)
 
 
 def _f32(block: Tensor, temperature: float) -> Tensor:
