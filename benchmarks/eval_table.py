@@ -27,7 +27,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=str(RESULTS_DIR / "eval_smollm2.json"))
+    ap.add_argument("--render", action="store_true", help="only print the README table of the results file")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(Path(args.out).read_text())["runs"]))
+        return
 
     from searche1.data.qa import load_qa_files
     from searche1.evaluate import EvalConfig, evaluate, markdown_table
@@ -63,6 +67,21 @@ def main() -> None:
     doc = json.loads(out.read_text())
     labels = list(doc["runs"])
     print(markdown_table([doc["runs"][k] for k in labels], labels))
+
+
+def render(runs: dict) -> str:
+    """README table: EM per dataset for every run, then F1, searches and valid-format averages."""
+    labels = list(runs)
+    names = list(dict.fromkeys(n for r in runs.values() for n in r["datasets"]))
+    lines = ["| dataset | n | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
+    for n in names:
+        count = next(str(r["datasets"][n]["n"]) for r in runs.values() if n in r["datasets"])
+        lines.append(f"| {n} | {count} | " + " | ".join(
+            f"{runs[k]['datasets'][n]['em']:.3f}" if n in runs[k]["datasets"] else "–" for k in labels) + " |")
+    for key, name in (("em", "**average EM**"), ("f1", "average F1"), ("searches", "searches / question"),
+                      ("valid_format", "valid format"), ("response_tokens", "response tokens")):
+        lines.append(f"| {name} | | " + " | ".join(f"{runs[k]['average'][key]:.3f}" for k in labels) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
