@@ -147,6 +147,25 @@ class HFEngine:
         tokens = torch.multinomial(probs, 1, generator=gen)[:, 0]
         return tokens, torch.log_softmax(raw / self.cfg.temperature, -1).gather(-1, tokens[:, None])[:, 0]
 
+    def _end_turn(self, ep: Episode, turn_tokens: list[int], turn_lps: list[float], end: str) -> bool:
+        """Record a finished turn on its episode and decide its fate; True when it asks for a search to run."""
+        ep.turns += 1
+        ep.append(turn_tokens, True, turn_lps)
+        action = protocol.parse_turn(self.tok.decode(turn_tokens))
+        if action.kind == "answer":
+            ep.stop_reason = StopReason.ANSWERED
+        elif action.kind == "search":
+            if ep.searches >= self.cfg.max_searches:
+                ep.stop_reason = StopReason.MAX_TURNS
+            else:
+                ep.queries.append(action.content)
+                return True
+        elif end in ("eos", "stop"):  # ended without a usable action (e.g. an empty query)
+            ep.stop_reason = StopReason.PARSE_ERROR
+        else:  # a length budget ran out mid-turn
+            ep.stop_reason = StopReason.MAX_TOKENS
+        return False
+
     @torch.no_grad()
     def _run_batch(self, examples: Sequence[QAExample], gen, prompts: Sequence[list[int]] | None) -> list[Episode]:
         cfg, dev = self.cfg, self._device
@@ -169,15 +188,15 @@ class HFEngine:
         total_len = [len(e.prompt_ids) for e in eps]
 
         while rows:
-            # ---- one turn: sample until every live row has stopped
+            # ---- one turn: sample until every live row has stopped. A row whose episode ends (answer, EOS,
+            # budget) leaves the batch right away, so stragglers do not drag finished rows through the cache;
+            # a row that asked for a search waits (feeding masked pads) for the turn's batched retrieval.
             turn_tokens: list[list[int]] = [[] for _ in rows]
             turn_lps: list[list[float]] = [[] for _ in rows]
-            turn_end: list[str | None] = [None] * len(rows)  # "stop" | "eos" | "budget"
+            state: list[str | None] = [None] * len(rows)  # None generating | "search" | "done"
             unfed: set[int] = set()  # rows whose last sampled token is not in the cache yet
             for _step in range(cfg.max_turn_tokens):
-                live = [j for j in range(len(rows)) if turn_end[j] is None]
-                if not live:
-                    break
+                live = [j for j in range(len(rows)) if state[j] is None]
                 proc = last
                 if self.logits_hook is not None:
                     proc = self.logits_hook([(eps[r], turn_tokens[j]) for j, r in enumerate(rows)], last.clone())
@@ -192,36 +211,38 @@ class HFEngine:
                     total_len[rows[j]] += 1
                     feed[j, 0] = t
                     feed_mask[j, 0] = 1
+                    end = None
                     if t in self.eos_ids:
-                        turn_end[j] = "eos"
+                        end = "eos"
                     elif any(s in self.tok.decode(turn_tokens[j][-16:]) for s in protocol.TURN_STOP_STRINGS):
-                        turn_end[j] = "stop"
+                        end = "stop"
                     elif total_len[rows[j]] >= cfg.max_total_tokens:
-                        turn_end[j] = "budget"
-                if all(e is not None for e in turn_end):
+                        end = "budget"
+                    if end is not None:
+                        searching = self._end_turn(eps[rows[j]], turn_tokens[j], turn_lps[j], end)
+                        state[j] = "search" if searching else "done"
+                done = [j for j in range(len(rows)) if state[j] == "done"]
+                if done and (len(done) >= max(1, len(rows) // 8) or all(x is not None for x in state)):
+                    keep = [j for j in range(len(rows)) if state[j] != "done"]
+                    if not keep:
+                        rows = []
+                        break
+                    idx = torch.tensor(keep, device=dev)
+                    cache.batch_select_indices(idx)
+                    attn, feed, feed_mask = attn[idx], feed[idx], feed_mask[idx]
+                    live = [keep.index(j) for j in live if j in keep]
+                    rows, turn_tokens, turn_lps, state = ([xs[j] for j in keep]
+                                                         for xs in (rows, turn_tokens, turn_lps, state))
+                if all(x is not None for x in state):
                     unfed = set(live)  # fed together with the retrieved block below (saves one forward)
                     break
                 attn = torch.cat([attn, feed_mask], dim=1)
                 last = self._forward(feed, attn, cache, 1)
-            # ---- parse the turn, decide each row's fate
-            pending: list[int] = []  # positions j with a search to run
-            for j, r in enumerate(rows):
-                ep = eps[r]
-                ep.turns += 1
-                ep.append(turn_tokens[j], True, turn_lps[j])
-                action = protocol.parse_turn(self.tok.decode(turn_tokens[j]))
-                if action.kind == "answer":
-                    ep.stop_reason = StopReason.ANSWERED
-                elif action.kind == "search":
-                    if ep.searches >= cfg.max_searches:
-                        ep.stop_reason = StopReason.MAX_TURNS
-                    else:
-                        ep.queries.append(action.content)
-                        pending.append(j)
-                elif turn_end[j] in ("eos", "stop"):  # ended without a usable action (e.g. empty query)
-                    ep.stop_reason = StopReason.PARSE_ERROR
-                else:  # a length budget ran out mid-turn
-                    ep.stop_reason = StopReason.MAX_TOKENS
+            for j in range(len(rows)):  # the turn budget ran out mid-turn
+                if state[j] is None:
+                    state[j] = "search" if self._end_turn(eps[rows[j]], turn_tokens[j], turn_lps[j], "budget") \
+                        else "done"
+            pending = [j for j in range(len(rows)) if state[j] == "search"]
             # ---- one batched retrieval for the whole turn
             infos: dict[int, list[int]] = {}
             if pending:
