@@ -71,7 +71,9 @@ def main() -> None:
 
 def render(runs: dict) -> str:
     """README table: EM per dataset for every run, then F1, searches and valid-format averages."""
-    labels = list(runs)
+    pref = ["direct", "naive-rag", "agent", "agent-constrained"]
+    labels = sorted(runs, key=lambda k: (k.split("/")[0] != "base", pref.index(k.split("/")[1])
+                                         if k.split("/")[1] in pref else 99))
     names = list(dict.fromkeys(n for r in runs.values() for n in r["datasets"]))
     lines = ["| dataset | n | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
     for n in names:
