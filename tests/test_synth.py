@@ -15,18 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from searche1.data.synth import (
-    DATASETS,
-    MULTIHOP,
-    SINGLE,
-    _BLOCKLIST,
-    _SUFFIXES,
-    _NameBank,
-    _blocklist_for,
-    _token_regex,
-    generate_world,
-    write_world,
-)
+from searche1.data.synth import DATASETS, MULTIHOP, SINGLE, generate_world, write_world
+from searche1.data.synth_names import _BLOCKLIST, _SUFFIXES, _NameBank, _blocklist_for, _token_regex
 from searche1.data.types import Passage, QAExample
 
 DICT_WORDS = Path("/usr/share/dict/words")

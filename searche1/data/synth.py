@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from searche1.data.synth_names import _NameBank
 from searche1.data.types import Passage, QAExample
-from searche1.io import atomic_dir
 
 __all__ = [
     "DATASETS",
@@ -48,144 +47,6 @@ SINGLE = "synth_single"
 MULTIHOP = "synth_multihop"
 DATASETS = (SINGLE, MULTIHOP)
 SPLITS = ("train", "dev")
-
-# --------------------------------------------------------------------------------------------------------------------
-# Names
-# --------------------------------------------------------------------------------------------------------------------
-
-_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "th",
-           "tr", "v", "z", "sh", "w", "qu")
-_SIMPLE_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "w", "th")
-_VOWELS = ("a", "a", "e", "e", "i", "o", "o", "u", "ei", "y")
-_INNER_CODAS = ("", "", "", "", "n", "r", "l", "s", "m")  # closing a syllable that another one follows
-_FINAL_CODAS = ("n", "r", "l", "s", "m", "th", "nd", "rn", "ld", "st", "rk", "x", "v")  # before a vowel suffix
-_SUFFIXES: dict[str, tuple[str, ...]] = {  # distinctive endings keep collisions with English words rare
-    "given_f": ("ela", "wen", "ys", "essa", "ara", "ethe", "iel", "ova", "ynn", "ille", "ira", "ena"),
-    "given_m": ("ulf", "ek", "ald", "ric", "orn", "oth", "ast", "mar", "wyn", "an", "or", "em"),
-    "surname": ("holt", "quist", "vig", "mark", "dahl", "borg", "sen", "rand", "vane", "lund", "ard", "ick"),
-    "city": ("ath", "wick", "holm", "mere", "stad", "ford", "vale", "dun", "ost", "grad", "heim", "by", "thorpe"),
-    "country": ("enia", "ovia", "aria", "ona", "avia", "eth", "ond", "istra", "mark"),
-    "river": ("esse", "ell", "ava", "oth", "unn", "ire", "ane", "ow"),
-    "mountain": ("dra", "gard", "horn", "berg", "kar", "mor", "ak", "vik", "tind"),
-    "company": ("wick", "dale", "bury", "hall", "field", "worth", "combe", "stead"),
-}
-
-_MAX_TOKEN = 10
-_BAD_SEQUENCES = re.compile(
-    r"(.)\1\1|ii|uu|yy|aa|q(?!u)|[^aeiouy]{4}|[aeiouy]{3}|yi|iy|uy|yu|^y|y.*y|ei.*(?:ei|y)|y.*ei"
-)
-
-
-def _alt(options) -> str:
-    return "(?:" + "|".join(re.escape(o) for o in sorted(set(options), key=len, reverse=True) if o) + ")"
-
-
-def _token_regex() -> re.Pattern[str]:
-    """The regex of every name token :meth:`_NameBank.draw` can spell (lower case, before the blocklist).
-
-    Used to build and check :data:`_BLOCKLIST`: every dictionary word it matches must be blocked.
-    """
-    onset, simple, vowel = _alt(_ONSETS), _alt(_SIMPLE_ONSETS), _alt(_VOWELS)
-    inner, final = _alt(_INNER_CODAS), _alt(_FINAL_CODAS)
-    open_stem = f"{onset}?{vowel}(?:{onset}{vowel}|{inner}{simple}{vowel})?"  # 1-2 syllables, last one open
-    closed_stem = f"{open_stem}{final}"
-    parts = []
-    for group in _SUFFIXES.values():
-        for suffix in group:
-            parts.append((open_stem if _opens_with_consonant(suffix) else closed_stem) + re.escape(suffix))
-    return re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(parts)))
-
-
-def _opens_with_consonant(suffix: str) -> bool:
-    return suffix[0] not in "aeiouy"
-
-
-# English words (and well-known proper nouns) that the name grammar can spell: any token in here is rejected.
-# Built with ``_blocklist_for(open("/usr/share/dict/words"))`` (Debian's wamerican); tests/test_synth.py checks that
-# it still covers that list, so regenerate it whenever the grammar above changes.
-_BLOCKLIST_TEXT = """
-abelard afield alan alaric aldan altamira aludra amharic anaheim andaman angolan anorak araby arena ariel arisen
-artisan asheville astor athena avast avow baby barbaric barnaby barnard baseman bastard bastille bavaria behemoth
-belem below bernard bestow bonneville bowen brakeman brendan buford bungalow dakar daniel darnell derek derick
-desdemona desire disavow disfavor dishonor disregard divan divisor dominick donald donor donovan doric dothan
-dristan duran dylan elanor elena elinor emerald eminem emperor enamor endow eric erick estela ethan evan favor
-finesse fireman foreman foremast foremost formosan furbelow furor galena gamow gareth generic gerald gerard golan
-governor haldane haman handyman harem helena herald hereby hereford hindustan historic homeric homesick homestead
-honduran honor honoraria horseman human humane humor hydra hysteric impostor inane indira inhuman inhumane investor
-iran ivan kennewick koran kronor kurdistan lamar lateran lenard libreville limerick lineman lorena lovelorn lovesick
-lullaby lutheran lyman lyric mahavira malaria mandela mandeville manor masefield maverick merak methane milan
-minefield minivan minor moldavia moldova montanan moran moravia mubarak mundane muriel mustard namath nanak nathan
-nathaniel nazareth nestor nisan nolan nonhuman norseman numeric olenek oman omar operand oran orem owen pakistan
-palomar pamela parmesan parnell partisan pasternak pastor pederast polymath pomona pusan ramona randell regard
-reginald remark reran resell resistor risen roderick roman ronald ruby rumor salem samar samara saran savor selena
-serena seville shaman sivan solaria standard steinem sudra suleiman sulfuric sullivan sunnyvale supernova survivor
-susan system tamara tandem teheran tenor tethys texan thereby timor toby trademark transistor tremor trevor trimaran
-tristan truman tulane tumor turkestan turmeric ugandan uric uriel valor vanessa vendor verona veteran visor
-volgograd waldemar wallaby wendell wesak window wistaria woman zeroth
-"""
-_BLOCKLIST = frozenset(_BLOCKLIST_TEXT.split())
-
-
-def _blocklist_for(words) -> list[str]:
-    """The words of a word list that the name grammar could spell (lower-cased, sorted): what to block."""
-    pattern = _token_regex()
-    found = {w.strip().lower() for w in words}
-    return sorted(
-        w for w in found
-        if w.isalpha() and w.isascii() and 4 <= len(w) <= _MAX_TOKEN
-        and not _BAD_SEQUENCES.search(w) and pattern.fullmatch(w)
-    )
-
-
-class _NameBank:
-    """Draws fresh, pronounceable, globally unique name tokens."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self.used: set[str] = set()  # membership only, never iterated
-
-    def _stem(self, n_syl: int, open_end: bool) -> str:
-        """``n_syl`` syllables; the last is closed by a coda unless ``open_end`` (the suffix brings a consonant)."""
-        rng = self.rng
-        out = ""
-        prev_coda = ""
-        for i in range(n_syl):
-            if i == 0:
-                onset = "" if rng.random() < 0.12 else rng.choice(_ONSETS)
-            else:
-                onset = rng.choice(_SIMPLE_ONSETS if prev_coda else _ONSETS)
-            if i < n_syl - 1:
-                coda = rng.choice(_INNER_CODAS)
-            else:
-                coda = "" if open_end else rng.choice(_FINAL_CODAS)
-            out += onset + rng.choice(_VOWELS) + coda
-            prev_coda = coda
-        return out
-
-    def acceptable(self, token: str) -> bool:
-        low = token.lower()
-        return (
-            4 <= len(low) <= _MAX_TOKEN
-            and low not in self.used
-            and low not in _BLOCKLIST
-            and not _BAD_SEQUENCES.search(low)
-        )
-
-    def reserve(self, token: str) -> None:
-        self.used.add(token.lower())
-
-    def draw(self, kind: str) -> str:
-        suffixes = _SUFFIXES[kind]
-        for _ in range(10_000):
-            suffix = self.rng.choice(suffixes)
-            n_syl = 1 if self.rng.random() < (0.8 if len(suffix) >= 4 else 0.6) else 2
-            stem = self._stem(n_syl, open_end=_opens_with_consonant(suffix))
-            token = stem + suffix
-            if self.acceptable(token):
-                self.reserve(token)
-                return token[0].upper() + token[1:]
-        raise RuntimeError(f"could not draw a fresh {kind} name")  # pragma: no cover - needs ~10^5 names
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # World model
@@ -704,59 +565,4 @@ def generate_world(seed: int = 0, n_people: int = 60, *, n_train: int = 200, n_d
     return World(seed=seed, passages=passages, questions=questions, entities=entities, params=params)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _write_jsonl(path: Path, records) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-def _readme(world: World) -> str:
-    lines = [
-        "# Synthetic world",
-        "",
-        "A fictional encyclopedia generated by `searche1.data.synth.generate_world`: every person, city, country,",
-        "company, river and mountain is invented, so its questions can only be answered by searching this corpus.",
-        "",
-        f"- generator version: {GENERATOR_VERSION}",
-        "- parameters: " + ", ".join(f"{k}={v}" for k, v in world.params.items()),
-        f"- corpus.jsonl: {len(world.passages)} passages (FlashRAG: id, contents = '\"Title\"\\ntext')",
-    ]
-    for split in SPLITS:
-        for name, qs in world.split(split).items():
-            lines.append(f"- {split}/{name}.jsonl: {len(qs)} questions")
-    lines += [
-        "",
-        f"`{SINGLE}` questions need one passage; `{MULTIHOP}` questions need 2-3 passages, one per hop. Each QA",
-        "record is FlashRAG jsonl (id, question, golden_answers, metadata); metadata holds `hops`, `gold_doc_ids`",
-        "(one per hop, in order), `chain` (subject, relation, object, doc_id per hop), `signature` and `split`.",
-        "The answer appears verbatim in the last gold passage and is the only correct one in this world.",
-        "",
-        "Regenerate with the same seed and parameters to get byte-identical files.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_world(world: World, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``world`` to ``out_dir`` atomically and return its path.
-
-    Layout: ``corpus.jsonl``, ``train/<dataset>.jsonl``, ``dev/<dataset>.jsonl``, ``README.md``. The files are built
-    in a temporary folder next to ``out_dir`` and renamed into place, so readers never see a half-written world.
-    Raises :class:`FileExistsError` if ``out_dir`` exists and is not empty, unless ``overwrite`` is true.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        _write_jsonl(tmp / "corpus.jsonl", (p.to_json() for p in world.passages))
-        for split in SPLITS:
-            (tmp / split).mkdir()
-            for name, qs in world.split(split).items():
-                _write_jsonl(tmp / split / f"{name}.jsonl", (q.to_json() for q in qs))
-        (tmp / "README.md").write_text(_readme(world), encoding="utf-8", newline="\n")
-    return out
+from searche1.data.synth_write import write_world  # noqa: E402  (re-exported: the public writer)
