@@ -17,35 +17,9 @@ from searche1.retrieval.cache import CachedRetriever, normalize_query
 from searche1.retrieval.client import RemoteRetriever
 from searche1.retrieval.server import ServerLimits, create_app, start_in_thread
 
-PASSAGES = [
-    ("0", '"Paris"\nParis is the capital of France.'),
-    ("1", '"Berlin"\nBerlin is the capital of Germany.'),
-    ("2", '"Eiffel Tower"\nThe Eiffel Tower is in Paris, France.'),
-    ("3", '"Danube"\nThe Danube flows through Vienna and Budapest.'),
-    ("4", '"Python"\nPython is a programming language.'),
-]
+from toy_retriever import OverlapRetriever  # noqa: E402
+
 QUERIES = ["capital of France", "Danube Vienna", "python language", "nothing matches here", "Eiffel Paris"]
-
-
-class OverlapRetriever:
-    """Naive word-overlap scorer over the 5 passages; records every batch it is asked for."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-
-    @staticmethod
-    def _words(s: str) -> set[str]:
-        return set("".join(c if c.isalnum() else " " for c in s.lower()).split())
-
-    def search(self, queries: list[str], topk: int = 3) -> list[list[Hit]]:
-        self.batches.append(list(queries))
-        out = []
-        for q in queries:
-            qw = self._words(q)
-            scored = [(len(qw & self._words(c)), i, pid, c) for i, (pid, c) in enumerate(PASSAGES)]
-            scored.sort(key=lambda t: (-t[0], t[1]))
-            out.append([Hit(pid, c, float(s)) for s, _, pid, c in scored[:topk]])
-        return out
 
 
 def free_port() -> int:
