@@ -42,10 +42,17 @@ class ModelConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                            metadata={"help": "modules that get LoRA adapters"})
+    train_layers: int = field(default=0, metadata={
+        "help": "train only the last N decoder layers and the final norm (a CPU budget option: backward stops "
+                "there); 0 trains every weight, as the paper does"})
 
     def validate(self) -> None:
         if self.lora_r < 0:
             raise ConfigError("lora_r: must be >= 0 (0 disables LoRA)")
+        if self.train_layers < 0:
+            raise ConfigError("train_layers: must be >= 0 (0 trains every layer)")
+        if self.train_layers and self.lora_r:
+            raise ConfigError("train_layers: cannot be combined with lora_r (fix: set one of them to 0)")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -152,7 +159,26 @@ def load_policy(cfg: ModelConfig | None = None, *, trainable: bool = False):
     if not trainable:
         for p in model.parameters():
             p.requires_grad_(False)
+    elif cfg.train_layers:
+        freeze_below(model, cfg.train_layers)
     return model, tok
+
+
+def freeze_below(model, n_layers: int) -> None:
+    """Keep ``requires_grad`` only on the last ``n_layers`` decoder layers and the final norm (embeddings, the tied
+    LM head and the lower layers are frozen, so backward never reaches them)."""
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ConfigError(f"train_layers: {type(model).__name__} has no `model.layers` (fix: set train_layers: 0)")
+    if n_layers > len(layers):
+        raise ConfigError(f"train_layers: {n_layers} > the model's {len(layers)} layers")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in [*layers[len(layers) - n_layers:], getattr(base, "norm", None)]:
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(True)
 
 
 def tiny_random_model(vocab_size: int | None = None, tokenizer_path: str | Path | None = None, seed: int = 0):

@@ -73,7 +73,8 @@ class GRPOConfig:
     seed: int = field(default=0, metadata={"help": "data order and sampling seed"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (and at the end)"})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
-    eval_every: int = field(default=0, metadata={"help": "dev evaluation every N steps; 0 = off"})
+    eval_every: int = field(default=0, metadata={
+        "help": "dev evaluation before training, every N steps and after the last step; 0 = off"})
 
     def validate(self) -> None:
         for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
@@ -224,16 +225,19 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         health.load_state_dict(state.get("health", {}))
         log.info("resumed from %s (step %d)", ckpt, start)
     sampler = QuestionSampler(questions, g.seed, cursor)
-    metrics_log = MetricsLogger(out, cfg.sinks, config=to_dict(cfg), resume_step=start if ckpt else None)
+    # no checkpoint yet: a resumed run starts over, so drop every logged line (step 0's evaluation included)
+    metrics_log = MetricsLogger(out, cfg.sinks, config=to_dict(cfg), resume_step=start if ckpt else -1)
     advantage_fn = get_advantage(g.advantage)
     loss_fn = get_policy_loss(g.loss_agg)
     reward_fn = get_reward(g.reward)
     engine = HFEngine(model, tok, retriever, cfg.rollout)
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
+    if dev and start == 0:  # the starting point of the dev curve
+        metrics_log.log(0, _dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
     bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress, unit="step")
     done_here = 0
     for step in range(start + 1, g.steps + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         # ---- rollouts (policy in eval mode, no grad)
         qs = sampler.take(g.questions_per_step)
         model.eval()
@@ -301,9 +305,9 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         metrics = {**rollout_metrics(eps), **adv_metrics, **stats, "grad/norm": grad_norm,
                    "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
                    "train/kept_rollouts": len(keep), "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
-                   "time/step_s": time.perf_counter() - t0}
-        if dev and step % g.eval_every == 0:
-            metrics.update(_dev_eval(model, tok, retriever, dev, cfg))
+                   "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
+        if dev and (step % g.eval_every == 0 or step == g.steps):
+            metrics.update(_dev_eval(model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
         collapsed = health.update(metrics)
         if collapsed:
             log.warning("step %d: collapse of %s (far below the recent level for %d steps)",
@@ -332,13 +336,22 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     return out
 
 
-def _dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig) -> dict:
+def _dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:
+    """Greedy agent evaluation on the dev sets with the run's search settings; the full ``searche1 eval`` JSON is
+    written to ``save_to`` (``evals/step-N.json``) and the namespaced summary is returned for the metrics log."""
     from searche1.evaluate import EvalConfig, evaluate
+    from searche1.io import write_json
 
     model.eval()
-    res = evaluate(model, tok, retriever, dev, EvalConfig(mode="agent", limit=cfg.data.dev_limit,
-                                                          max_searches=cfg.rollout.max_searches), progress=False)
+    r = cfg.rollout
+    ecfg = EvalConfig(mode="agent", limit=cfg.data.dev_limit, max_searches=r.max_searches, topk=r.topk,
+                      max_doc_tokens=r.max_doc_tokens, max_turn_tokens=r.max_turn_tokens, batch_size=r.batch_size)
+    res = evaluate(model, tok, retriever, dev, ecfg, progress=False)
+    if save_to is not None:
+        write_json(save_to, res)
     out = {f"dev/{name}/em": d["em"] for name, d in res["datasets"].items()}
     out["dev/em"] = res["average"]["em"]
+    out["dev/f1"] = res["average"]["f1"]
+    out["dev/searches"] = res["average"]["searches"]
     out["dev/valid_format"] = res["average"]["valid_format"]
     return out

@@ -176,3 +176,38 @@ def test_train_command_runs_a_yaml_config(tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1]
     r = runner.invoke(app, ["train", "--config", str(path), "--out", str(tmp_path / "run2"), "--set", "grpo.lrr=1"])
     assert r.exit_code == 2 and "did you mean 'lr'" in r.output
+
+
+def test_train_layers_freezes_everything_below(tmp_path):
+    """train_layers=1: only the last decoder layer and the final norm move; embeddings and layer 0 stay exact."""
+    cfg = make_config(tmp_path, steps=1)
+    cfg.model.train_layers = 1
+    out = run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    init = load_file(str(tmp_path / "model" / "model.safetensors"))
+    last = weights(list_checkpoints(out)[-1])
+    moved = {k for k in init if not torch.equal(init[k], last[k])}
+    assert moved and all(k.startswith(("model.layers.1.", "model.norm")) for k in moved)
+    assert all(torch.equal(init[k], last[k]) for k in init if "layers.0." in k or "embed" in k)
+
+
+def test_train_layers_config_errors(tmp_path):
+    from searche1.models import ModelConfig, load_policy
+
+    with pytest.raises(ConfigError, match="lora_r"):
+        from_dict(ModelConfig, {"train_layers": 2, "lora_r": 4})
+    cfg = make_config(tmp_path)
+    with pytest.raises(ConfigError, match="3 > the model's 2 layers"):
+        load_policy(ModelConfig(name_or_path=cfg.model.name_or_path, device="cpu", train_layers=3), trainable=True)
+
+
+def test_dev_evaluation_before_during_and_after_training(tmp_path):
+    cfg = make_config(tmp_path)
+    cfg.data.dev = [tmp_path / "train.jsonl"]
+    cfg.data.dev_limit = 2
+    cfg.grpo.eval_every = 2
+    out = run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "dev/em" in r] == [0, 2, 3]  # before, every 2 steps, after the last
+    assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-0.json", "step-2.json", "step-3.json"]
+    saved = json.loads((out / "evals" / "step-0.json").read_text())
+    assert saved["average"]["em"] == rows[0]["dev/em"]
