@@ -47,7 +47,7 @@ def distill_arm(cfg, branch: Path, out: Path, loss: str) -> dict:
     from searche1.models import load_policy
     from searche1.pipeline import _run_ofsd
     from searche1.retrieval.config import make_retriever
-    from searche1.train import _dev_eval
+    from searche1.train import dev_eval
     from searche1.data.qa import load_qa_files
 
     done = out / "arm.json"
@@ -60,7 +60,7 @@ def distill_arm(cfg, branch: Path, out: Path, loss: str) -> dict:
     cost = {"wall_s": time.perf_counter() - wall0, "cpu_s": time.process_time() - cpu0}
     log(f"{out.name}: dev evaluation")
     model, tok = load_policy(replace(cfg.model, name_or_path=str(model_dir)))
-    _dev_eval(model, tok, make_retriever(cfg.retrieval), load_qa_files(cfg.data.dev), cfg, out / "eval.json")
+    dev_eval(model, tok, make_retriever(cfg.retrieval), load_qa_files(cfg.data.dev), cfg, out / "eval.json")
     arm = {"cost": cost, "metrics": metrics, "model": str(model_dir)}
     done.write_text(json.dumps(arm, indent=1))
     return arm

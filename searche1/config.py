@@ -110,6 +110,12 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         raise ConfigError(f"{path + '.' if path else ''}{k}: unknown field of {cls.__name__} ({hint})")
     kwargs = {}
     for name, value in data.items():
+        f = fields[name]
+        if (isinstance(value, dict) and dataclasses.is_dataclass(hints[name])
+                and f.default_factory is not dataclasses.MISSING):  # type: ignore[misc]
+            # a partial section fills in from this field's own default (e.g. the demo's GRPO settings), not
+            # from the section class's defaults
+            value = _merge(to_dict(f.default_factory()), value)  # type: ignore[misc]
         kwargs[name] = _convert(value, hints[name], f"{path + '.' if path else ''}{name}")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
@@ -121,8 +127,18 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     return obj
 
 
-def load_config(cls: type[T], path: str | Path, overrides: dict | None = None) -> T:
-    """Load a YAML file into ``cls``; ``overrides`` (dotted keys → values) are applied on top."""
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: dict | None = None) -> T:
+    """Load a YAML file into ``cls`` (``None``: the class defaults); ``overrides`` (dotted keys → values) are
+    applied on top."""
+    if path is None:
+        return _apply(cls, {}, overrides, "defaults")
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (fix: pass an existing YAML file, e.g. configs/demo-cpu.yaml)")
@@ -132,6 +148,10 @@ def load_config(cls: type[T], path: str | Path, overrides: dict | None = None) -
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(data).__name__}")
+    return _apply(cls, data, overrides, str(path))
+
+
+def _apply(cls: type[T], data: dict, overrides: dict | None, where: str) -> T:
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")
@@ -141,7 +161,7 @@ def load_config(cls: type[T], path: str | Path, overrides: dict | None = None) -
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -155,20 +175,26 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
     """(field path, type, default, help) rows of a config dataclass, for the generated configuration reference.
 
-    The help text comes from ``field(metadata={"help": ...})``.
+    The help text comes from ``field(metadata={"help": ...})``; defaults are those of ``defaults`` (an instance,
+    so a section's default comes from its parent's factory) or of the field.
     """
     rows = []
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         name = prefix + f.name
+        own = getattr(defaults, f.name) if defaults is not None else None
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, name + "."))
+            if own is None and f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                own = f.default_factory()  # type: ignore[misc]
+            rows.extend(describe(tp, name + ".", own))
             continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = repr(own)
+        elif f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = repr(f.default_factory())  # type: ignore[misc]

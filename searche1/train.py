@@ -46,8 +46,8 @@ class DataConfig:
     dev_limit: int = field(default=20, metadata={"help": "dev questions per dataset in periodic evaluations"})
 
     def validate(self) -> None:
-        if not self.train:
-            raise ConfigError("train: give at least one training QA file")
+        if self.dev_limit < 1:
+            raise ConfigError("dev_limit: must be >= 1")
 
 
 @dataclass
@@ -213,6 +213,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     device = resolve_device(cfg.model.device)
     autocast = use_bf16(g.bf16, device)
     retriever = make_retriever(cfg.retrieval)
+    if not cfg.data.train:
+        raise ConfigError("data.train: give at least one training QA file")
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=g.lr, weight_decay=g.weight_decay)
@@ -233,7 +235,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     engine = HFEngine(model, tok, retriever, cfg.rollout)
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     if dev and start == 0:  # the starting point of the dev curve
-        metrics_log.log(0, _dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
+        metrics_log.log(0, dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
     bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress, unit="step")
     done_here = 0
     for step in range(start + 1, g.steps + 1):
@@ -307,7 +309,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                    "train/kept_rollouts": len(keep), "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
                    "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
         if dev and (step % g.eval_every == 0 or step == g.steps):
-            metrics.update(_dev_eval(model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
+            metrics.update(dev_eval(model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
         collapsed = health.update(metrics)
         if collapsed:
             log.warning("step %d: collapse of %s (far below the recent level for %d steps)",
@@ -336,7 +338,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     return out
 
 
-def _dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:
+def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:
     """Greedy agent evaluation on the dev sets with the run's search settings; the full ``searche1 eval`` JSON is
     written to ``save_to`` (``evals/step-N.json``) and the namespaced summary is returned for the metrics log."""
     from searche1.evaluate import EvalConfig, evaluate

@@ -107,6 +107,8 @@ class WarmupConfig:
     seed: int = field(default=0, metadata={"help": "question sampling, think sentences, batch order"})
     max_hops: int = field(default=2, metadata={"help": "searches per demonstration at most (bridge hops need "
                                                        "metadata: chain or gold_doc_ids)"})
+    train_layers: int = field(default=0, metadata={
+        "help": "train only the last N decoder layers (a CPU budget option); 0 = every weight"})
     think_prob: float = field(default=0.0, metadata={"help": "probability of a short <think> sentence per turn"})
     answer_unfound: bool = field(default=False, metadata={
         "help": "answer with the gold even when it was never retrieved (default: skip the question)"})
@@ -513,8 +515,8 @@ def run_warmup(model_spec: str | Path, index_dir_or_retriever: str | Path | Retr
     if not candidates:
         raise ValueError(f"no questions in {list(map(str, data_files))}")
 
-    model, tok = load_policy(ModelConfig(name_or_path=str(model_spec), dtype="float32", device=cfg.device),
-                             trainable=True)
+    model, tok = load_policy(ModelConfig(name_or_path=str(model_spec), dtype="float32", device=cfg.device,
+                                         train_layers=cfg.train_layers), trainable=True)
     t0 = time.perf_counter()
     demos: list[Demo] = []
     stats: dict[str, Any] = {}

@@ -1,0 +1,447 @@
+"""Multi-turn search episodes sampled with vLLM, behind the same interface as :class:`HFEngine`.
+
+``VLLMEngine(llm, tokenizer, retriever, cfg).run(examples, seed=..., prompts=..., progress=...)`` returns the same
+:class:`Episode` records as the HF engine (prompt_ids, response_ids, policy_mask, sampler log-probs, queries, answer,
+stop_reason, response_text, turns) with the same protocol. Per turn:
+
+1. every live episode is sent to vLLM at once as **token ids** (``{"prompt_token_ids": prompt + response so far}``),
+   so nothing is ever decoded and re-tokenised; with prefix caching (on by default in vLLM V1) the shared prefix is
+   not recomputed. Stop strings ``</search>`` / ``</answer>``, EOS ids, ``max_tokens = min(max_turn_tokens,
+   max_total_tokens - length)``, one seed per episode and turn (see :func:`episode_seed`);
+2. each turn is cut by the HF engine's own per-token rule (EOS, then a stop string in the last 16 tokens, then the
+   total budget, then the turn budget) and judged by ``HFEngine._end_turn`` (reused, not copied);
+3. all searches of the turn go to the retriever in **one batched call** (``hf_engine._safe_search``: a failing batch
+   is retried query by query, so only the failing episodes end with ``retrieval_error``); each block is tokenised
+   once (:func:`tokens.info_ids`) and appended with policy-mask 0 / log-prob 0. The post-retrieval checks (error ->
+   RETRIEVAL_ERROR, block would not fit -> MAX_TOKENS) are inline in ``HFEngine._run_batch``, so they are replicated
+   here (a dozen lines, :meth:`VLLMEngine._attach_blocks`); ``tests/test_vllm_engine.py`` checks the two engines
+   produce identical records on the same scripted turns.
+
+Two backends: a colocated ``vllm.LLM`` (``llm.generate`` with one ``SamplingParams`` per request), or a
+``vllm serve`` OpenAI-compatible server through :class:`VLLMServerClient` (``/v1/completions`` with ``prompt`` as a
+token id list, ``return_tokens_as_token_ids``). vLLM is imported lazily, only inside the functions that need it.
+
+How it departs from the HF engine:
+
+* **Sampler log-probs are vLLM's, not the trainer's.** They come from vLLM's kernels (bf16 weights, other attention
+  and matmul kernels, batch-dependent reductions), so they differ slightly from what the trainer computes for the
+  same tokens. The trainer should recompute the log-probs of the sampled tokens with its own model and log the gap
+  as ``rollout/logprob_mismatch``; the recorded ones are only the behaviour policy's estimate.
+* **Which distribution.** We ask for ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2: :func:`load_llm`, or
+  ``vllm serve --logprobs-mode processed_logprobs``): log-softmax after temperature *and* top-k/top-p. With
+  ``top_p == 1`` (training) that equals the HF engine's temperature-scaled full distribution; with ``top_p < 1`` it
+  is renormalised over the nucleus (HF records the full distribution). The default ``raw_logprobs`` is the
+  untempered model (equal only at temperature 1); older V1 releases only had raw log-probs, V0 processed ones.
+  Greedy (temperature 0) gives temperature-1 log-probs in every mode, like HF.
+* Per-episode seeds make an episode's tokens independent of its batch mates and of vLLM's scheduling, but the
+  streams differ from the HF engine's single ``torch.Generator``: same seed, different samples across engines.
+* ``cfg.batch_size`` is not used (vLLM schedules its own batches); ``max_batch`` optionally caps episodes in flight.
+  ``turn_start: constrained`` (a logits hook) is HF-only and rejected here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from searche1 import protocol
+from searche1.config import ConfigError
+from searche1.data.types import QAExample
+from searche1.retrieval.base import Hit, Retriever
+from searche1.rollout import tokens
+from searche1.rollout.hf_engine import HFEngine, _safe_search
+from searche1.rollout.types import Episode, RolloutConfig, StopReason
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LOGPROBS_MODE", "VLLMEngine", "VLLMServerClient", "episode_seed", "load_llm", "push_weights"]
+
+LOGPROBS_MODE = "processed_logprobs"
+"""vLLM ``logprobs_mode`` we request: log-softmax of the temperature-scaled (and top-k/top-p filtered) logits."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """One generation request: continue ``prompt_ids`` for at most ``max_tokens`` tokens with ``seed``."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    seed: int | None
+
+
+@dataclass(slots=True)
+class TurnSample:
+    """What came back for one request: sampled ids, the log-prob of each, vLLM's finish reason."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None = None
+
+
+def episode_seed(seed: int | None, episode: int, turn: int) -> int | None:
+    """Seed of one episode's turn: a 63-bit hash of (run seed, episode index in ``run``, turn index); None if unseeded.
+
+    Keyed by the episode's index, not its example id, so the G copies of a GRPO group sample differently.
+    """
+    if seed is None:
+        return None
+    digest = hashlib.blake2b(f"{seed}/{episode}/{turn}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _vllm_version() -> str:
+    try:
+        import vllm
+
+        return str(getattr(vllm, "__version__", "unknown"))
+    except ImportError:
+        return "not installed"
+
+
+# --------------------------------------------------------------------------------------------------------- engine
+
+
+class VLLMEngine:
+    """Rollout engine over a colocated ``vllm.LLM`` or a :class:`VLLMServerClient` (same ``run`` as HFEngine)."""
+
+    # Reused from the HF engine as is: records a turn on its episode and decides its fate (needs .cfg and .tok).
+    _end_turn = HFEngine._end_turn
+
+    def __init__(self, llm: Any, tokenizer: Any, retriever: Retriever, cfg: RolloutConfig | None = None, *,
+                 eos_token_ids: Sequence[int] = (), max_batch: int | None = None) -> None:
+        self.llm = llm
+        self.tok = tokenizer
+        self.retriever = retriever
+        self.cfg = cfg or RolloutConfig()
+        if self.cfg.turn_start == "constrained":
+            raise ConfigError("turn_start: 'constrained' needs the HF engine's logits hook (fix: turn_start: free, "
+                              "or rollout engine hf)")
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+        self.max_batch = max_batch
+        # EOS: the tokenizer's plus the model's generation_config ids (pass them, as HFEngine reads them off the model)
+        self.eos_ids = {tokenizer.eos_token_id, *eos_token_ids} - {None}
+        mode = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "logprobs_mode", None)
+        if isinstance(mode, str) and mode != LOGPROBS_MODE:
+            log.warning("vLLM logprobs_mode is %r, not %r: recorded log-probs are not those of the temperature-scaled "
+                        "policy (see searche1.rollout.vllm_engine)", mode, LOGPROBS_MODE)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        return tokens.prompt_ids(self.tok, question, self.cfg)
+
+    def info_ids(self, hits: list[Hit]) -> list[int]:
+        return tokens.info_ids(self.tok, hits, self.cfg)
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """Settings shared by every request (``SamplingParams`` keywords, also valid ``/v1/completions`` fields)."""
+        cfg = self.cfg
+        return {
+            "n": 1,
+            "temperature": 0.0 if cfg.greedy else cfg.temperature,
+            "top_p": 1.0 if cfg.greedy else cfg.top_p,
+            "stop": list(protocol.TURN_STOP_STRINGS),
+            "stop_token_ids": sorted(self.eos_ids),
+            "include_stop_str_in_output": True,
+            "skip_special_tokens": False,
+            "logprobs": 1,  # the sampled token's log-prob (+ top-1); 0 is not accepted by every V1 release
+        }
+
+    # ------------------------------------------------------------------------------------------------------------
+    def run(
+        self,
+        examples: Sequence[QAExample],
+        *,
+        seed: int | None = None,
+        prompts: Sequence[list[int]] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Episode]:
+        """One episode per example (repeat an example G times for a GRPO group); ``prompts`` (token ids) replaces
+        the agent prompt, as in :meth:`HFEngine.run`. ``progress(n)`` is called with the episodes finished per turn."""
+        eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
+                       prompt_ids=list(prompts[k]) if prompts is not None else self.prompt_ids(e.question))
+               for k, e in enumerate(examples)]
+        step = self.max_batch or max(1, len(eps))
+        for start in range(0, len(eps), step):
+            self._run_chunk(eps, list(range(start, min(start + step, len(eps)))), seed, progress)
+        for ep in eps:
+            ep.response_text = self.tok.decode(ep.response_ids, skip_special_tokens=False)
+            ep.answer = protocol.extract_answer(ep.response_text) if ep.stop_reason == StopReason.ANSWERED else None
+        return eps
+
+    def _run_chunk(self, eps: list[Episode], live: list[int], seed: int | None,
+                   progress: Callable[[int], None] | None) -> None:
+        cfg = self.cfg
+        total = {i: len(eps[i].prompt_ids) for i in live}
+        while live:
+            reqs = [TurnRequest(eps[i].prompt_ids + eps[i].response_ids,
+                                max(1, min(cfg.max_turn_tokens, cfg.max_total_tokens - total[i])),
+                                episode_seed(seed, i, eps[i].turns)) for i in live]
+            samples = self._generate(reqs)
+            if len(samples) != len(reqs):
+                raise RuntimeError(f"vLLM returned {len(samples)} outputs for {len(reqs)} requests")
+            pending = []
+            for i, s in zip(live, samples):
+                turn_tokens, turn_lps, end = self._cut_turn(s, total[i])
+                total[i] += len(turn_tokens)
+                if self._end_turn(eps[i], turn_tokens, turn_lps, end):
+                    pending.append(i)
+            nxt = self._attach_blocks(eps, pending, total)
+            if progress:
+                progress(len(live) - len(nxt))
+            live = nxt
+
+    def _generate(self, reqs: list[TurnRequest]) -> list[TurnSample]:
+        if isinstance(self.llm, VLLMServerClient):
+            return self.llm.generate(reqs, self.sampling_kwargs())
+        return _generate_colocated(self.llm, reqs, self.sampling_kwargs())
+
+    def _cut_turn(self, s: TurnSample, total: int) -> tuple[list[int], list[float], str]:
+        """The turn's tokens cut by HFEngine's per-token rule, and how it ended (eos | stop | budget)."""
+        cfg = self.cfg
+        turn_tokens: list[int] = []
+        turn_lps: list[float] = []
+        for t, lp in zip(s.token_ids, s.logprobs):
+            turn_tokens.append(t)
+            turn_lps.append(lp)
+            total += 1
+            if t in self.eos_ids:
+                return turn_tokens, turn_lps, "eos"
+            if any(x in self.tok.decode(turn_tokens[-16:]) for x in protocol.TURN_STOP_STRINGS):
+                return turn_tokens, turn_lps, "stop"
+            if total >= cfg.max_total_tokens or len(turn_tokens) >= cfg.max_turn_tokens:
+                return turn_tokens, turn_lps, "budget"
+        # vLLM saw a stop string our 16-token window did not (very long stop tokens), or it ran out of max_tokens
+        return turn_tokens, turn_lps, "stop" if s.finish_reason == "stop" else "budget"
+
+    def _attach_blocks(self, eps: list[Episode], pending: list[int], total: dict[int, int]) -> list[int]:
+        """One batched retrieval for the turn's searches; append each block (mask 0). Returns the episodes that go
+        on. Same checks as HFEngine._run_batch (replicated: they are inline there)."""
+        if not pending:
+            return []
+        results = _safe_search(self.retriever, [eps[i].queries[-1] for i in pending], self.cfg.topk)
+        nxt = []
+        for i, res in zip(pending, results):
+            ep = eps[i]
+            if isinstance(res, Exception):
+                ep.stop_reason = StopReason.RETRIEVAL_ERROR
+                ep.metrics["retrieval_error"] = str(res)
+                continue
+            block = self.info_ids(res)
+            if total[i] + len(block) + 1 >= self.cfg.max_total_tokens:
+                ep.stop_reason = StopReason.MAX_TOKENS
+                continue
+            ep.append(block, False)
+            total[i] += len(block)
+            nxt.append(i)
+        return nxt
+
+
+def _sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
+    """The sampled tokens' log-probs from vLLM's per-position ``{token_id: Logprob}`` dicts."""
+    if logprobs is None:
+        raise RuntimeError("vLLM returned no log-probs (SamplingParams.logprobs must be set)")
+    if len(logprobs) != len(token_ids):
+        raise RuntimeError(f"vLLM returned {len(logprobs)} log-prob entries for {len(token_ids)} tokens")
+    out = []
+    for t, d in zip(token_ids, logprobs):
+        v = d[t]
+        out.append(float(getattr(v, "logprob", v)))
+    return out
+
+
+def _generate_colocated(llm: Any, reqs: list[TurnRequest], shared: dict[str, Any]) -> list[TurnSample]:
+    from vllm import SamplingParams
+
+    params = [SamplingParams(**shared, max_tokens=r.max_tokens, seed=r.seed) for r in reqs]
+    outs = llm.generate([{"prompt_token_ids": r.prompt_ids} for r in reqs], sampling_params=params, use_tqdm=False)
+    samples = []
+    for ro in outs:
+        c = ro.outputs[0]
+        ids = [int(t) for t in c.token_ids]
+        samples.append(TurnSample(ids, _sampled_logprobs(ids, c.logprobs), c.finish_reason))
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------------ colocated
+
+
+def load_llm(model: str, **kwargs: Any) -> Any:
+    """A colocated ``vllm.LLM`` set up for rollouts: ``logprobs_mode=processed_logprobs`` (dropped with a warning on
+    vLLM versions without it) and prefix caching. Other keywords go to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``
+    to leave room for the trainer, ``dtype``, ``max_model_len``). For :func:`push_weights` to reach the model in
+    process, set ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before creating it (as TRL's colocate mode does)."""
+    from vllm import LLM
+
+    kwargs.setdefault("logprobs_mode", LOGPROBS_MODE)
+    kwargs.setdefault("enable_prefix_caching", True)
+    try:
+        return LLM(model=model, **kwargs)
+    except TypeError as e:
+        if "logprobs_mode" not in str(e):
+            raise
+        log.warning("vllm %s has no logprobs_mode; its sampler log-probs may be untempered", _vllm_version())
+        kwargs.pop("logprobs_mode")
+        return LLM(model=model, **kwargs)
+
+
+def _attr_path(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def push_weights(llm: Any, model: Any) -> int:
+    """Load the trainer's current weights (``model.state_dict()``, HF names) into a colocated ``vllm.LLM``; call it
+    after each optimizer step, with no generation in flight. Returns the number of tensors pushed.
+
+    Tried in order: the in-process model (``llm.llm_engine.model_executor.driver_worker[.worker].model_runner.model``:
+    vLLM V0, and V1 with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), then ``llm.apply_model`` (vLLM >= 0.9), then
+    ``llm.collective_rpc`` with a function of the worker. The last two ship the tensors to the engine process when
+    it runs in one (V1 multiprocessing needs ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` and copies every step). The
+    prefix cache is reset afterwards, since cached KV blocks were computed with the old weights.
+    """
+    for wrapper in ("_orig_mod", "module"):  # torch.compile / DDP wrappers
+        while hasattr(model, wrapper) and hasattr(getattr(model, wrapper), "state_dict"):
+            model = getattr(model, wrapper)
+    weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+
+    def load(m: Any) -> None:
+        m.load_weights(weights)
+
+    target = None
+    for path in ("llm_engine.model_executor.driver_worker.model_runner.model",
+                 "llm_engine.model_executor.driver_worker.worker.model_runner.model"):
+        target = _attr_path(llm, path)
+        if target is not None and hasattr(target, "load_weights"):
+            break
+        target = None
+    if target is not None:
+        load(target)
+    elif callable(getattr(llm, "apply_model", None)):
+        llm.apply_model(load)
+    elif callable(getattr(llm, "collective_rpc", None)):
+        def load_on_worker(worker: Any) -> None:
+            load(worker.get_model() if hasattr(worker, "get_model") else worker.model_runner.model)
+
+        llm.collective_rpc(load_on_worker)
+    else:
+        raise RuntimeError(
+            f"push_weights: cannot reach the model inside this vLLM engine (vllm {_vllm_version()}, "
+            f"{type(llm).__name__}): no llm_engine.model_executor.driver_worker...model, apply_model or "
+            "collective_rpc. Fix: set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM, or use the server "
+            "mode and VLLMServerClient.reload_weights(path)")
+    if callable(getattr(llm, "reset_prefix_cache", None)):
+        llm.reset_prefix_cache()
+    return len(weights)
+
+
+# --------------------------------------------------------------------------------------------------------- server
+
+
+class VLLMServerClient:
+    """Thin client for a ``vllm serve`` OpenAI-compatible server; pass it as ``llm`` to :class:`VLLMEngine`.
+
+    Each request is one ``POST /v1/completions`` with ``prompt`` = token ids, ``max_tokens``, ``seed``, ``stop``,
+    ``logprobs: 1`` and ``return_tokens_as_token_ids`` / ``return_token_ids`` (sampled ids come back exactly, never
+    re-tokenised); requests of a turn run ``concurrency`` at a time (one seed per request, so no batching by prompt
+    list). Start the server with ``--logprobs-mode processed_logprobs`` (see the module docstring).
+
+    Weights are reloaded **by path** (:meth:`reload_weights`): the trainer saves an HF checkpoint
+    (``save_pretrained``, safetensors) to a directory the server can read, then calls ``reload_weights(dir)``. This
+    uses vLLM's development endpoints, so the server must run with ``VLLM_SERVER_DEV_MODE=1`` (never expose such a
+    server: ``/collective_rpc`` runs worker methods). Without them, restart the server on the new checkpoint.
+    """
+
+    def __init__(self, base_url: str, model: str | None = None, *, timeout: float = 600.0, concurrency: int = 64,
+                 retries: int = 2, api_key: str | None = None, transport: Any = None) -> None:
+        import httpx
+
+        base = base_url.rstrip("/").removesuffix("/v1")
+        self.base_url = base if base.startswith(("http://", "https://")) else "http://" + base
+        self.model = model
+        self.concurrency = max(1, concurrency)
+        self.retries = retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), transport=transport, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, body: dict | None = None) -> Any:
+        import httpx
+
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._http.post(self.base_url + path, json=body)
+            except httpx.TransportError as e:
+                if attempt == self.retries:
+                    raise RuntimeError(f"vLLM server at {self.base_url} unreachable ({type(e).__name__}: {e}); "
+                                       "start it with `vllm serve MODEL`") from e
+                continue
+            if r.status_code >= 500 and attempt < self.retries:
+                continue
+            return r
+        raise AssertionError("unreachable")
+
+    def _model_name(self) -> str:
+        if self.model is None:
+            r = self._http.get(self.base_url + "/v1/models")
+            r.raise_for_status()
+            self.model = r.json()["data"][0]["id"]
+        return self.model
+
+    def _complete(self, req: TurnRequest, shared: dict[str, Any]) -> TurnSample:
+        body = {**shared, "model": self._model_name(), "prompt": req.prompt_ids, "max_tokens": req.max_tokens,
+                "seed": req.seed, "return_tokens_as_token_ids": True, "return_token_ids": True}
+        r = self._post("/v1/completions", body)
+        if r.status_code != 200:
+            raise RuntimeError(f"vLLM server {self.base_url}/v1/completions answered {r.status_code}: {r.text:.500}")
+        choice = r.json()["choices"][0]
+        lp = choice.get("logprobs") or {}
+        ids = choice.get("token_ids")
+        if ids is None:
+            toks = lp.get("tokens") or []
+            if not all(isinstance(t, str) and t.startswith("token_id:") for t in toks):
+                raise RuntimeError("vLLM server ignored return_tokens_as_token_ids (too old?): cannot get token ids")
+            ids = [int(t.removeprefix("token_id:")) for t in toks]
+        lps = lp.get("token_logprobs")
+        if lps is None or len(lps) != len(ids):
+            raise RuntimeError(f"vLLM server returned {None if lps is None else len(lps)} log-probs for "
+                               f"{len(ids)} tokens")
+        return TurnSample([int(t) for t in ids], [float(x) for x in lps], choice.get("finish_reason"))
+
+    def generate(self, reqs: list[TurnRequest], shared: dict[str, Any]) -> list[TurnSample]:
+        """One completion per request, in request order."""
+        if not reqs:
+            return []
+        self._model_name()
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(reqs))) as pool:
+            return list(pool.map(lambda q: self._complete(q, shared), reqs))
+
+    def reload_weights(self, path: str) -> None:
+        """Reload the served model's weights from the checkpoint directory ``path`` (as seen by the server), then
+        reset its prefix cache. Newer vLLM: worker ``reload_weights(weights_path=path)``; older V1:
+        ``update_config({"model_config": {"model": path}})`` + ``reload_weights()``. Needs VLLM_SERVER_DEV_MODE=1;
+        call it with no generation in flight."""
+        path = str(path)
+        r = self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": path}})
+        if r.status_code == 404:
+            raise RuntimeError(f"vLLM server at {self.base_url} has no /collective_rpc: start it with "
+                               "VLLM_SERVER_DEV_MODE=1, or restart it on the new checkpoint")
+        if r.status_code != 200:  # older workers: reload_weights() takes no path
+            log.info("reload_weights(weights_path) refused (%s); trying update_config + reload_weights", r.status_code)
+            for body in ({"method": "update_config", "args": [{"model_config": {"model": path}}]},
+                         {"method": "reload_weights"}):
+                r = self._post("/collective_rpc", body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"vLLM server could not reload weights from {path} "
+                                       f"({body['method']}: {r.status_code} {r.text:.300})")
+        r = self._post("/reset_prefix_cache")
+        if r.status_code != 200:
+            raise RuntimeError(f"vLLM server reloaded {path} but /reset_prefix_cache answered {r.status_code}")

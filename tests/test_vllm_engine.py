@@ -1,0 +1,479 @@
+"""VLLMEngine without vLLM: a scripted fake ``vllm.LLM`` (and a fake ``vllm`` module for ``SamplingParams``) drives
+every stop reason; the same scripts through HFEngine (tiny model, forcing hook) give identical records except the
+sampler log-prob values; the server client runs against ``httpx.MockTransport``; ``push_weights`` against fake engines.
+
+What the fakes cannot show: real vLLM stop-string/EOS behaviour, its log-prob values and modes, seeding, weight loading.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import torch
+
+from searche1 import protocol
+from searche1.config import ConfigError
+from searche1.data.types import QAExample
+from searche1.rollout.hf_engine import HFEngine
+from searche1.rollout.types import Episode, RolloutConfig, StopReason
+from searche1.rollout.vllm_engine import (LOGPROBS_MODE, VLLMEngine, VLLMServerClient, episode_seed, load_llm,
+                                          push_weights)
+from tiny import tiny_model, tiny_tokenizer
+from toy_retriever import OverlapRetriever
+
+FILLER = " the"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def encode(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+class FakeSamplingParams:
+    def __init__(self, **kw) -> None:
+        self.__dict__.update(kw)
+
+
+@pytest.fixture(autouse=True)
+def fake_vllm(monkeypatch):
+    """A stand-in ``vllm`` module, so the engine's lazy ``from vllm import SamplingParams`` works."""
+    mod = types.ModuleType("vllm")
+    mod.SamplingParams = FakeSamplingParams
+    mod.__version__ = "0.0-fake"
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return mod
+
+
+@dataclass
+class Logprob:  # shaped like vllm.sequence.Logprob
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+def fake_lp(turn: int, k: int) -> float:
+    return -(0.5 + 0.1 * turn + 0.01 * k)
+
+
+class FakeLLM:
+    """Scripted ``vllm.LLM``: ``scripts[question]`` lists turn texts (the episode is found by ``needle`` in its
+    prompt, its turn by the information blocks after it); turn k emits the tokens of text k,
+    then FILLER forever, and stops like vLLM (after the token completing a stop string, at a stop token id, or at
+    max_tokens). Log-probs are ``fake_lp(turn, position)`` with a distractor entry, as ``logprobs=1`` returns."""
+
+    def __init__(self, tok, scripts: dict[str, list[str]], needle: str = "Question: {}") -> None:
+        self.tok = tok
+        self.scripts = {needle.format(q): [encode(tok, t) for t in turns] for q, turns in scripts.items()}
+        self.filler = encode(tok, FILLER)[-1]
+        self.requests: list[tuple[str, int, list[int], FakeSamplingParams]] = []  # (key, turn, prompt ids, params)
+        self.calls = 0
+
+    def complete(self, ids: list[int], sp) -> types.SimpleNamespace:
+        text = self.tok.decode(ids)
+        key = next(k for k in self.scripts if k in text)
+        turn = text[text.index(key):].count(protocol.INFO_CLOSE)
+        self.requests.append((key, turn, list(ids), sp))
+        script = self.scripts[key][turn] if turn < len(self.scripts[key]) else []
+        out, finish = [], "length"
+        for k in range(sp.max_tokens):
+            out.append(script[k] if k < len(script) else self.filler)
+            if out[-1] in sp.stop_token_ids or any(s in self.tok.decode(out) for s in sp.stop):
+                finish = "stop"
+                break
+        lps = [{t: Logprob(fake_lp(turn, k), 1), t + 1: Logprob(-9.0, 2)} for k, t in enumerate(out)]
+        return types.SimpleNamespace(token_ids=tuple(out), logprobs=lps, finish_reason=finish, stop_reason=None)
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        self.calls += 1
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(prompts)
+        return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
+                                      outputs=[self.complete(p["prompt_token_ids"], sp)])
+                for p, sp in zip(prompts, sampling_params)]
+
+
+class BoomRetriever(OverlapRetriever):
+    """Any batch holding a query with 'boom' fails (the engine then retries one by one)."""
+
+    def search(self, queries, topk=3):
+        if any("boom" in q for q in queries):
+            self.calls += 1
+            self.batches.append(list(queries))
+            raise RuntimeError("index exploded")
+        return super().search(queries, topk)
+
+
+def examples(questions: list[str]) -> list[QAExample]:
+    return [QAExample(id=f"q{i}", question=q, answers=["x"], dataset="toy") for i, q in enumerate(questions)]
+
+
+def make(tok, scripts, retriever=None, llm=None, **cfg) -> tuple[VLLMEngine, FakeLLM, OverlapRetriever]:
+    llm = llm or FakeLLM(tok, scripts)
+    retriever = retriever or OverlapRetriever()
+    c = RolloutConfig(**{"max_turn_tokens": 24, "max_total_tokens": 1024, **cfg})
+    return VLLMEngine(llm, tok, retriever, c), llm, retriever
+
+
+def spans(ep: Episode) -> list[tuple[int, list[int]]]:
+    out: list[tuple[int, list[int]]] = []
+    for t, m in zip(ep.response_ids, ep.policy_mask):
+        if out and out[-1][0] == m:
+            out[-1][1].append(t)
+        else:
+            out.append((m, [t]))
+    return out
+
+
+def assert_logprobs_from_fake(ep: Episode) -> None:
+    """Policy tokens carry fake_lp(turn, position in turn); inserted tokens 0."""
+    assert len(ep.response_ids) == len(ep.policy_mask) == len(ep.logprobs)
+    turn = pos = 0
+    for m, ids in spans(ep):
+        got = ep.logprobs[pos : pos + len(ids)]
+        assert got == ([fake_lp(turn, k) for k in range(len(ids))] if m else [0.0] * len(ids))
+        turn += 0 if m else 1
+        pos += len(ids)
+
+
+# ------------------------------------------------------------------------------------------------------- episodes
+
+
+def test_search_then_answer(tok):
+    q = "What is the capital of France?"
+    turns = [" <search> capital of France </search>", " <answer> Paris </answer>"]
+    eng, llm, ret = make(tok, {q: turns})
+    (ep,) = eng.run(examples([q]), seed=7)
+    assert (ep.stop_reason, ep.queries, ep.answer, ep.turns) == (StopReason.ANSWERED, ["capital of France"], "Paris", 2)
+    info = eng.info_ids(OverlapRetriever().search(["capital of France"], eng.cfg.topk)[0])
+    parts = spans(ep)
+    assert [m for m, _ in parts] == [1, 0, 1]
+    assert parts[0][1] == encode(tok, turns[0]) and parts[1][1] == info and parts[2][1] == encode(tok, turns[1])
+    assert_logprobs_from_fake(ep)
+    assert ep.response_text == turns[0] + tok.decode(info) + turns[1] and protocol.is_valid_format(ep.response_text)
+    assert "Paris is the capital of France" in ep.response_text
+    assert ret.calls == 1 and llm.calls == 2
+    # turn 2 continues from token ids: prompt + turn 1 + block, never re-tokenised text
+    (_, t0, ids0, sp0), (_, t1, ids1, sp1) = llm.requests
+    assert (t0, t1) == (0, 1) and ids0 == ep.prompt_ids and ids1 == ep.prompt_ids + parts[0][1] + info
+    assert (sp0.seed, sp1.seed) == (episode_seed(7, 0, 0), episode_seed(7, 0, 1)) and sp0.seed != sp1.seed
+    assert sp0.stop == ["</search>", "</answer>"] and sp0.stop_token_ids == [tok.eos_token_id]
+    assert (sp0.logprobs, sp0.temperature, sp0.top_p, sp0.n, sp0.max_tokens) == (1, 1.0, 1.0, 1, 24)
+    assert sp0.include_stop_str_in_output is True and sp0.skip_special_tokens is False
+
+
+def test_every_stop_reason_in_one_batch(tok):
+    qs = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",
+          "Python?", "Empty query?", "Boom?", "Too many searches?"]
+    scripts = {
+        qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+        qs[1]: [" <think> easy </think> <answer> Berlin </answer>"],
+        qs[2]: [" <search> Eiffel Tower </search>", " More. <search> Paris France </search>", " <answer> Paris"],
+        qs[3]: [" <search> Danube </search>", " I give up<|im_end|>"],
+        qs[4]: [" <answer> a language"],  # never closes -> turn budget
+        qs[5]: [" <search> </search>"],  # stop string without a usable action
+        qs[6]: [" <search> boom boom </search>", " <answer> never </answer>"],
+        qs[7]: [" <search> a </search>", " <search> b </search>", " <search> c </search>"],
+    }
+    eng, llm, ret = make(tok, scripts, retriever=BoomRetriever(), max_searches=2)
+    eps = eng.run(examples(qs), seed=3)
+    expected = [  # (stop reason, queries, answer, turns)
+        (StopReason.ANSWERED, ["capital of France"], "Paris", 2),
+        (StopReason.ANSWERED, [], "Berlin", 1),
+        (StopReason.MAX_TOKENS, ["Eiffel Tower", "Paris France"], None, 3),
+        (StopReason.PARSE_ERROR, ["Danube"], None, 2),
+        (StopReason.MAX_TOKENS, [], None, 1),
+        (StopReason.PARSE_ERROR, [], None, 1),
+        (StopReason.RETRIEVAL_ERROR, ["boom boom"], None, 1),
+        (StopReason.MAX_TURNS, ["a", "b"], None, 3),
+    ]
+    for ep, want in zip(eps, expected):
+        assert (ep.stop_reason, ep.queries, ep.answer, ep.turns) == want, ep.question
+        n_blocks = len(ep.queries) - (ep.stop_reason == StopReason.RETRIEVAL_ERROR)
+        assert [m for m, _ in spans(ep)] == [1, 0] * n_blocks + [1], ep.question
+        assert_logprobs_from_fake(ep)
+    assert "index exploded" in eps[6].metrics["retrieval_error"]
+    assert eps[3].response_ids[-1] == tok.eos_token_id and eps[3].policy_mask[-1] == 1
+    assert len(spans(eps[4])[0][1]) == 24 and len(spans(eps[2])[-1][1]) == 24  # max_turn_tokens
+    # one batched retrieval per turn (turn 1 fails as a batch because of 'boom', then goes query by query)
+    assert ret.batches[0] == ["capital of France", "Eiffel Tower", "Danube", "boom boom", "a"]
+    assert ret.batches[1:6] == [[q] for q in ret.batches[0]]
+    assert ret.batches[6:] == [["Paris France", "b"]] and ret.calls == 7
+    assert llm.calls == 3
+    # per-episode seeds: a function of (run seed, episode index, turn) only
+    index = {k: i for i, k in enumerate(llm.scripts)}
+    assert all(sp.seed == episode_seed(3, index[k], t) for k, t, _, sp in llm.requests)
+    assert len({sp.seed for *_, sp in llm.requests}) == len(llm.requests)
+
+
+def test_total_budget(tok):
+    q = "What is the capital of France?"
+    P = len(encode(tok, protocol.build_prompt(q, tok)))
+    eng, llm, _ = make(tok, {q: [" <answer> Paris"]}, max_total_tokens=P + 10)
+    (ep,) = eng.run(examples([q]))
+    assert ep.stop_reason == StopReason.MAX_TOKENS and len(ep.prompt_ids) + len(ep.response_ids) == P + 10
+    assert llm.requests[0][3].max_tokens == 10 and llm.requests[0][3].seed is None
+    # a search whose block would not fit: stop without inserting it
+    turns = [" <search> capital of France </search>", " <answer> Paris </answer>"]
+    eng, llm, ret = make(tok, {q: turns}, max_total_tokens=P + 20)
+    (ep,) = eng.run(examples([q]))
+    assert ep.stop_reason == StopReason.MAX_TOKENS and ep.queries == ["capital of France"] and ret.calls == 1
+    assert all(ep.policy_mask) and ep.response_ids == encode(tok, turns[0]) and llm.calls == 1
+
+
+def test_max_info_tokens_and_max_searches_zero(tok):
+    q1, q2 = "What is the capital of France?", "Capital of Germany?"
+    scripts = {q1: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+               q2: [" <search> Berlin </search>"]}
+    (ep, _) = make(tok, scripts, max_info_tokens=16)[0].run(examples([q1, q2]))
+    block = [t for t, m in zip(ep.response_ids, ep.policy_mask) if m == 0]
+    assert len(block) == 16 and tok.decode(block).endswith("</information>\n\n") and ep.answer == "Paris"
+    eps = make(tok, scripts, max_searches=0)[0].run(examples([q1, q2]))
+    assert [e.stop_reason for e in eps] == [StopReason.MAX_TURNS] * 2 and all(e.searches == 0 for e in eps)
+
+
+def test_output_past_a_stop_is_cut_like_hf(tok):
+    """If vLLM's output runs past a stop string (or EOS), the turn is cut where HFEngine would have stopped."""
+    q = "Capital of Germany?"
+
+    class Overrun(FakeLLM):
+        def complete(self, ids, sp):
+            sp.stop, sp.stop_token_ids = [], []  # the fake then ignores stops and runs to max_tokens
+            return super().complete(ids, sp)
+
+    turns = [" <answer> Berlin </answer> and more text"]
+    eng, llm, _ = make(tok, {q: turns}, llm=Overrun(tok, {q: turns}))
+    (ep,) = eng.run(examples([q]))
+    assert ep.stop_reason == StopReason.ANSWERED and ep.answer == "Berlin"
+    assert ep.response_text == " <answer> Berlin </answer>" and len(ep.logprobs) == len(ep.response_ids)
+
+
+def test_progress_chunks_prompts_and_errors(tok, fake_vllm):
+    qs = ["What is the capital of France?", "Capital of Germany?", "Danube?"]
+    scripts = {q: [" <search> capital </search>", " <answer> x </answer>"] for q in qs}
+    whole, llm_a, _ = make(tok, scripts)
+    a = whole.run(examples(qs), seed=5)
+    seen: list[int] = []
+    chunked = VLLMEngine(llm_b := FakeLLM(tok, scripts), tok, OverlapRetriever(), whole.cfg, max_batch=2)
+    b = chunked.run(examples(qs), seed=5, progress=seen.append)
+    assert sum(seen) == 3 and llm_b.calls == 4
+    assert [(e.response_ids, e.logprobs) for e in a] == [(e.response_ids, e.logprobs) for e in b]
+    assert sorted(sp.seed for *_, sp in llm_a.requests) == sorted(sp.seed for *_, sp in llm_b.requests)
+    # explicit prompt ids replace the agent prompt
+    prompt = encode(tok, "Question: Who wrote Hamlet? Answer:")
+    llm = FakeLLM(tok, {"Who wrote Hamlet?": [" <answer> Shakespeare </answer>"]}, needle="{}")
+    (ep,) = VLLMEngine(llm, tok, OverlapRetriever()).run(examples(["ignored"]), prompts=[prompt])
+    assert ep.prompt_ids == prompt and ep.answer == "Shakespeare"
+    # greedy: temperature 0; missing log-probs and constrained decoding are refused loudly
+    eng, llm, _ = make(tok, scripts, greedy=True)
+    eng.run(examples(qs[:1]))
+    assert (llm.requests[0][3].temperature, llm.requests[0][3].top_p) == (0.0, 1.0)
+
+    class NoLogprobs(FakeLLM):
+        def complete(self, ids, sp):
+            out = super().complete(ids, sp)
+            out.logprobs = None
+            return out
+
+    with pytest.raises(RuntimeError, match="no log-probs"):
+        VLLMEngine(NoLogprobs(tok, scripts), tok, OverlapRetriever()).run(examples(qs[:1]))
+    with pytest.raises(ConfigError, match="constrained"):
+        VLLMEngine(llm, tok, OverlapRetriever(), RolloutConfig(turn_start="constrained"))
+
+
+def test_warns_on_other_logprobs_mode(tok, caplog):
+    llm = FakeLLM(tok, {})
+    llm.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(logprobs_mode="raw_logprobs"))
+    with caplog.at_level("WARNING"):
+        VLLMEngine(llm, tok, OverlapRetriever())
+    assert "raw_logprobs" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------- parity with HF
+
+
+class ForceHook:
+    """HFEngine logits hook forcing the same scripted turns as FakeLLM (keyed by question)."""
+
+    def __init__(self, tok, scripts: dict[str, list[str]]) -> None:
+        self.turns = {q: [encode(tok, t) for t in v] for q, v in scripts.items()}
+        self.filler = encode(tok, FILLER)[-1]
+
+    def __call__(self, rows, logits):
+        out = logits.clone()
+        for b, (ep, turn_tokens) in enumerate(rows):
+            turns = self.turns[ep.question]
+            turn = turns[ep.turns] if ep.turns < len(turns) else []
+            out[b] = float("-inf")
+            out[b, turn[len(turn_tokens)] if len(turn_tokens) < len(turn) else self.filler] = 0.0
+        return out
+
+
+def test_same_records_as_hf_engine(tok):
+    qs = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",
+          "Python?", "Boom?", "Too many searches?"]
+    scripts = {
+        qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+        qs[1]: [" <think> easy </think> <answer> Berlin </answer>"],
+        qs[2]: [" <search> Eiffel Tower </search>", " <answer> Paris"],
+        qs[3]: [" <search> Danube </search>", " I give up<|im_end|>"],
+        qs[4]: [" <search> </search>"],
+        qs[5]: [" <search> boom </search>"],
+        qs[6]: [" <search> a </search>", " <search> b </search>"],
+    }
+    cfg = RolloutConfig(max_turn_tokens=20, max_total_tokens=1024, max_searches=1, max_info_tokens=48, batch_size=7)
+    hf = HFEngine(tiny_model(tok), tok, BoomRetriever(), cfg, logits_hook=ForceHook(tok, scripts)).run(
+        examples(qs), seed=0)
+    vl = VLLMEngine(FakeLLM(tok, scripts), tok, BoomRetriever(), cfg).run(examples(qs), seed=0)
+    fields = ("example_id", "prompt_ids", "response_ids", "policy_mask", "queries", "answer", "stop_reason",
+              "response_text", "turns", "metrics")
+    assert len({e.stop_reason for e in vl}) == 5
+    for h, v in zip(hf, vl):
+        assert [getattr(h, f) for f in fields] == [getattr(v, f) for f in fields], v.question
+        assert [lp == 0.0 for lp in h.logprobs] == [lp == 0.0 for lp in v.logprobs]
+        assert len(h.logprobs) == len(v.logprobs)
+
+
+# ------------------------------------------------------------------------------------------------------- server
+
+
+def mock_server(tok, scripts, with_token_ids: bool, log: list[dict]):
+    fake = FakeLLM(tok, scripts)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "tiny"}]})
+        body = json.loads(request.content)
+        log.append(body)
+        sp = FakeSamplingParams(**{k: body[k] for k in ("max_tokens", "stop", "stop_token_ids", "seed")})
+        c = fake.complete(body["prompt"], sp)
+        lp = {"tokens": [f"token_id:{t}" for t in c.token_ids],
+              "token_logprobs": [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)], "top_logprobs": None}
+        choice = {"index": 0, "text": tok.decode(list(c.token_ids)), "logprobs": lp, "finish_reason": c.finish_reason}
+        if with_token_ids:
+            choice["token_ids"] = list(c.token_ids)
+            lp["tokens"] = [tok.decode([t]) for t in c.token_ids]
+        return httpx.Response(200, json={"choices": [choice]})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("with_token_ids", [False, True])
+def test_server_client_gives_the_same_episodes(tok, with_token_ids):
+    qs = ["What is the capital of France?", "Capital of Germany?", "Danube?"]
+    scripts = {qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+               qs[1]: [" <answer> Berlin </answer>"], qs[2]: [" <search> Danube </search>", " no idea<|im_end|>"]}
+    bodies: list[dict] = []
+    client = VLLMServerClient("localhost:8000/v1", transport=mock_server(tok, scripts, with_token_ids, bodies),
+                              concurrency=2)
+    served = VLLMEngine(client, tok, OverlapRetriever()).run(examples(qs), seed=1)
+    local = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs), seed=1)
+    fields = ("response_ids", "policy_mask", "logprobs", "queries", "answer", "stop_reason", "turns")
+    assert [[getattr(e, f) for f in fields] for e in served] == [[getattr(e, f) for f in fields] for e in local]
+    assert client.base_url == "http://localhost:8000" and len(bodies) == 5
+    b = bodies[0]
+    assert b["model"] == "tiny" and isinstance(b["prompt"], list) and all(isinstance(t, int) for t in b["prompt"])
+    assert b["logprobs"] == 1 and b["return_tokens_as_token_ids"] and b["stop"] == ["</search>", "</answer>"]
+    assert {x["seed"] for x in bodies} == {episode_seed(1, i, t) for i, t in [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]}
+
+
+def test_server_reload_weights(tok):
+    def client(answers: dict[str, int]) -> tuple[VLLMServerClient, list]:
+        calls: list = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            body = json.loads(request.content) if request.content else None
+            calls.append((request.url.path, body))
+            key = request.url.path + ("" if body is None else ":" + body["method"] + (":kw" if "kwargs" in body else ""))
+            return httpx.Response(answers.get(key, 200), text="nope")
+
+        return VLLMServerClient("http://h:1", model="m", transport=httpx.MockTransport(handler), retries=0), calls
+
+    c, calls = client({})
+    c.reload_weights("/ckpt/step10")
+    assert calls == [("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": "/ckpt/step10"}}),
+                     ("/reset_prefix_cache", None)]
+    c, calls = client({"/collective_rpc:reload_weights:kw": 500})  # older vLLM: reload_weights() takes no path
+    c.reload_weights("/ckpt/step10")
+    assert [b and b["method"] for _, b in calls] == ["reload_weights", "update_config", "reload_weights", None]
+    assert calls[1][1]["args"] == [{"model_config": {"model": "/ckpt/step10"}}]
+    c, _ = client({"/collective_rpc:reload_weights:kw": 404})
+    with pytest.raises(RuntimeError, match="VLLM_SERVER_DEV_MODE=1"):
+        c.reload_weights("/ckpt")
+
+
+# -------------------------------------------------------------------------------------------------- push weights
+
+
+class FakeVllmModel:
+    def __init__(self) -> None:
+        self.loaded: dict[str, torch.Tensor] = {}
+
+    def load_weights(self, weights):
+        self.loaded.update(dict(weights))
+
+
+class Colocated:
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+
+def test_push_weights_paths(fake_vllm):
+    model = torch.nn.Linear(3, 2)
+    compiled = types.SimpleNamespace(_orig_mod=model, state_dict=lambda: {"wrapped": torch.zeros(1)})
+    # in-process model (V0, V1 without multiprocessing), behind a torch.compile wrapper
+    inner = FakeVllmModel()
+    llm = Colocated()
+    llm.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(
+        model_runner=types.SimpleNamespace(model=inner))))
+    assert push_weights(llm, compiled) == 2 and llm.resets == 1
+    assert set(inner.loaded) == {"weight", "bias"} and torch.equal(inner.loaded["weight"], model.weight)
+    # apply_model (newer vLLM)
+    inner = FakeVllmModel()
+    llm = Colocated()
+    llm.apply_model = lambda fn: [fn(inner)]
+    push_weights(llm, model)
+    assert set(inner.loaded) == {"weight", "bias"} and llm.resets == 1
+    # collective_rpc with a function of the worker
+    inner = FakeVllmModel()
+    llm = Colocated()
+    llm.collective_rpc = lambda fn: [fn(types.SimpleNamespace(get_model=lambda: inner))]
+    push_weights(llm, model)
+    assert set(inner.loaded) == {"weight", "bias"}
+    with pytest.raises(RuntimeError, match=r"vllm 0\.0-fake"):
+        push_weights(Colocated(), model)
+
+
+def test_load_llm_requests_processed_logprobs(fake_vllm):
+    made: list[dict] = []
+
+    class LLM:
+        def __init__(self, **kw):
+            if fake_vllm.old and "logprobs_mode" in kw:
+                raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'logprobs_mode'")
+            made.append(kw)
+
+    fake_vllm.LLM, fake_vllm.old = LLM, False
+    load_llm("m", gpu_memory_utilization=0.3)
+    assert made[-1] == {"model": "m", "gpu_memory_utilization": 0.3, "logprobs_mode": LOGPROBS_MODE,
+                        "enable_prefix_caching": True}
+    fake_vllm.old = True
+    load_llm("m")
+    assert "logprobs_mode" not in made[-1]
+
+
+def test_episode_seed():
+    assert episode_seed(None, 0, 0) is None
+    seeds = {episode_seed(s, i, t) for s in (0, 1) for i in range(50) for t in range(4)}
+    assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
+    assert episode_seed(3, 2, 1) == episode_seed(3, 2, 1)
