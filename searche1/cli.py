@@ -219,8 +219,6 @@ def train(
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set grpo.lr=1e-6")] = [],
 ) -> None:
     """Training: GRPO only, or a Search-E1 schedule of phases (grpo, ofsd, grpo, ofsd); resumable."""
-    import yaml
-
     from searche1.config import load_config
     from searche1.pipeline import PipelineConfig, run_pipeline
     from searche1.train import run_grpo

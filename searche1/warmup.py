@@ -47,7 +47,7 @@ from typing import Any, Literal
 from searche1 import protocol
 from searche1.data.types import QAExample
 from searche1.errors import ConfigError
-from searche1.retrieval.base import Hit, Retriever
+from searche1.retrieval.base import Retriever
 from searche1.retrieval.metrics import has_answer
 from searche1.rollout.tokens import encode, info_ids, prompt_ids
 from searche1.rollout.types import RolloutConfig

@@ -1,9 +1,6 @@
-"""VLLMEngine without vLLM: a scripted fake ``vllm.LLM`` (and a fake ``vllm`` module for ``SamplingParams``) drives
-every stop reason; the same scripts through HFEngine (tiny model, forcing hook) give identical records except the
-sampler log-prob values; the server client runs against ``httpx.MockTransport``; ``push_weights`` against fake engines.
-
-What the fakes cannot show: real vLLM stop-string/EOS behaviour, its log-prob values and modes, seeding, weight loading.
-"""
+"""VLLMEngine without vLLM: a scripted fake ``vllm.LLM`` (and a fake ``vllm`` module) drives every stop reason; the
+same scripts through HFEngine (tiny model, forcing hook) give identical records but for the log-prob values; the
+server client runs on ``httpx.MockTransport``, ``push_weights`` on fake engines. Not shown: real vLLM behaviour."""
 
 from __future__ import annotations
 
@@ -412,46 +409,32 @@ def test_server_reload_weights(tok):
 # -------------------------------------------------------------------------------------------------- push weights
 
 
-class FakeVllmModel:
-    def __init__(self) -> None:
-        self.loaded: dict[str, torch.Tensor] = {}
-
-    def load_weights(self, weights):
-        self.loaded.update(dict(weights))
-
-
-class Colocated:
-    def __init__(self) -> None:
-        self.resets = 0
-
-    def reset_prefix_cache(self):
-        self.resets += 1
+def fake_colocated(**methods) -> tuple[types.SimpleNamespace, dict]:
+    """A fake LLM (counting prefix-cache resets) and the dict its fake vLLM model's ``load_weights`` fills."""
+    loaded: dict[str, torch.Tensor] = {}
+    llm = types.SimpleNamespace(resets=0, vllm_model=types.SimpleNamespace(load_weights=lambda w: loaded.update(w)))
+    llm.reset_prefix_cache = lambda: setattr(llm, "resets", llm.resets + 1)
+    for name, make_method in methods.items():
+        setattr(llm, name, make_method(llm.vllm_model))
+    return llm, loaded
 
 
 def test_push_weights_paths(fake_vllm):
     model = torch.nn.Linear(3, 2)
     compiled = types.SimpleNamespace(_orig_mod=model, state_dict=lambda: {"wrapped": torch.zeros(1)})
     # in-process model (V0, V1 without multiprocessing), behind a torch.compile wrapper
-    inner = FakeVllmModel()
-    llm = Colocated()
-    llm.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(
-        model_runner=types.SimpleNamespace(model=inner))))
+    llm, loaded = fake_colocated(llm_engine=lambda m: types.SimpleNamespace(model_executor=types.SimpleNamespace(
+        driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=m)))))
     assert push_weights(llm, compiled) == 2 and llm.resets == 1
-    assert set(inner.loaded) == {"weight", "bias"} and torch.equal(inner.loaded["weight"], model.weight)
-    # apply_model (newer vLLM)
-    inner = FakeVllmModel()
-    llm = Colocated()
-    llm.apply_model = lambda fn: [fn(inner)]
-    push_weights(llm, model)
-    assert set(inner.loaded) == {"weight", "bias"} and llm.resets == 1
-    # collective_rpc with a function of the worker
-    inner = FakeVllmModel()
-    llm = Colocated()
-    llm.collective_rpc = lambda fn: [fn(types.SimpleNamespace(get_model=lambda: inner))]
-    push_weights(llm, model)
-    assert set(inner.loaded) == {"weight", "bias"}
+    assert set(loaded) == {"weight", "bias"} and torch.equal(loaded["weight"], model.weight)
+    # apply_model (newer vLLM); collective_rpc with a function of the worker
+    for methods in ({"apply_model": lambda m: lambda fn: [fn(m)]},
+                    {"collective_rpc": lambda m: lambda fn: [fn(types.SimpleNamespace(get_model=lambda: m))]}):
+        llm, loaded = fake_colocated(**methods)
+        push_weights(llm, model)
+        assert set(loaded) == {"weight", "bias"} and llm.resets == 1
     with pytest.raises(RuntimeError, match=r"vllm 0\.0-fake"):
-        push_weights(Colocated(), model)
+        push_weights(fake_colocated()[0], model)
 
 
 def test_load_llm_requests_processed_logprobs(fake_vllm):

@@ -22,10 +22,8 @@ README) atomically.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from searche1.data.synth_names import _NameBank
 from searche1.data.types import Passage, QAExample

@@ -306,9 +306,9 @@ def push_weights(llm: Any, model: Any) -> int:
     it runs in one (V1 multiprocessing needs ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` and copies every step). The
     prefix cache is reset afterwards, since cached KV blocks were computed with the old weights.
     """
-    for wrapper in ("_orig_mod", "module"):  # torch.compile / DDP wrappers
-        while hasattr(model, wrapper) and hasattr(getattr(model, wrapper), "state_dict"):
-            model = getattr(model, wrapper)
+    while inner := next((getattr(model, w) for w in ("_orig_mod", "module")  # torch.compile / DDP wrappers
+                         if hasattr(getattr(model, w, None), "state_dict")), None):
+        model = inner
     weights = [(k, v.detach()) for k, v in model.state_dict().items()]
 
     def load(m: Any) -> None:
