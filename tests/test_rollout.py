@@ -188,6 +188,19 @@ def test_free_sampling_well_formed_and_reproducible(model, tok):
     assert [e.response_ids for e in a] != [e.response_ids for e in c]
 
 
+def test_sampled_episode_does_not_depend_on_batch_or_split(model, tok):
+    """Per-episode generators: the same seed gives each episode the same tokens whatever the batch size, and a
+    run split in two (as over two data-parallel ranks, with ``first_index``) equals the whole run."""
+    exs = make_examples(FREE_QUESTIONS[:4])
+    whole = engine(model, tok, batch_size=4).run(exs, seed=5)
+    small = engine(model, tok, batch_size=1).run(exs, seed=5)
+    split = engine(model, tok, batch_size=2).run(exs[:2], seed=5) + \
+        engine(model, tok, batch_size=2).run(exs[2:], seed=5, first_index=2)
+    for other in (small, split):
+        assert [e.response_ids for e in other] == [e.response_ids for e in whole]
+    assert len({tuple(e.response_ids) for e in whole}) > 1
+
+
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
 def test_free_sampling_logprobs_match_rescoring(model, tok, temperature, top_p):
     # a hook that favours EOS makes rows end their turn at different steps (mid-sequence pads); recorded log-probs

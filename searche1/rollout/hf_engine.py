@@ -56,6 +56,11 @@ def _safe_search(retriever: Retriever, queries: list[str], topk: int) -> list[li
         return out
 
 
+def episode_seed(seed: int, index: int) -> int:
+    """The seed of episode ``index`` of a run seeded with ``seed`` (a 63-bit mix, distinct across steps)."""
+    return (seed * 6364136223846793005 + (index + 1) * 1442695040888963407) % (1 << 63)
+
+
 class HFEngine:
     """Rollout engine over an HF causal LM (CPU or GPU)."""
 
@@ -94,20 +99,25 @@ class HFEngine:
         examples: Sequence[QAExample],
         *,
         seed: int | None = None,
+        first_index: int = 0,
         prompts: Sequence[list[int]] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[Episode]:
         """Run one episode per example (repeat an example G times for a GRPO group), in batches.
 
-        ``prompts`` (token ids, one per example) replaces the agent prompt, e.g. for the non-agent baselines.
+        With a ``seed``, episode ``i`` samples from its own generator seeded by ``(seed, first_index + i)``, so its
+        tokens do not depend on its batch mates, the batch size or how episodes are split over data-parallel ranks
+        (a rank passes the global index of its first episode as ``first_index``). ``prompts`` (token ids, one per
+        example) replaces the agent prompt, e.g. for the non-agent baselines.
         """
-        gen = None
+        gens = None
         if seed is not None:
-            gen = torch.Generator(device=self._device).manual_seed(seed)
+            gens = [torch.Generator().manual_seed(episode_seed(seed, first_index + i)) for i in range(len(examples))]
         episodes: list[Episode] = []
         bs = self.cfg.batch_size
         for i in range(0, len(examples), bs):
-            episodes.extend(self._run_batch(examples[i : i + bs], gen, None if prompts is None else prompts[i : i + bs]))
+            episodes.extend(self._run_batch(examples[i : i + bs], None if gens is None else gens[i : i + bs],
+                                            None if prompts is None else prompts[i : i + bs]))
             if progress:
                 progress(min(bs, len(examples) - i))
         for ep in episodes:
@@ -132,9 +142,12 @@ class HFEngine:
                          logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1]  # (B, V)
 
-    def _sample(self, raw: torch.Tensor, logits: torch.Tensor, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, raw: torch.Tensor, logits: torch.Tensor, gens, rows: list[int],
+                live: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample from ``logits`` (B, V) (possibly constrained by a hook); log-probs come from ``raw``, the policy's
-        own temperature-scaled distribution, which is what the trainer recomputes."""
+        own temperature-scaled distribution, which is what the trainer recomputes. With per-episode generators
+        ``gens`` only the ``live`` rows draw (one uniform each, inverse-CDF), so a row that waits for a search does
+        not consume its episode's random stream."""
         raw, logits = raw.float(), logits.float()
         if self.cfg.greedy:
             tokens = logits.argmax(-1)
@@ -144,7 +157,15 @@ class HFEngine:
             sp, si = probs.sort(-1, descending=True)
             keep = (sp.cumsum(-1) - sp) < self.cfg.top_p
             probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
-        tokens = torch.multinomial(probs, 1, generator=gen)[:, 0]
+        if gens is None:
+            tokens = torch.multinomial(probs, 1)[:, 0]
+        else:
+            u = torch.full((probs.shape[0], 1), 0.5)
+            for j in live:
+                u[j, 0] = torch.rand((), generator=gens[rows[j]])
+            cdf = probs.cumsum(-1)
+            u = (u.clamp(min=1e-9).to(cdf.device) * cdf[:, -1:]).clamp(max=cdf[:, -1:] * (1 - 1e-7))
+            tokens = torch.searchsorted(cdf, u)[:, 0].clamp(max=probs.shape[-1] - 1)
         return tokens, torch.log_softmax(raw / self.cfg.temperature, -1).gather(-1, tokens[:, None])[:, 0]
 
     def _end_turn(self, ep: Episode, turn_tokens: list[int], turn_lps: list[float], end: str) -> bool:
@@ -167,7 +188,7 @@ class HFEngine:
         return False
 
     @torch.no_grad()
-    def _run_batch(self, examples: Sequence[QAExample], gen, prompts: Sequence[list[int]] | None) -> list[Episode]:
+    def _run_batch(self, examples: Sequence[QAExample], gens, prompts: Sequence[list[int]] | None) -> list[Episode]:
         cfg, dev = self.cfg, self._device
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k]) if prompts is not None else self.prompt_ids(e.question))
@@ -200,7 +221,7 @@ class HFEngine:
                 proc = last
                 if self.logits_hook is not None:
                     proc = self.logits_hook([(eps[r], turn_tokens[j]) for j, r in enumerate(rows)], last.clone())
-                tokens, lps = self._sample(last, proc, gen)
+                tokens, lps = self._sample(last, proc, gens, rows, live)
                 feed = torch.full((len(rows), 1), self.pad_id, dtype=torch.long, device=dev)
                 feed_mask = torch.zeros((len(rows), 1), dtype=torch.long, device=dev)
                 tok_list, lp_list = tokens.tolist(), lps.tolist()
