@@ -49,6 +49,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
     """Run ``cfg.schedule``; returns the folder of the final policy (HF layout)."""
     from searche1.checkpoint import latest_checkpoint
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ofsd" in cfg.schedule:
+        raise ConfigError("schedule: OFSD phases do not run data-parallel yet (searche1.distributed); launch a "
+                          "schedule with ofsd phases as one process, or schedule: [grpo] under several ranks")
     out = Path(out_dir)
     state_path = out / "pipeline.json"
     if state_path.is_file() and not resume:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -153,11 +154,12 @@ def episode_tensors(eps: list[Episode], pad_id: int):
 
 
 def batch_denominator(mask: torch.Tensor, agg: str, max_len: int) -> float:
-    """The whole batch's normaliser, so micro-batch losses add up to the full-batch loss (see algos.aggregate)."""
+    """This batch's share of the loss normaliser (unclamped; summed over ranks, then clamped to >= 1 by the
+    caller), so micro-batch losses add up to the full-batch loss (see algos.aggregate)."""
     if agg == "token_mean":
-        return float(mask.sum().clamp(min=1))
+        return float(mask.sum())
     if agg == "seq_mean_token_mean":
-        return float((mask.sum(-1) > 0).sum().clamp(min=1))
+        return float((mask.sum(-1) > 0).sum())
     return float(mask.shape[0] * max_len)  # dr_grpo
 
 
@@ -192,6 +194,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.algos import get_advantage, get_policy_loss, kl_k3, token_logprobs
     from searche1.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from searche1.data.qa import load_qa, load_qa_files
+    from searche1.distributed import init_distributed, merge_metrics, rank_device
     from searche1.health import CollapseDetector
     from searche1.io import write_json
     from searche1.metrics import MetricsLogger
@@ -204,13 +207,19 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     ckpt = latest_checkpoint(out) if resume else None
     if not resume and (out / "metrics.jsonl").exists():
         raise FileExistsError(f"{out} already holds a run (fix: pass --resume to continue it, or another --out)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", to_dict(cfg))
-    g = cfg.grpo
-    model_cfg = cfg.model if ckpt is None else ModelConfig(**{**cfg.model.__dict__, "name_or_path": str(ckpt)})
-    model, tok = load_policy(model_cfg, trainable=True)
-    ref_model = load_policy(cfg.model)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     device = resolve_device(cfg.model.device)
+    d = init_distributed(device)  # data-parallel ranks under accelerate launch / torchrun (searche1.distributed)
+    if d.enabled:
+        device = rank_device(device)
+    d.barrier()  # every rank has checked --out before rank 0 writes to it
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", to_dict(cfg))
+    g = cfg.grpo
+    model_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
+                               **({"name_or_path": str(ckpt)} if ckpt is not None else {})})
+    model, tok = load_policy(model_cfg, trainable=True)
+    ref_model = load_policy(ModelConfig(**{**cfg.model.__dict__, "device": device}))[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     autocast = use_bf16(g.bf16, device)
     retriever = make_retriever(cfg.retrieval)
     if not cfg.data.train:
@@ -228,22 +237,27 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         log.info("resumed from %s (step %d)", ckpt, start)
     sampler = QuestionSampler(questions, g.seed, cursor)
     # no checkpoint yet: a resumed run starts over, so drop every logged line (step 0's evaluation included)
-    metrics_log = MetricsLogger(out, cfg.sinks, config=to_dict(cfg), resume_step=start if ckpt else -1)
+    metrics_log = MetricsLogger(out, cfg.sinks, config=to_dict(cfg), resume_step=start if ckpt else -1) \
+        if d.is_main else None
+    params = [p for p in model.parameters() if p.requires_grad]
     advantage_fn = get_advantage(g.advantage)
     loss_fn = get_policy_loss(g.loss_agg)
     reward_fn = get_reward(g.reward)
     engine = HFEngine(model, tok, retriever, cfg.rollout)
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
-    if dev and start == 0:  # the starting point of the dev curve
+    if dev and start == 0 and d.is_main:  # the starting point of the dev curve
         metrics_log.log(0, dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
-    bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress, unit="step")
+    d.barrier()
+    bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress or not d.is_main, unit="step")
     done_here = 0
     for step in range(start + 1, g.steps + 1):
         t0, cpu0 = time.perf_counter(), time.process_time()
         # ---- rollouts (policy in eval mode, no grad)
-        qs = sampler.take(g.questions_per_step)
+        mine = d.shard(g.questions_per_step)  # this rank's whole groups; every rank draws the same questions
+        qs = sampler.take(g.questions_per_step)[mine]
         model.eval()
-        eps = engine.run([q for q in qs for _ in range(g.group_size)], seed=g.seed * 1_000_003 + step)
+        eps = engine.run([q for q in qs for _ in range(g.group_size)], seed=g.seed * 1_000_003 + step,
+                         first_index=mine.start * g.group_size)
         t_roll = time.perf_counter() - t0
         rewards = []
         for e in eps:
@@ -263,13 +277,15 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         stats: dict[str, float] = {}
         skipped = 0.0
         grad_norm = float("nan")
+        kept_all = d.sum(len(keep))
         for _epoch in range(g.ppo_epochs):
             opt.zero_grad(set_to_none=True)
-            if not keep:
+            if not kept_all:
                 break
-            ids, attn, mask, old = episode_tensors([eps[i] for i in keep], tok.pad_token_id)
-            a = adv[keep]
-            denom = batch_denominator(mask, g.loss_agg, gen_budget)
+            if keep:
+                ids, attn, mask, old = episode_tensors([eps[i] for i in keep], tok.pad_token_id)
+                a = adv[keep]
+            denom = max(1.0, d.sum(batch_denominator(mask, g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
             for s in range(0, len(keep), g.micro_batch_size):
                 sl = slice(s, s + g.micro_batch_size)
@@ -292,7 +308,11 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 total += float(loss.detach())
                 for k, v in m.items():
                     stats[k] = stats.get(k, 0.0) + float(v) * (len(range(*sl.indices(len(keep)))) / len(keep))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), g.max_grad_norm))
+            d.all_reduce_grads(params)  # sum: each rank's loss is already divided by the global normaliser
+            total = d.sum(total)
+            if d.is_main and os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full-batch gradient
+                _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"step-{step}.safetensors")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm))
             if not (math.isfinite(total) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
                 skipped = 1.0
@@ -304,17 +324,24 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             opt.step()
             stats["loss/policy"] = stats.get("loss/policy", 0.0) + total / g.ppo_epochs
         t_train = time.perf_counter() - t1
-        metrics = {**rollout_metrics(eps), **adv_metrics, **stats, "grad/norm": grad_norm,
+        local = {**rollout_metrics(eps), **adv_metrics, **{k: v for k, v in stats.items() if k != "loss/policy"},
+                 "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
+                 "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
+        metrics = {**merge_metrics(d.gather((local, float(len(eps))))), "grad/norm": grad_norm,
                    "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
-                   "train/kept_rollouts": len(keep), "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
-                   "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
+                   "train/kept_rollouts": kept_all}
+        if "loss/policy" in stats:
+            metrics["loss/policy"] = stats["loss/policy"]  # already summed over ranks
         if dev and (step % g.eval_every == 0 or step == g.steps):
-            metrics.update(dev_eval(model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
+            if d.is_main:
+                metrics.update(dev_eval(model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
+            metrics = d.gather(metrics)[0]  # every rank takes rank 0's view (collapse decisions agree)
         collapsed = health.update(metrics)
         if collapsed:
             log.warning("step %d: collapse of %s (far below the recent level for %d steps)",
                         step, ", ".join(collapsed), cfg.health.patience)
             metrics["health/collapse"] = 1.0
+            d.barrier()
             last = latest_checkpoint(out)
             if cfg.health.rollback_on_collapse and last is not None:
                 load_checkpoint(last, model, opt, None, restore_rng=False)
@@ -322,20 +349,32 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 health.reset()
                 metrics["health/rollback_to"] = int(last.name.split("-")[1])
                 log.warning("rolled back to %s; lr scale now %.3g", last, lr_scale)
-        metrics_log.log(step, metrics)
+        if metrics_log is not None:
+            metrics_log.log(step, metrics)
         bar.update(1)
         bar.set_postfix(em=f"{metrics['reward/em']:.2f}", fmt=f"{metrics['rollout/valid_format']:.2f}")
         if step % g.save_every == 0 or step == g.steps:
             fault_point(f"step{step}:before_save")
-            save_checkpoint(out, step, model, tok, opt, None,
-                            {"cursor": sampler.cursor, "lr_scale": lr_scale, "health": health.state_dict()},
-                            keep_last=g.keep_last)
+            if d.is_main:
+                save_checkpoint(out, step, model, tok, opt, None,
+                                {"cursor": sampler.cursor, "lr_scale": lr_scale, "health": health.state_dict()},
+                                keep_last=g.keep_last)
+            d.barrier()
         done_here += 1
         if stop_after is not None and done_here >= stop_after:
             break
     bar.close()
-    metrics_log.close()
+    if metrics_log is not None:
+        metrics_log.close()
     return out
+
+
+def _dump_grads(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({n: p.grad.detach().clone().contiguous() for n, p in model.named_parameters() if p.grad is not None},
+              str(path))
 
 
 def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:

@@ -153,10 +153,17 @@ def test_sigkill_then_resume_is_consistent(tmp_path, fault):
 def test_config_errors():
     with pytest.raises(ConfigError, match="grpo.group_size: GRPO needs at least 2"):
         from_dict(TrainConfig, {"data": {"train": ["x.jsonl"]}, "grpo": {"group_size": 1}})
-    with pytest.raises(ConfigError, match="data.train: give at least one"):
-        from_dict(TrainConfig, {"data": {"train": []}})
+    with pytest.raises(ConfigError, match="data.dev_limit: must be >= 1"):
+        from_dict(TrainConfig, {"data": {"dev_limit": 0}})
     with pytest.raises(ConfigError, match="sinks: unknown sink 'mlflow'"):
         from_dict(TrainConfig, {"data": {"train": ["x"]}, "sinks": ["mlflow"]})
+
+
+def test_run_without_training_files_names_the_field(tmp_path):
+    cfg = make_config(tmp_path)
+    cfg.data.train = []
+    with pytest.raises(ConfigError, match="data.train: give at least one training QA file"):
+        run_grpo(cfg, tmp_path / "run", progress=False)
 
 
 def test_train_command_runs_a_yaml_config(tmp_path):

@@ -4,10 +4,11 @@ server client runs on ``httpx.MockTransport``, ``push_weights`` on fake engines.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import sys
 import types
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -18,8 +19,8 @@ from searche1.config import ConfigError
 from searche1.data.types import QAExample
 from searche1.rollout.hf_engine import HFEngine
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
-from searche1.rollout.vllm_engine import (LOGPROBS_MODE, VLLMEngine, VLLMServerClient, episode_seed, load_llm,
-                                          push_weights)
+from searche1.rollout.vllm_engine import (LOGPROBS_MODE, VLLMEngine, VLLMServerClient, load_llm, push_weights,
+                                          turn_seed)
 from tiny import tiny_model, tiny_tokenizer
 from toy_retriever import OverlapRetriever
 
@@ -35,9 +36,7 @@ def encode(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-class FakeSamplingParams:
-    def __init__(self, **kw) -> None:
-        self.__dict__.update(kw)
+FakeSamplingParams = types.SimpleNamespace  # keyword arguments become attributes, like SamplingParams
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +49,7 @@ def fake_vllm(monkeypatch):
     return mod
 
 
-@dataclass
-class Logprob:  # shaped like vllm.sequence.Logprob
-    logprob: float
-    rank: int | None = None
-    decoded_token: str | None = None
+Logprob = collections.namedtuple("Logprob", "logprob rank decoded_token", defaults=(None, None))  # like vLLM's
 
 
 def fake_lp(turn: int, k: int) -> float:
@@ -63,9 +58,9 @@ def fake_lp(turn: int, k: int) -> float:
 
 class FakeLLM:
     """Scripted ``vllm.LLM``: ``scripts[question]`` lists turn texts (the episode is found by ``needle`` in its
-    prompt, its turn by the information blocks after it); turn k emits the tokens of text k,
-    then FILLER forever, and stops like vLLM (after the token completing a stop string, at a stop token id, or at
-    max_tokens). Log-probs are ``fake_lp(turn, position)`` with a distractor entry, as ``logprobs=1`` returns."""
+    prompt, its turn by the information blocks after it); turn k emits the tokens of text k, then FILLER forever,
+    and stops like vLLM (after the token completing a stop string, at a stop token id, or at max_tokens).
+    Log-probs are ``fake_lp(turn, position)``, next to a distractor entry as ``logprobs=1`` returns."""
 
     def __init__(self, tok, scripts: dict[str, list[str]], needle: str = "Question: {}") -> None:
         self.tok = tok
@@ -120,13 +115,9 @@ def make(tok, scripts, retriever=None, llm=None, **cfg) -> tuple[VLLMEngine, Fak
 
 
 def spans(ep: Episode) -> list[tuple[int, list[int]]]:
-    out: list[tuple[int, list[int]]] = []
-    for t, m in zip(ep.response_ids, ep.policy_mask):
-        if out and out[-1][0] == m:
-            out[-1][1].append(t)
-        else:
-            out.append((m, [t]))
-    return out
+    """Runs of equal policy mask: [(mask, ids), ...]."""
+    runs = itertools.groupby(zip(ep.response_ids, ep.policy_mask), key=lambda x: x[1])
+    return [(m, [t for t, _ in run]) for m, run in runs]
 
 
 def assert_logprobs_from_fake(ep: Episode) -> None:
@@ -160,7 +151,7 @@ def test_search_then_answer(tok):
     # turn 2 continues from token ids: prompt + turn 1 + block, never re-tokenised text
     (_, t0, ids0, sp0), (_, t1, ids1, sp1) = llm.requests
     assert (t0, t1) == (0, 1) and ids0 == ep.prompt_ids and ids1 == ep.prompt_ids + parts[0][1] + info
-    assert (sp0.seed, sp1.seed) == (episode_seed(7, 0, 0), episode_seed(7, 0, 1)) and sp0.seed != sp1.seed
+    assert (sp0.seed, sp1.seed) == (turn_seed(7, 0, 0), turn_seed(7, 0, 1)) and sp0.seed != sp1.seed
     assert sp0.stop == ["</search>", "</answer>"] and sp0.stop_token_ids == [tok.eos_token_id]
     assert (sp0.logprobs, sp0.temperature, sp0.top_p, sp0.n, sp0.max_tokens) == (1, 1.0, 1.0, 1, 24)
     assert sp0.include_stop_str_in_output is True and sp0.skip_special_tokens is False
@@ -206,7 +197,7 @@ def test_every_stop_reason_in_one_batch(tok):
     assert llm.calls == 3
     # per-episode seeds: a function of (run seed, episode index, turn) only
     index = {k: i for i, k in enumerate(llm.scripts)}
-    assert all(sp.seed == episode_seed(3, index[k], t) for k, t, _, sp in llm.requests)
+    assert all(sp.seed == turn_seed(3, index[k], t) for k, t, _, sp in llm.requests)
     assert len({sp.seed for *_, sp in llm.requests}) == len(llm.requests)
 
 
@@ -252,7 +243,7 @@ def test_output_past_a_stop_is_cut_like_hf(tok):
     assert ep.response_text == " <answer> Berlin </answer>" and len(ep.logprobs) == len(ep.response_ids)
 
 
-def test_progress_chunks_prompts_and_errors(tok, fake_vllm):
+def test_progress_chunks_prompts_and_errors(tok):
     qs = ["What is the capital of France?", "Capital of Germany?", "Danube?"]
     scripts = {q: [" <search> capital </search>", " <answer> x </answer>"] for q in qs}
     whole, llm_a, _ = make(tok, scripts)
@@ -263,6 +254,9 @@ def test_progress_chunks_prompts_and_errors(tok, fake_vllm):
     assert sum(seen) == 3 and llm_b.calls == 4
     assert [(e.response_ids, e.logprobs) for e in a] == [(e.response_ids, e.logprobs) for e in b]
     assert sorted(sp.seed for *_, sp in llm_a.requests) == sorted(sp.seed for *_, sp in llm_b.requests)
+    # a data-parallel rank holding episodes 2.. passes first_index=2 and draws the same seeds
+    VLLMEngine(llm_c := FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs)[2:], seed=5, first_index=2)
+    assert [sp.seed for *_, sp in llm_c.requests] == [turn_seed(5, 2, 0), turn_seed(5, 2, 1)]
     # explicit prompt ids replace the agent prompt
     prompt = encode(tok, "Question: Who wrote Hamlet? Answer:")
     llm = FakeLLM(tok, {"Who wrote Hamlet?": [" <answer> Shakespeare </answer>"]}, needle="{}")
@@ -272,20 +266,18 @@ def test_progress_chunks_prompts_and_errors(tok, fake_vllm):
     eng, llm, _ = make(tok, scripts, greedy=True)
     eng.run(examples(qs[:1]))
     assert (llm.requests[0][3].temperature, llm.requests[0][3].top_p) == (0.0, 1.0)
-
-    class NoLogprobs(FakeLLM):
-        def complete(self, ids, sp):
-            out = super().complete(ids, sp)
-            out.logprobs = None
-            return out
-
+    no_lps = FakeLLM(tok, scripts)
+    no_lps.complete = lambda ids, sp, f=no_lps.complete: types.SimpleNamespace(**{**vars(f(ids, sp)), "logprobs": None})
     with pytest.raises(RuntimeError, match="no log-probs"):
-        VLLMEngine(NoLogprobs(tok, scripts), tok, OverlapRetriever()).run(examples(qs[:1]))
+        VLLMEngine(no_lps, tok, OverlapRetriever()).run(examples(qs[:1]))
     with pytest.raises(ConfigError, match="constrained"):
         VLLMEngine(llm, tok, OverlapRetriever(), RolloutConfig(turn_start="constrained"))
 
 
-def test_warns_on_other_logprobs_mode(tok, caplog):
+def test_turn_seed_and_logprobs_mode_warning(tok, caplog):
+    assert turn_seed(None, 0, 0) is None
+    seeds = {turn_seed(s, i, t) for s in (0, 1) for i in range(50) for t in range(4)}
+    assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
     llm = FakeLLM(tok, {})
     llm.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(logprobs_mode="raw_logprobs"))
     with caplog.at_level("WARNING"):
@@ -378,7 +370,7 @@ def test_server_client_gives_the_same_episodes(tok, with_token_ids):
     b = bodies[0]
     assert b["model"] == "tiny" and isinstance(b["prompt"], list) and all(isinstance(t, int) for t in b["prompt"])
     assert b["logprobs"] == 1 and b["return_tokens_as_token_ids"] and b["stop"] == ["</search>", "</answer>"]
-    assert {x["seed"] for x in bodies} == {episode_seed(1, i, t) for i, t in [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]}
+    assert {x["seed"] for x in bodies} == {turn_seed(1, i, t) for i, t in [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]}
 
 
 def test_server_reload_weights(tok):
@@ -388,7 +380,7 @@ def test_server_reload_weights(tok):
         def handler(request: httpx.Request) -> httpx.Response:
             body = json.loads(request.content) if request.content else None
             calls.append((request.url.path, body))
-            key = request.url.path + ("" if body is None else ":" + body["method"] + (":kw" if "kwargs" in body else ""))
+            key = request.url.path + ("" if body is None else f":{body['method']}" + (":kw" * ("kwargs" in body)))
             return httpx.Response(answers.get(key, 200), text="nope")
 
         return VLLMServerClient("http://h:1", model="m", transport=httpx.MockTransport(handler), retries=0), calls
@@ -453,10 +445,3 @@ def test_load_llm_requests_processed_logprobs(fake_vllm):
     fake_vllm.old = True
     load_llm("m")
     assert "logprobs_mode" not in made[-1]
-
-
-def test_episode_seed():
-    assert episode_seed(None, 0, 0) is None
-    seeds = {episode_seed(s, i, t) for s in (0, 1) for i in range(50) for t in range(4)}
-    assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
-    assert episode_seed(3, 2, 1) == episode_seed(3, 2, 1)

@@ -7,7 +7,7 @@ stop_reason, response_text, turns) with the same protocol. Per turn:
 1. every live episode is sent to vLLM at once as **token ids** (``{"prompt_token_ids": prompt + response so far}``),
    so nothing is ever decoded and re-tokenised; with prefix caching (on by default in vLLM V1) the shared prefix is
    not recomputed. Stop strings ``</search>`` / ``</answer>``, EOS ids, ``max_tokens = min(max_turn_tokens,
-   max_total_tokens - length)``, one seed per episode and turn (see :func:`episode_seed`);
+   max_total_tokens - length)``, one seed per episode and turn (see :func:`turn_seed`);
 2. each turn is cut by the HF engine's own per-token rule (EOS, then a stop string in the last 16 tokens, then the
    total budget, then the turn budget) and judged by ``HFEngine._end_turn`` (reused, not copied);
 3. all searches of the turn go to the retriever in **one batched call** (``hf_engine._safe_search``: a failing batch
@@ -27,14 +27,14 @@ How it departs from the HF engine:
   and matmul kernels, batch-dependent reductions), so they differ slightly from what the trainer computes for the
   same tokens. The trainer should recompute the log-probs of the sampled tokens with its own model and log the gap
   as ``rollout/logprob_mismatch``; the recorded ones are only the behaviour policy's estimate.
-* **Which distribution.** We ask for ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10.2: :func:`load_llm`, or
-  ``vllm serve --logprobs-mode processed_logprobs``): log-softmax after temperature *and* top-k/top-p. With
-  ``top_p == 1`` (training) that equals the HF engine's temperature-scaled full distribution; with ``top_p < 1`` it
-  is renormalised over the nucleus (HF records the full distribution). The default ``raw_logprobs`` is the
-  untempered model (equal only at temperature 1); older V1 releases only had raw log-probs, V0 processed ones.
-  Greedy (temperature 0) gives temperature-1 log-probs in every mode, like HF.
-* Per-episode seeds make an episode's tokens independent of its batch mates and of vLLM's scheduling, but the
-  streams differ from the HF engine's single ``torch.Generator``: same seed, different samples across engines.
+* **Which distribution.** We ask for ``logprobs_mode="processed_logprobs"`` (:func:`load_llm`, or ``vllm serve
+  --logprobs-mode processed_logprobs``; the flag exists since vLLM 0.10.0, and after vllm PR 22387 (TRL requires
+  0.10.2 for it) means log-softmax after temperature *and* top-k/top-p). With ``top_p == 1`` (training) that equals
+  the HF engine's temperature-scaled full distribution; with ``top_p < 1`` it is renormalised over the nucleus (HF
+  records the full distribution). The default ``raw_logprobs`` is the untempered model (equal only at temperature
+  1); V1 releases before 0.10 only had raw log-probs. Greedy (temperature 0) gives temperature-1 log-probs, like HF.
+* Per-request seeds (:func:`turn_seed`) make an episode's tokens independent of its batch mates, vLLM's scheduling
+  and the rank split, as HF's per-episode generators do, but the streams differ: same seed, other samples than HF.
 * ``cfg.batch_size`` is not used (vLLM schedules its own batches); ``max_batch`` optionally caps episodes in flight.
   ``turn_start: constrained`` (a logits hook) is HF-only and rejected here.
 """
@@ -58,7 +58,7 @@ from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOGPROBS_MODE", "VLLMEngine", "VLLMServerClient", "episode_seed", "load_llm", "push_weights"]
+__all__ = ["LOGPROBS_MODE", "VLLMEngine", "VLLMServerClient", "turn_seed", "load_llm", "push_weights"]
 
 LOGPROBS_MODE = "processed_logprobs"
 """vLLM ``logprobs_mode`` we request: log-softmax of the temperature-scaled (and top-k/top-p filtered) logits."""
@@ -82,11 +82,10 @@ class TurnSample:
     finish_reason: str | None = None
 
 
-def episode_seed(seed: int | None, episode: int, turn: int) -> int | None:
-    """Seed of one episode's turn: a 63-bit hash of (run seed, episode index in ``run``, turn index); None if unseeded.
-
-    Keyed by the episode's index, not its example id, so the G copies of a GRPO group sample differently.
-    """
+def turn_seed(seed: int | None, episode: int, turn: int) -> int | None:
+    """Seed of one request: a 63-bit hash of (run seed, global episode index, turn index); None if unseeded. Keyed by
+    index, not example id, so the G copies of a GRPO group differ. (HFEngine instead keeps one generator per episode,
+    ``hf_engine.episode_seed``, across turns; vLLM takes one seed per request, so each turn needs its own.)"""
     if seed is None:
         return None
     digest = hashlib.blake2b(f"{seed}/{episode}/{turn}".encode(), digest_size=8).digest()
@@ -96,10 +95,9 @@ def episode_seed(seed: int | None, episode: int, turn: int) -> int | None:
 def _vllm_version() -> str:
     try:
         import vllm
-
-        return str(getattr(vllm, "__version__", "unknown"))
     except ImportError:
         return "not installed"
+    return str(getattr(vllm, "__version__", "unknown"))
 
 
 # --------------------------------------------------------------------------------------------------------- engine
@@ -118,8 +116,7 @@ class VLLMEngine:
         self.retriever = retriever
         self.cfg = cfg or RolloutConfig()
         if self.cfg.turn_start == "constrained":
-            raise ConfigError("turn_start: 'constrained' needs the HF engine's logits hook (fix: turn_start: free, "
-                              "or rollout engine hf)")
+            raise ConfigError("turn_start: 'constrained' needs the HF engine's logits hook (fix: turn_start: free)")
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.max_batch = max_batch
@@ -147,7 +144,7 @@ class VLLMEngine:
             "stop_token_ids": sorted(self.eos_ids),
             "include_stop_str_in_output": True,
             "skip_special_tokens": False,
-            "logprobs": 1,  # the sampled token's log-prob (+ top-1); 0 is not accepted by every V1 release
+            "logprobs": 1,  # the sampled token's log-prob (+ top-1); 0 returned nothing in early V1 releases
         }
 
     # ------------------------------------------------------------------------------------------------------------
@@ -156,30 +153,32 @@ class VLLMEngine:
         examples: Sequence[QAExample],
         *,
         seed: int | None = None,
+        first_index: int = 0,
         prompts: Sequence[list[int]] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[Episode]:
-        """One episode per example (repeat an example G times for a GRPO group); ``prompts`` (token ids) replaces
-        the agent prompt, as in :meth:`HFEngine.run`. ``progress(n)`` is called with the episodes finished per turn."""
+        """One episode per example (repeat an example G times for a GRPO group), as :meth:`HFEngine.run`: episode
+        ``i`` is seeded by ``(seed, first_index + i, turn)`` (a data-parallel rank passes the global index of its
+        first episode); ``prompts`` (token ids) replaces the agent prompt; ``progress(n)``: episodes done per turn."""
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k]) if prompts is not None else self.prompt_ids(e.question))
                for k, e in enumerate(examples)]
         step = self.max_batch or max(1, len(eps))
         for start in range(0, len(eps), step):
-            self._run_chunk(eps, list(range(start, min(start + step, len(eps)))), seed, progress)
+            self._run_chunk(eps, list(range(start, min(start + step, len(eps)))), seed, first_index, progress)
         for ep in eps:
             ep.response_text = self.tok.decode(ep.response_ids, skip_special_tokens=False)
             ep.answer = protocol.extract_answer(ep.response_text) if ep.stop_reason == StopReason.ANSWERED else None
         return eps
 
-    def _run_chunk(self, eps: list[Episode], live: list[int], seed: int | None,
+    def _run_chunk(self, eps: list[Episode], live: list[int], seed: int | None, first_index: int,
                    progress: Callable[[int], None] | None) -> None:
         cfg = self.cfg
         total = {i: len(eps[i].prompt_ids) for i in live}
         while live:
             reqs = [TurnRequest(eps[i].prompt_ids + eps[i].response_ids,
                                 max(1, min(cfg.max_turn_tokens, cfg.max_total_tokens - total[i])),
-                                episode_seed(seed, i, eps[i].turns)) for i in live]
+                                turn_seed(seed, first_index + i, eps[i].turns)) for i in live]
             samples = self._generate(reqs)
             if len(samples) != len(reqs):
                 raise RuntimeError(f"vLLM returned {len(samples)} outputs for {len(reqs)} requests")
@@ -426,7 +425,7 @@ class VLLMServerClient:
 
     def reload_weights(self, path: str) -> None:
         """Reload the served model's weights from the checkpoint directory ``path`` (as seen by the server), then
-        reset its prefix cache. Newer vLLM: worker ``reload_weights(weights_path=path)``; older V1:
+        reset its prefix cache. Newest vLLM: worker ``reload_weights(weights_path=path)``; from 0.10.0:
         ``update_config({"model_config": {"model": path}})`` + ``reload_weights()``. Needs VLLM_SERVER_DEV_MODE=1;
         call it with no generation in flight."""
         path = str(path)

@@ -1,0 +1,111 @@
+"""Data parallelism for the training loops: ranks, whole-group sharding, global sums, gradient all-reduce.
+
+Launch with ``accelerate launch --num_processes N -m searche1 train ...`` or ``torchrun --nproc_per_node N -m searche1
+train ...``: both set ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``, and :func:`init_distributed` opens
+the process group (NCCL on GPUs, gloo on CPUs). One process = one rank = one full replica of the policy.
+
+How a GRPO step is split (``searche1.train``): every rank draws the same ``questions_per_step`` questions (same seed
+and cursor) and keeps a contiguous shard of them, so each rank holds *whole groups* and computes the group-relative
+advantages exactly, with no gather. Episodes are sampled from per-episode generators keyed by their global index
+(:func:`searche1.rollout.hf_engine.episode_seed`), so the rollouts do not depend on the number of ranks. The loss
+normaliser (token count, sequence count) is summed over ranks, each rank backpropagates its share, and the gradients
+are **summed** with one all-reduce per step (not averaged as DDP does), which makes an N-rank step equal to the
+single-process step on the same data up to floating-point summation order. A test runs 2 gloo processes against one.
+
+Departures, stated plainly: full replicas with an explicit all-reduce (the DDP layout) rather than FSDP/ZeRO
+sharding, which a 3B policy at bf16 fits on one 80 GB GPU but a 7B policy with fp32 AdamW state does not; dev
+evaluations and checkpoint writes happen on rank 0 while the other ranks wait at a barrier; the OFSD phase still runs
+on every rank alone (it is short), so launch pipelines with OFSD phases on one process for now.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from searche1.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int, what: str = "questions_per_step") -> slice:
+        """This rank's contiguous share of ``n`` items (``n`` must divide evenly)."""
+        if n % self.world:
+            raise ConfigError(f"{what}: {n} does not split evenly over {self.world} ranks (fix: use a multiple of "
+                              f"{self.world})")
+        k = n // self.world
+        return slice(self.rank * k, (self.rank + 1) * k)
+
+    def sum(self, x: float) -> float:
+        if not self.enabled:
+            return float(x)
+        t = torch.tensor([float(x)], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum the gradients of ``params`` over ranks (missing grads count as zero), one flat all-reduce."""
+        if not self.enabled:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1).float() for p in params])
+        torch.distributed.all_reduce(flat)
+        off = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[off:off + n].view_as(p.grad))
+            off += n
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def init_distributed(device: str = "cpu") -> Dist:
+    """The current rank; opens the process group from the launcher's environment when ``WORLD_SIZE`` > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend=backend, timeout=timedelta(hours=2))  # evals run on rank 0
+    return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size())
+
+
+def rank_device(device: str) -> str:
+    """``cuda`` → ``cuda:LOCAL_RANK`` under a launcher; anything else unchanged."""
+    if device in ("cuda", "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device
+
+
+def merge_metrics(parts: list[tuple[dict, float]]) -> dict:
+    """Weighted mean of per-rank metric dicts (weight = the rank's episode count); a key missing on a rank
+    counts as 0 there (e.g. ``rollout/stop_*`` fractions)."""
+    total = sum(w for _, w in parts) or 1.0
+    keys = sorted({k for m, _ in parts for k in m})
+    return {k: sum(float(m.get(k, 0.0)) * w for m, w in parts) / total for k in keys}

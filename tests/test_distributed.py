@@ -1,0 +1,132 @@
+"""Data-parallel GRPO over gloo: 2 processes on CPU give the single-process step (loss, gradient norm, weights)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import TESTS, make_config, parity_reward, weights
+
+from searche1.checkpoint import list_checkpoints
+from searche1.distributed import Dist, merge_metrics
+from searche1.errors import ConfigError
+from searche1.metrics import read_metrics
+from searche1.train import run_grpo
+
+RANK_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_train import make_config, parity_reward
+    from searche1.train import run_grpo
+    cfg = make_config(Path({root!r}), steps=2, questions_per_step=4)
+    run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_ranks(script: str, world: int, grads: Path, timeout: float = 300) -> None:
+    env_base = {**os.environ, "SEARCHE1_GRAD_DUMP": str(grads), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
+                "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env={**env_base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for r, (p, o) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"rank {r} failed:\n{o[-3000:]}"
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4)
+    monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
+    single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    launch_ranks(RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp")), world=2,
+                 grads=tmp_path / "grads-dp")
+    a, b = read_metrics(single), read_metrics(tmp_path / "dp")
+    assert [r["step"] for r in b] == [1, 2]  # rank 0 logs once per step
+    assert any(r["train/kept_rollouts"] > 0 for r in a)  # the step carried signal
+    for ra, rb in zip(a, b):
+        for k in ("reward/em", "rollout/policy_tokens", "train/kept_rollouts", "grpo/zero_std_groups"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-9), k
+        for k in ("loss/policy", "grad/norm"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
+    # the full-batch gradient of each step (after the all-reduce, before clipping) equals the single process's;
+    # step 2's gradient is taken at the weights after step 1, so it also checks the first update
+    for step in (1, 2):
+        ga = load_file(str(tmp_path / "grads-single" / f"step-{step}.safetensors"))
+        gb = load_file(str(tmp_path / "grads-dp" / f"step-{step}.safetensors"))
+        assert ga.keys() == gb.keys() and ga
+        for k in ga:
+            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+    wa, wb = weights(list_checkpoints(single)[-1]), weights(list_checkpoints(tmp_path / "dp")[-1])
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < 3 * cfg.grpo.lr  # AdamW normalises each entry, so rounding-level gradient noise on entries
+    # whose gradient is ~0 can move them by up to ~lr per step: a bound, not bit equality
+    assert json.loads((tmp_path / "dp" / "config.json").read_text())["grpo"]["questions_per_step"] == 4
+
+
+def test_shard_and_merge():
+    assert [Dist(r, 2).shard(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
+    with pytest.raises(ConfigError, match="questions_per_step: 5 does not split evenly over 2 ranks"):
+        Dist(0, 2).shard(5)
+    merged = merge_metrics([({"a": 1.0, "stop_x": 1.0}, 3.0), ({"a": 0.0}, 1.0)])
+    assert merged == {"a": 0.75, "stop_x": 0.75}
+    assert Dist().sum(2.5) == 2.5 and Dist().gather({"x": 1}) == [{"x": 1}]
+
+
+def test_world_size_one_needs_no_process_group(monkeypatch):
+    from searche1.distributed import init_distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed("cpu") == Dist() and not torch.distributed.is_initialized()
+
+
+def test_ranks_need_divisible_questions(tmp_path):
+    """A config that cannot be split fails on every rank with the field named (checked in one process here)."""
+    cfg = make_config(tmp_path, questions_per_step=3)
+    assert Path(tmp_path / "model").is_dir()
+    with pytest.raises(ConfigError, match="does not split evenly over 2 ranks"):
+        Dist(1, 2).shard(cfg.grpo.questions_per_step)
+
+
+def test_accelerate_launch_runs_the_train_command(tmp_path):
+    """The documented launch: `accelerate launch --multi_gpu --num_processes 2 -m searche1 train` (gloo on CPU)."""
+    import shutil
+
+    import yaml
+
+    from searche1.config import to_dict
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("accelerate is not installed")
+    cfg = to_dict(make_config(tmp_path, steps=2, questions_per_step=2))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+           "-m", "searche1", "train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-000001", "step-000002"]
+
+
+def test_ofsd_schedules_refuse_several_ranks(tmp_path, monkeypatch):
+    from test_pipeline import pipeline_config
+
+    from searche1.pipeline import run_pipeline
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="OFSD phases do not run data-parallel"):
+        run_pipeline(pipeline_config(tmp_path), tmp_path / "run", progress=False)
