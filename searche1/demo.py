@@ -46,7 +46,7 @@ class DemoConfig(PipelineConfig):
 
     schedule: list[str] = field(default_factory=lambda: ["grpo", "ofsd"], metadata={"help": "phases in order"})
     model: ModelConfig = field(default_factory=lambda: ModelConfig(train_layers=10))
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(index=Path("index")))
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig())
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
         max_turn_tokens=48, max_doc_tokens=64, max_searches=4, topk=3, batch_size=40))
     data: DataConfig = field(default_factory=DataConfig)

@@ -90,7 +90,7 @@ class GRPOConfig:
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(index=Path("index")))
+    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig())
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     data: DataConfig = field(default_factory=DataConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)

@@ -90,3 +90,13 @@ def test_configuration_reference_doc_is_current():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text() == render_config_reference() + "\n", "regenerate: searche1 config-reference > docs/configuration.md"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads(name):
+    from searche1.demo import DemoConfig
+    from searche1.pipeline import PipelineConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    cfg = load_config(DemoConfig if name.startswith("demo") else PipelineConfig, path)
+    assert cfg.schedule and cfg.grpo.group_size == 5

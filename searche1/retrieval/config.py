@@ -26,6 +26,7 @@ class RetrievalConfig:
 
 def make_retriever(cfg: RetrievalConfig) -> Retriever:
     """In-process index or HTTP client, wrapped in the LRU cache unless ``cache_size`` is 0."""
+    cfg.validate()
     if cfg.index is not None:
         from searche1.retrieval.index import load_retriever
 
