@@ -201,7 +201,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.models import load_policy, resolve_device
     from searche1.retrieval.config import make_retriever
     from searche1.rewards import get_reward
-    from searche1.rollout.hf_engine import HFEngine
+    from searche1.models import resolve_model_path
+    from searche1.rollout.factory import make_engine
 
     out = Path(out_dir)
     ckpt = latest_checkpoint(out) if resume else None
@@ -243,7 +244,12 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     advantage_fn = get_advantage(g.advantage)
     loss_fn = get_policy_loss(g.loss_agg)
     reward_fn = get_reward(g.reward)
-    engine = HFEngine(model, tok, retriever, cfg.rollout)
+    engine, sync_sampler = make_engine(cfg.rollout, model, tok, retriever, device=device,
+                                       model_path=resolve_model_path(model_cfg.name_or_path),
+                                       sync_dir=out / f"vllm-sync-rank{d.rank}")
+    recompute = cfg.rollout.recompute_logprobs
+    if recompute is None:
+        recompute = cfg.rollout.engine != "hf"  # vLLM's sampler log-probs are not the trainer's
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
         metrics_log.log(0, dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
@@ -285,6 +291,9 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             if keep:
                 ids, attn, mask, old = episode_tensors([eps[i] for i in keep], tok.pad_token_id)
                 a = adv[keep]
+                if recompute and _epoch == 0:
+                    old, stats["rollout/logprob_mismatch"] = _rescore(model, ids, attn, mask, old, g.micro_batch_size,
+                                                                      cfg.rollout, device, autocast)
             denom = max(1.0, d.sum(batch_denominator(mask, g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
             for s in range(0, len(keep), g.micro_batch_size):
@@ -322,6 +331,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             for group in opt.param_groups:
                 group["lr"] = g.lr * lr_scale * min(1.0, step / max(1, g.warmup_steps))
             opt.step()
+            sync_sampler()
             stats["loss/policy"] = stats.get("loss/policy", 0.0) + total / g.ppo_epochs
         t_train = time.perf_counter() - t1
         local = {**rollout_metrics(eps), **adv_metrics, **{k: v for k, v in stats.items() if k != "loss/policy"},
@@ -367,6 +377,25 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     if metrics_log is not None:
         metrics_log.close()
     return out
+
+
+@torch.no_grad()
+def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, device: str, autocast: bool):
+    """The trainer's own log-probs of the sampled tokens (the PPO "old" policy) and their mean absolute gap to the
+    sampler's, over policy tokens."""
+    from searche1.algos import token_logprobs
+
+    was = model.training
+    model.eval()
+    temp = rollout.temperature if not rollout.greedy else 1.0
+    new = torch.zeros_like(old)
+    for s in range(0, ids.shape[0], micro):
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids[s:s + micro].to(device), attention_mask=attn[s:s + micro].to(device)).logits
+        new[s:s + micro] = token_logprobs(logits[:, :-1], ids[s:s + micro, 1:].to(device), temperature=temp).cpu()
+    model.train(was)
+    gap = float(((new - old).abs() * mask).sum() / mask.sum().clamp(min=1))
+    return new * mask, gap
 
 
 def _dump_grads(model, path: Path) -> None:

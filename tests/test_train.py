@@ -218,3 +218,21 @@ def test_dev_evaluation_before_during_and_after_training(tmp_path):
     assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-0.json", "step-2.json", "step-3.json"]
     saved = json.loads((out / "evals" / "step-0.json").read_text())
     assert saved["average"]["em"] == rows[0]["dev/em"]
+
+
+def test_recomputed_logprobs_match_the_hf_sampler(tmp_path):
+    """rollout.recompute_logprobs re-scores the sampled tokens with the trainer (what the vLLM engines use); for the
+    HF engine the sampler's log-probs are the trainer's, so the logged mismatch is at rounding level."""
+    cfg = make_config(tmp_path, steps=1)
+    cfg.rollout.recompute_logprobs = True
+    rows = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward))
+    assert rows[0]["train/kept_rollouts"] > 0 and 0 <= rows[0]["rollout/logprob_mismatch"] < 1e-4
+
+
+def test_vllm_engine_config_errors():
+    from searche1.rollout.types import RolloutConfig
+
+    with pytest.raises(ConfigError, match="vllm_url: engine vllm-server needs"):
+        from_dict(RolloutConfig, {"engine": "vllm-server"})
+    with pytest.raises(ConfigError, match="engine"):
+        from_dict(RolloutConfig, {"engine": "sglang"})

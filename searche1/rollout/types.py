@@ -36,6 +36,16 @@ class RolloutConfig:
     greedy: bool = field(default=False, metadata={"help": "argmax decoding (evaluation)"})
     batch_size: int = field(default=32, metadata={"help": "episodes decoded together"})
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (None = if the tokenizer has one)"})
+    engine: Literal["hf", "vllm", "vllm-server"] = field(default="hf", metadata={
+        "help": "hf: batched HF generate loop in the trainer's process; vllm: a colocated vLLM engine (GPU) whose "
+                "weights are pushed after each optimizer step; vllm-server: a `vllm serve` at vllm_url, reloaded by "
+                "path after each step"})
+    vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
+    vllm_gpu_memory_utilization: float = field(default=0.35, metadata={
+        "help": "vllm: fraction of GPU memory for the colocated engine (the rest is the trainer's)"})
+    recompute_logprobs: bool | None = field(default=None, metadata={
+        "help": "re-score sampled tokens with the trainer's model before the update (the PPO 'old' log-probs) and "
+                "log rollout/logprob_mismatch; None = on for vLLM engines, off for hf"})
     turn_start: Literal["free", "constrained"] = field(default="free", metadata={
         "help": "constrained: a turn may only open with <search>, <answer> or <think> (sampling only; log-probs stay "
                 "the policy's)"})
@@ -47,6 +57,10 @@ class RolloutConfig:
             raise ConfigError("temperature: must be > 0 (fix: set greedy: true for argmax decoding)")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p: must be in (0, 1]")
+        if self.engine == "vllm-server" and not self.vllm_url:
+            raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
+        if self.engine not in ("hf", "vllm", "vllm-server"):
+            raise ConfigError(f"engine: unknown '{self.engine}' (fix: use one of: hf, vllm, vllm-server)")
         for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
