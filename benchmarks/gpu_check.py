@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128, help="episodes per rollout measurement")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--device", default="cuda", help="cpu runs a smoke test of this script (tiny model)")
+    ap.add_argument("--dtype", default="bfloat16")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -80,7 +82,8 @@ def main() -> None:
         model_dir = work / "random-init"
         LlamaForCausalLM(cfg).save_pretrained(model_dir)
         AutoTokenizer.from_pretrained(str(src)).save_pretrained(model_dir)
-    base = ModelConfig(name_or_path=str(model_dir), device="cuda", dtype="bfloat16")
+    base = ModelConfig(name_or_path=str(model_dir), device=args.device, dtype=args.dtype)
+    cuda = args.device.startswith("cuda")
     model, tok = load_policy(base)
     retriever = make_retriever(replace(DemoConfig().retrieval, index=index))
     dev = load_qa_files(sorted((world / "dev").glob("*.jsonl")))
@@ -88,7 +91,8 @@ def main() -> None:
     rcfg = replace(DemoConfig().rollout, batch_size=args.batch, max_turn_tokens=128, max_doc_tokens=96)
 
     log("HF engine rollout")
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     res["rollout_hf"] = rollout_tps(HFEngine(model, tok, retriever, rcfg), qs)
     try:
         from searche1.rollout.vllm_engine import VLLMEngine, load_llm
@@ -101,20 +105,23 @@ def main() -> None:
     except ImportError as e:
         res["rollout_vllm"] = f"not measured: {e}"
     del model
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
 
     log("short GRPO + OFSD schedule (HF engine; --set rollout.engine=vllm to use vLLM)")
     cfg = load_config(DemoConfig, None, {
-        "model.name_or_path": str(model_dir), "model.device": "cuda", "model.dtype": "bfloat16",
+        "model.name_or_path": str(model_dir), "model.device": args.device, "model.dtype": args.dtype,
         "model.train_layers": 0, "retrieval.index": str(index), "data.train": [str(p) for p in
                                                                                    sorted((world / "train").glob("*.jsonl"))],
-        "grpo.steps": args.steps, "grpo.questions_per_step": 32, "grpo.micro_batch_size": 16,
-        "grpo.skip_zero_std_groups": False, "rollout.batch_size": 160, "ofsd.questions": 32, "eval_limit": 20})
-    torch.cuda.reset_peak_memory_stats()
+        "grpo.steps": args.steps, "grpo.questions_per_step": 32 if cuda else 2, "grpo.micro_batch_size": 16,
+        "grpo.skip_zero_std_groups": False, "rollout.batch_size": 160, "ofsd.questions": 32 if cuda else 2,
+        "eval_limit": 20 if cuda else 2})
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     final = run_pipeline(cfg, work / "run", resume=True, progress=False)
     res["schedule_s"] = rnd(time.perf_counter() - t0, 1)
-    res["peak_memory_gb"] = rnd(torch.cuda.max_memory_allocated() / 2**30, 2)
+    res["peak_memory_gb"] = rnd(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
     rows = [r for r in read_metrics(work / "run" / "phase-00-grpo") if "time/train_s" in r]
     n_params = sum(p.numel() for p in load_policy(base)[0].parameters())
     tokens = sum(r["train/kept_rollouts"] * r["rollout/response_tokens"] for r in rows)  # response part only
