@@ -55,7 +55,7 @@ def main() -> None:
     from searche1.config import load_config
     from searche1.data.qa import load_qa_files
     from searche1.data.synth import generate_world, write_world
-    from searche1.demo import DemoConfig, before_after_table
+    from searche1.demo import DemoConfig, comparison_table
     from searche1.metrics import read_metrics
     from searche1.models import ModelConfig, load_policy
     from searche1.pipeline import run_pipeline
@@ -139,7 +139,7 @@ def main() -> None:
     res["table"] = {k: v["average"] for k, v in evals.items()}
     from rich.console import Console
 
-    Console(record=True).print(before_after_table(evals["before"], evals["after"], "synthetic dev, GPU check"))
+    Console(record=True).print(comparison_table(evals, "synthetic dev, GPU check"))
     (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

@@ -1,8 +1,8 @@
 """`searche1 demo`: the README's main job, the whole method on a CPU in minutes.
 
     data (searchqa miniature, or a generated synthetic world) → embedded SmolLM2-135M (converted once) → BM25 index
-    → format warm-up → dev evaluation ("before") → GRPO round → OFSD phase → dev evaluation ("after")
-    → before/after table and a report with plots
+    → dev evaluation of the base model → format warm-up → dev evaluation ("before" RL) → GRPO round → OFSD phase
+    → dev evaluation ("after") → a base / warm-up / final table and a report with plots
 
 Every stage leaves its result in ``--out`` and is skipped when that result exists, so an interrupted demo (Ctrl-C)
 continues where it stopped when run again: the warm-up and evaluations are written atomically (an interrupted one
@@ -103,17 +103,22 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, dev_files: list[Path], path: Pat
     return json.loads(path.read_text())
 
 
-def before_after_table(before: dict, after: dict, title: str) -> Table:
+def comparison_table(evals: dict[str, dict], title: str) -> Table:
+    """EM per dataset for each labelled evaluation, then the average EM, searches per question and valid format."""
     table = Table(title=title)
-    for col in ("dataset", "n", "EM before", "EM after", "searches/q before", "searches/q after"):
-        table.add_column(col, justify="left" if col == "dataset" else "right")
-    names = list(before["datasets"])
-    for name in [*names, "average"]:
-        b = before["average"] if name == "average" else before["datasets"][name]
-        a = after["average"] if name == "average" else after["datasets"].get(name, {})
-        n = "" if name == "average" else str(b.get("n", ""))
-        table.add_row(f"[bold]{name}[/]" if name == "average" else name, n, f"{b['em']:.3f}", f"{a.get('em', 0):.3f}",
-                      f"{b['searches']:.2f}", f"{a.get('searches', 0):.2f}")
+    table.add_column("dataset")
+    table.add_column("n", justify="right")
+    for label in evals:
+        table.add_column(label, justify="right")
+    first = next(iter(evals.values()))
+    for name in first["datasets"]:
+        table.add_row(name, str(first["datasets"][name].get("n", "")),
+                      *[f"{ev['datasets'].get(name, {}).get('em', 0):.3f}" for ev in evals.values()])
+    table.add_section()
+    for key, label, fmt in (("em", "average EM", "{:.3f}"), ("searches", "searches / question", "{:.2f}"),
+                            ("valid_format", "valid format", "{:.2f}")):
+        table.add_row(f"[bold]{label}[/]" if key == "em" else label, "",
+                      *[fmt.format(ev["average"].get(key, 0)) for ev in evals.values()])
     return table
 
 
@@ -145,6 +150,11 @@ def run_demo(cfg: DemoConfig | None = None, *, data: Path | None = None, out: Pa
                   data=replace(cfg.data, train=train_files, dev=[], dev_limit=cfg.eval_limit))
 
     t0 = time.perf_counter()
+    console.print(f"[bold]evaluation of the base model[/]: {cfg.eval_limit} dev questions per dataset")
+    base_eval = _evaluate(cfg, base, dev_files, out / "eval-base.json")
+    _stage("evaluation of the base model", timings, t0)
+
+    t0 = time.perf_counter()
     warm = out / "warmup"
     if not (warm / "config.json").is_file():
         console.print(f"[bold]format warm-up[/]: {cfg.warmup.num_examples} demonstrations (not part of Search-E1)")
@@ -153,7 +163,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data: Path | None = None, out: Pa
     _stage("warm-up", timings, t0)
 
     t0 = time.perf_counter()
-    console.print(f"[bold]evaluation before RL[/]: {cfg.eval_limit} dev questions per dataset")
+    console.print("[bold]evaluation after warm-up[/] (before RL)")
     before = _evaluate(cfg, warm, dev_files, out / "eval-before.json")
     _stage("evaluation before", timings, t0)
 
@@ -178,10 +188,11 @@ def run_demo(cfg: DemoConfig | None = None, *, data: Path | None = None, out: Pa
         console.print(f"[yellow]report skipped[/]: {e}")
     _stage("report", timings, t0)
 
-    console.print(before_after_table(before, after, f"Agent EM on {data_dir / 'dev'} (greedy, {cfg.eval_limit} per "
-                                                    "dataset): after warm-up → after GRPO + OFSD"))
+    console.print(comparison_table({"base": base_eval, "warm-up": before, "GRPO + OFSD": after},
+                                   f"Agent EM on {data_dir / 'dev'} (greedy, first {cfg.eval_limit} per dataset)"))
     summary = {"data": str(data_dir), "index": str(index_dir), "final_model": str(final), "report": report,
-               "before": before["average"], "after": after["average"], "timings_s": timings,
+               "base": base_eval["average"], "before": before["average"], "after": after["average"],
+               "timings_s": timings,
                "seconds": round(time.perf_counter() - t_all, 1)}
     write_json(out / "demo.json", summary)
     console.print(f"done in {summary['seconds']:.0f} s; results in {out / 'demo.json'}"
