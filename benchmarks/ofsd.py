@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/searchqa-cpu.yaml")
     ap.add_argument("--run", type=Path, default=Path("runs/ablation"))
     ap.add_argument("--extra-steps", type=int, default=2, help="M: GRPO steps matching one OFSD phase's rollouts")
-    ap.add_argument("--topk-questions", type=int, default=6)
+    ap.add_argument("--topk-questions", type=int, default=12)
     ap.add_argument("--ks", default="16,64,256")
     args = ap.parse_args()
 
