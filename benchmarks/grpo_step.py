@@ -86,6 +86,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--append", action="store_true",
+                    help="add these paired runs to those already in --out (the ratio is the median over all)")
+    ap.add_argument("--skip-multi", action="store_true",
+                    help="do not re-measure the multi-turn step (keep the one in --out)")
     ap.add_argument("--out", default=str(RESULTS_DIR / "grpo_step.json"))
     args = ap.parse_args()
 
@@ -115,11 +119,17 @@ def main() -> None:
         trl = trl_step(model_path, questions, args) if not args.no_trl else {"step_s": float("nan")}
         log(f"repeat {r}: TRL {trl['step_s']:.1f}s")
         runs.append({"ours": ours, "trl": trl, "ratio": ours["step_s"] / trl["step_s"]})
-    multi = ours_step(model_path, index, train_file, args, max_searches=4)
+    prev = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    if args.append:
+        runs = prev.get("paired_runs", []) + runs
+    if args.skip_multi and "ours_multi_turn" in prev:
+        multi = prev["ours_multi_turn"]
+    else:
+        multi = ours_step(model_path, index, train_file, args, max_searches=4)
     med = lambda key: statistics.median(run["ours"][key] for run in runs)  # noqa: E731
     res = {
         "settings": {"model": model_path, "questions": args.questions, "group_size": 5,
-                     "max_completion_tokens": args.max_tokens, "micro_batch": 4, "repeats": args.repeats,
+                     "max_completion_tokens": args.max_tokens, "micro_batch": 4, "repeats": len(runs),
                      "dtype": "float32", "torch_threads": torch.get_num_threads()},
         "ratio_vs_trl": rnd(statistics.median(r["ratio"] for r in runs), 3),
         "ours_single_turn": {k: rnd(med(k), 2) for k in ("rollout_s", "reward_s", "train_s", "step_s")},
