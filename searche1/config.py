@@ -139,7 +139,12 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict | None = 
     applied on top."""
     if path is None:
         return _apply(cls, {}, overrides, "defaults")
-    path = Path(path)
+    return _apply(cls, _read_yaml(Path(path)), overrides, str(path))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML mapping; ``extends: other.yaml`` (relative to this file) loads that file first and merges this one
+    over it, section by section."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (fix: pass an existing YAML file, e.g. configs/demo-cpu.yaml)")
     try:
@@ -148,7 +153,13 @@ def load_config(cls: type[T], path: str | Path | None, overrides: dict | None = 
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(data).__name__}")
-    return _apply(cls, data, overrides, str(path))
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = (path.parent / str(parent)).resolve()
+    if base in seen or base == path.resolve():
+        raise ConfigError(f"{path}: extends: {parent} makes a cycle")
+    return _merge(_read_yaml(base, (*seen, path.resolve())), data)
 
 
 def _apply(cls: type[T], data: dict, overrides: dict | None, where: str) -> T:

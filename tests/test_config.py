@@ -92,11 +92,33 @@ def test_configuration_reference_doc_is_current():
     assert doc.read_text() == render_config_reference() + "\n", "regenerate: searche1 config-reference > docs/configuration.md"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")))
 def test_every_shipped_config_loads(name):
     from searche1.demo import DemoConfig
     from searche1.pipeline import PipelineConfig
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
-    cfg = load_config(DemoConfig if name.startswith("demo") else PipelineConfig, path)
+    cfg = load_config(DemoConfig if name.startswith("demo") else PipelineConfig, CONFIGS / name)
     assert cfg.schedule and cfg.grpo.group_size == 5
+
+
+def test_variants_extend_the_search_e1_config():
+    from searche1.pipeline import PipelineConfig
+
+    base = load_config(PipelineConfig, CONFIGS / "search-e1-searchqa-cpu.yaml")
+    revkl = load_config(PipelineConfig, CONFIGS / "variants" / "grpo-revkl.yaml")
+    assert revkl.ofsd.loss == "reverse_kl" and base.ofsd.loss == "forward_kl"
+    assert to_dict(revkl.grpo) == to_dict(base.grpo) and revkl.ofsd.epochs == base.ofsd.epochs  # the rest inherited
+    assert load_config(PipelineConfig, CONFIGS / "variants" / "distill-at-end.yaml").schedule == ["grpo", "grpo", "ofsd"]
+
+
+def test_extends_cycle_and_missing_parent(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        load_config(RetrievalConfig, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nope.yaml\n")
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(RetrievalConfig, tmp_path / "c.yaml")
