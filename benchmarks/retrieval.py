@@ -32,14 +32,10 @@ from __future__ import annotations
 import argparse
 import bisect
 import importlib.util
-import multiprocessing as mp
 import os
 import random
-import statistics
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from retrieval_peers import RankBM25Retriever, load_test, make_rank_bm25_tokenizer, server_process, tokens_match_bm25s  # noqa: E402
 from common import (  # noqa: E402
-    RESULTS_DIR, Timer, load_average, log, percentile, print_table, repeat_median, rnd, write_results,
+    RESULTS_DIR, Timer, load_average, log, print_table, repeat_median, rnd, write_results,
 )
 
 from searche1.data.corpus import load_corpus  # noqa: E402
@@ -331,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                       ["bm25s.retrieve (numpy backend) = score + top-k", bd["bm25s_retrieve_us"]],
                       ["  of which: score (sparse sum over query tokens)", bd["score_us"]],
                       [f"  of which: top-{TOPK} np.argpartition(scores, -k) (bm25s)", bd["topk_bm25s_numpy_us"]],
-                      [f"  alternative: np.argpartition(-scores, k-1)", bd["topk_negated_argpartition_us"]],
+                      ["  alternative: np.argpartition(-scores, k-1)", bd["topk_negated_argpartition_us"]],
                       ["Hit objects", bd["hit_creation_us"]],
                       ["BM25Retriever.search total", bd["search_total_us"]]]
         if isinstance(bd.get("bm25s_retrieve_numba_us"), (int, float)):

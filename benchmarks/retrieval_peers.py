@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import bisect
-import importlib.util
 import multiprocessing as mp
-import os
-import random
-import statistics
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
+
 import numpy as np
-from common import (  # noqa: E402
-    RESULTS_DIR, Timer, load_average, log, percentile, print_table, repeat_median, rnd, write_results,
-)
-from searche1.data.corpus import load_corpus  # noqa: E402
-from searche1.data.qa import load_qa_files  # noqa: E402
-from searche1.data.types import Passage, QAExample  # noqa: E402
-from searche1.paths import searchqa_dir  # noqa: E402
+from common import Timer, percentile, rnd  # noqa: E402
+from searche1.data.types import Passage  # noqa: E402
 from searche1.retrieval.base import Hit  # noqa: E402
 from searche1.retrieval.bm25 import BM25Retriever  # noqa: E402
 from searche1.retrieval.cache import CachedRetriever  # noqa: E402
-from searche1.retrieval.metrics import answer_recall, has_answer  # noqa: E402
-from searche1.rewards import normalize_answer  # noqa: E402
 
 TOPK = 3  # passages per query, as in retrieval.py
 
