@@ -244,12 +244,12 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     advantage_fn = get_advantage(g.advantage)
     loss_fn = get_policy_loss(g.loss_agg)
     reward_fn = get_reward(g.reward)
-    engine, sync_sampler = make_engine(cfg.rollout, model, tok, retriever, device=device,
-                                       model_path=resolve_model_path(model_cfg.name_or_path),
-                                       sync_dir=out / f"vllm-sync-rank{d.rank}")
+    engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,
+                                                       model_path=resolve_model_path(model_cfg.name_or_path),
+                                                       sync_dir=out / f"vllm-sync-rank{d.rank}")
     recompute = cfg.rollout.recompute_logprobs
     if recompute is None:
-        recompute = cfg.rollout.engine != "hf"  # vLLM's sampler log-probs are not the trainer's
+        recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
         metrics_log.log(0, dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
@@ -355,6 +355,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             last = latest_checkpoint(out)
             if cfg.health.rollback_on_collapse and last is not None:
                 load_checkpoint(last, model, opt, None, restore_rng=False)
+                sync_sampler()
                 lr_scale *= cfg.health.lr_factor
                 health.reset()
                 metrics["health/rollback_to"] = int(last.name.split("-")[1])

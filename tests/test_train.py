@@ -236,3 +236,31 @@ def test_vllm_engine_config_errors():
         from_dict(RolloutConfig, {"engine": "vllm-server"})
     with pytest.raises(ConfigError, match="engine"):
         from_dict(RolloutConfig, {"engine": "sglang"})
+
+
+def test_bf16_sampling_copy_is_synced_and_rescored(tmp_path):
+    """rollout.sampler_dtype: bfloat16 samples from a bf16 copy; after the step the copy holds the trainer's new
+    weights (cast), and the trainer re-scored the samples (the logged gap is bf16-sized, not zero)."""
+    from searche1.models import ModelConfig, load_policy
+    from searche1.retrieval.config import make_retriever
+    from searche1.rollout.factory import make_engine
+
+    cfg = make_config(tmp_path, steps=1)
+    cfg.rollout.sampler_dtype = "bfloat16"
+    rows = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward))
+    assert rows[0]["train/kept_rollouts"] > 0 and 0 < rows[0]["rollout/logprob_mismatch"] < 0.5
+    model, tok = load_policy(ModelConfig(name_or_path=cfg.model.name_or_path, device="cpu"), trainable=True)
+    engine, sync, exact = make_engine(cfg.rollout, model, tok, make_retriever(cfg.retrieval), model_path="x",
+                                      sync_dir=tmp_path / "s", device="cpu")
+    assert not exact and engine.model is not model and next(engine.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    sync()
+    a, b = next(model.parameters()), next(engine.model.parameters())
+    assert torch.equal(a.to(torch.bfloat16), b)
+    cfg.rollout.sampler_dtype = "auto"  # fp32 trainer on a CPU without native bf16 (or with): never a copy of fp32
+    engine2, _, exact2 = make_engine(cfg.rollout, model, tok, make_retriever(cfg.retrieval), model_path="x",
+                                     sync_dir=tmp_path / "s", device="cpu")
+    from searche1.models import cpu_has_native_bf16
+
+    assert exact2 == (not cpu_has_native_bf16()) and (engine2.model is model) == exact2

@@ -40,6 +40,10 @@ class RolloutConfig:
         "help": "hf: batched HF generate loop in the trainer's process; vllm: a colocated vLLM engine (GPU) whose "
                 "weights are pushed after each optimizer step; vllm-server: a `vllm serve` at vllm_url, reloaded by "
                 "path after each step"})
+    sampler_dtype: Literal["auto", "same", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
+        "help": "hf engine: sample from a copy of the policy in this dtype, synced after every optimizer step; auto "
+                "= bfloat16 where it is native (GPU, or a CPU with AVX512-BF16/AMX) and the trainer is not already "
+                "bf16, else no copy (same)"})
     vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
     vllm_gpu_memory_utilization: float = field(default=0.35, metadata={
         "help": "vllm: fraction of GPU memory for the colocated engine (the rest is the trainer's)"})
