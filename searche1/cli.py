@@ -69,30 +69,43 @@ def index(
 
 @app.command()
 def serve(
-    index: Annotated[Path, typer.Option(help="index folder built by `searche1 index`")],
+    index: Annotated[Optional[Path], typer.Option(help="index folder built by `searche1 index`")] = None,
+    upstream: Annotated[Optional[str], typer.Option(
+        help="instead of an index: forward to this retrieval server (e.g. one per node in front of a shared one, so "
+             "the node's ranks share one cache)")] = None,
     host: Annotated[str, typer.Option(help="bind address (loopback unless you mean to expose it)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     max_queries: Annotated[int, typer.Option(help="max queries per request")] = 512,
     max_topk: Annotated[int, typer.Option(help="max topk per request (≤ 50)")] = 50,
     cache_size: Annotated[int, typer.Option(help="server-side LRU cache entries (0 = off)")] = 100_000,
 ) -> None:
-    """Serve an index over HTTP with the Search-R1 `/retrieve` API."""
+    """Serve an index (or a caching proxy of another server) over HTTP with the Search-R1 `/retrieve` API."""
     from searche1.retrieval.cache import CachedRetriever
-    from searche1.retrieval.index import load_retriever, read_index_meta
     from searche1.retrieval.server import ServerLimits, create_app
     from searche1.retrieval.server import serve as run_server
 
+    if (index is None) == (upstream is None):
+        _fail(ValueError("--index/--upstream: give exactly one (an index folder, or the URL of a server to proxy)"))
     try:
-        meta = read_index_meta(index)
-        retriever = load_retriever(index)
+        if index is not None:
+            from searche1.retrieval.index import load_retriever, read_index_meta
+
+            meta = read_index_meta(index)
+            retriever = load_retriever(index)
+            info = {"index": str(index), "kind": meta["kind"], "num_docs": meta["num_docs"]}
+            what = f"{meta['kind']} index {index} ({meta['num_docs']} passages)"
+        else:
+            from searche1.retrieval.client import RemoteRetriever
+
+            retriever = RemoteRetriever(upstream)
+            info, what = {"upstream": upstream, "kind": "proxy"}, f"a caching proxy of {upstream}"
     except SearchE1Error as e:
         _fail(e)
     if cache_size:
         retriever = CachedRetriever(retriever, maxsize=cache_size)
     limits = ServerLimits(max_queries=max_queries, max_topk=min(max_topk, 50))
-    application = create_app(retriever, limits, info={"index": str(index), "kind": meta["kind"],
-                                                      "num_docs": meta["num_docs"]})
-    console.print(f"serving {meta['kind']} index {index} ({meta['num_docs']} passages) on http://{host}:{port}")
+    application = create_app(retriever, limits, info=info)
+    console.print(f"serving {what} on http://{host}:{port}")
     run_server(application, host=host, port=port)
 
 

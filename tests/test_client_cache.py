@@ -266,3 +266,27 @@ def test_health_answers_while_a_search_blocks() -> None:
 def test_start_in_thread_port_taken_fails_clearly(server) -> None:
     with pytest.raises(RuntimeError, match="failed to start"):
         start_in_thread(create_app(OverlapRetriever()), port=server.port, log_level="critical")
+
+
+def test_node_proxy_shares_one_cache_across_clients(server) -> None:
+    """`searche1 serve --upstream URL`: a per-node caching proxy in front of the shared server; two clients (two
+    ranks of a node) asking the same queries cost the upstream one lookup each."""
+    proxy = start_in_thread(create_app(CachedRetriever(RemoteRetriever(server.url)), info={"upstream": server.url}))
+    try:
+        local = OverlapRetriever().search(QUERIES, topk=2)
+        for _rank in range(2):
+            with RemoteRetriever(proxy.url) as client:
+                assert client.search(QUERIES, topk=2) == local
+        with RemoteRetriever(server.url) as upstream:
+            assert upstream.health()["queries_served"] == len(QUERIES)  # misses only, once
+    finally:
+        proxy.stop()
+
+
+def test_serve_needs_exactly_one_source() -> None:
+    from typer.testing import CliRunner
+
+    from searche1.cli import app
+
+    res = CliRunner().invoke(app, ["serve"])
+    assert res.exit_code != 0 and "--index/--upstream: give exactly one" in res.output
