@@ -198,12 +198,13 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.health import CollapseDetector
     from searche1.io import write_json
     from searche1.metrics import MetricsLogger
-    from searche1.models import load_policy, resolve_device
+    from searche1.models import load_policy, resolve_device, resolve_model_path
     from searche1.retrieval.config import make_retriever
     from searche1.rewards import get_reward
-    from searche1.models import resolve_model_path
     from searche1.rollout.factory import make_engine
 
+    if not cfg.data.train:  # fail before loading anything
+        raise ConfigError("data.train: give at least one training QA file")
     out = Path(out_dir)
     ckpt = latest_checkpoint(out) if resume else None
     if not resume and (out / "metrics.jsonl").exists():
@@ -220,14 +221,14 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     model_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
                                **({"name_or_path": str(ckpt)} if ckpt is not None else {})})
     model, tok = load_policy(model_cfg, trainable=True)
-    ref_model = load_policy(ModelConfig(**{**cfg.model.__dict__, "device": device}))[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
+    ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device})
+    ref_model = load_policy(ref_cfg)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     autocast = use_bf16(g.bf16, device)
     retriever = make_retriever(cfg.retrieval)
-    if not cfg.data.train:
-        raise ConfigError("data.train: give at least one training QA file")
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=g.lr, weight_decay=g.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=g.lr, weight_decay=g.weight_decay)
     lr_scale = 1.0  # lowered by collapse rollbacks; lr = g.lr * lr_scale * linear warm-up
     health = CollapseDetector(cfg.health)
     start, cursor = 0, 0
@@ -240,7 +241,6 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     # no checkpoint yet: a resumed run starts over, so drop every logged line (step 0's evaluation included)
     metrics_log = MetricsLogger(out, cfg.sinks, config=to_dict(cfg), resume_step=start if ckpt else -1) \
         if d.is_main else None
-    params = [p for p in model.parameters() if p.requires_grad]
     advantage_fn = get_advantage(g.advantage)
     loss_fn = get_policy_loss(g.loss_agg)
     reward_fn = get_reward(g.reward)
