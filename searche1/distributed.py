@@ -14,8 +14,9 @@ single-process step on the same data up to floating-point summation order. A tes
 
 Departures, stated plainly: full replicas with an explicit all-reduce (the DDP layout) rather than FSDP/ZeRO
 sharding, which a 3B policy at bf16 fits on one 80 GB GPU but a 7B policy with fp32 AdamW state does not; dev
-evaluations and checkpoint writes happen on rank 0 while the other ranks wait at a barrier; the OFSD phase still runs
-on every rank alone (it is short), so launch pipelines with OFSD phases on one process for now.
+evaluations and checkpoint writes happen on rank 0 while the other ranks wait at a barrier. OFSD phases run
+data-parallel the same way (:mod:`searche1.ofsd.phase`: pairs owned by rank ``j mod world``, global normaliser,
+summed gradients).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class Dist:
         t = torch.tensor([float(x)], dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return float(t.item())
+
+    def sum_all(self, xs: list[float]) -> list[float]:
+        """Element-wise sum of a list of numbers over ranks, one all-reduce."""
+        if not self.enabled:
+            return [float(x) for x in xs]
+        t = torch.tensor([float(x) for x in xs], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
 
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of ``params`` over ranks (missing grads count as zero), one flat all-reduce."""

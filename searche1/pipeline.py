@@ -10,6 +10,10 @@ A phase is finished when its output is recorded in ``pipeline.json`` (written at
 saved). ``--resume`` skips finished phases, continues an interrupted GRPO phase from its newest checkpoint, and
 restarts an interrupted OFSD phase from its beginning (an OFSD phase is short and its only state is the model).
 Each phase starts from the previous phase's output; the first from ``model.name_or_path``.
+
+Under a launcher (``accelerate launch`` / ``torchrun``, :mod:`searche1.distributed`) every phase runs data-parallel
+on all ranks; rank 0 writes ``pipeline.json``, the configs and the phase models, the other ranks wait at barriers
+and read them back (several nodes need a shared file system for ``--out``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from searche1.config import ConfigError, to_dict
+from searche1.distributed import Dist
 from searche1.io import atomic_dir, fault_point, write_json
 from searche1.ofsd.phase import OFSDConfig
 from searche1.train import TrainConfig, run_grpo
@@ -48,12 +53,10 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
                  episode_reward=None) -> Path:
     """Run ``cfg.schedule``; returns the folder of the final policy (HF layout)."""
     from searche1.checkpoint import latest_checkpoint
+    from searche1.distributed import init_distributed
+    from searche1.models import resolve_device
 
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "ofsd" in cfg.schedule:
-        raise ConfigError("schedule: OFSD phases do not run data-parallel yet (searche1.distributed); launch a "
-                          "schedule with ofsd phases as one process, or schedule: [grpo] under several ranks")
+    d = init_distributed(resolve_device(cfg.model.device))
     out = Path(out_dir)
     state_path = out / "pipeline.json"
     if state_path.is_file() and not resume:
@@ -61,9 +64,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"phases": []}
     if state.get("schedule", cfg.schedule) != cfg.schedule:
         raise ConfigError(f"schedule: the run in {out} used {state['schedule']}, the config says {cfg.schedule}")
-    out.mkdir(parents=True, exist_ok=True)
+    d.barrier()  # every rank has read the state before rank 0 writes
     state["schedule"] = cfg.schedule
-    write_json(out / "config.json", to_dict(cfg))
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", to_dict(cfg))
     model_path = cfg.model.name_or_path
     for i, kind in enumerate(cfg.schedule):
         if i < len(state["phases"]):
@@ -80,28 +85,36 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
             metrics = {}
         else:
             result_model, metrics = _run_ofsd(phase_cfg, pdir, seed=cfg.grpo.seed + i, progress=progress,
-                                              episode_reward=episode_reward)
+                                              episode_reward=episode_reward, dist=d)
         state["phases"].append({"index": i, "kind": kind, "model": str(result_model),
                                 "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics})
-        write_json(state_path, state)
+        if d.is_main:
+            write_json(state_path, state)
+        d.barrier()
         model_path = result_model
     return Path(model_path)
 
 
-def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, episode_reward) -> tuple[Path, dict]:
+def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, episode_reward,
+              dist: Dist) -> tuple[Path, dict]:
     from searche1.data.qa import load_qa
-    from searche1.models import load_policy
+    from searche1.distributed import rank_device
+    from searche1.models import load_policy, resolve_device
     from searche1.ofsd.phase import run_ofsd_phase
     from searche1.retrieval.config import make_retriever
 
-    model, tok = load_policy(cfg.model, trainable=True)
+    device = resolve_device(cfg.model.device)
+    model_cfg = replace(cfg.model, device=rank_device(device) if dist.enabled else device)
+    model, tok = load_policy(model_cfg, trainable=True)
     retriever = make_retriever(cfg.retrieval)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     pdir.mkdir(parents=True, exist_ok=True)
     metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
-                             progress=progress, episode_reward=episode_reward)
-    with atomic_dir(pdir / "model", overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    write_json(pdir / "metrics.json", metrics)
+                             progress=progress, episode_reward=episode_reward, dist=dist)
+    if dist.is_main:
+        with atomic_dir(pdir / "model", overwrite=True) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+        write_json(pdir / "metrics.json", metrics)
+    dist.barrier()
     return pdir / "model", metrics

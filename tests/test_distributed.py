@@ -122,11 +122,49 @@ def test_accelerate_launch_runs_the_train_command(tmp_path):
     assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-000001", "step-000002"]
 
 
-def test_ofsd_schedules_refuse_several_ranks(tmp_path, monkeypatch):
-    from test_pipeline import pipeline_config
+OFSD_RANK_SCRIPT = textwrap.dedent("""
+    import sys, json
+    sys.path.insert(0, {tests!r})
+    from test_ofsd_phase import QS, ROLLOUT, cfg, parity_reward
+    from tiny import tiny_model, tiny_retriever, tiny_tokenizer
+    from searche1.distributed import init_distributed
+    from searche1.ofsd.phase import run_ofsd_phase
+    d = init_distributed("cpu")
+    tok = tiny_tokenizer()
+    out = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS, cfg(epochs=2, teacher_mode={mode!r}, topk=32),
+                         ROLLOUT, {work!r}, progress=False, episode_reward=parity_reward, dist=d)
+    if d.is_main:
+        json.dump(out, open({metrics!r}, "w"))
+""")
 
-    from searche1.pipeline import run_pipeline
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="OFSD phases do not run data-parallel"):
-        run_pipeline(pipeline_config(tmp_path), tmp_path / "run", progress=False)
+@pytest.mark.parametrize("mode", ["exact", "topk"])
+def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode):
+    """The OFSD phase data-parallel: same rollouts, pairs and per-step full gradients as one process."""
+    from test_ofsd_phase import QS, ROLLOUT, cfg, parity_reward
+    from tiny import tiny_model, tiny_retriever, tiny_tokenizer
+
+    from searche1.ofsd.phase import run_ofsd_phase
+
+    tok = tiny_tokenizer()
+    monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
+    a = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS, cfg(epochs=2, teacher_mode=mode, topk=32),
+                       ROLLOUT, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    launch_ranks(OFSD_RANK_SCRIPT.format(tests=str(TESTS), mode=mode, work=str(tmp_path / "dp"),
+                                         metrics=str(tmp_path / "dp.json")), world=2, grads=tmp_path / "grads-dp")
+    b = json.loads((tmp_path / "dp.json").read_text())
+    assert a["ofsd/pairs"] >= 3 and a["ofsd/steps"] >= 4  # odd pair counts leave one rank idle in some steps
+    for k in ("ofsd/rollouts", "ofsd/reward_em", "ofsd/pairs", "ofsd/steps", "ofsd/train_tokens",
+              "ofsd/teacher_bytes_per_token"):
+        assert b[k] == a[k], k
+    for k in ("ofsd/kl_first", "ofsd/kl_last", "ofsd/loss", "ofsd/grad_norm"):
+        assert b[k] == pytest.approx(a[k], rel=1e-4), k
+    n = int(a["ofsd/steps"])
+    for step in range(1, n + 1):
+        ga = load_file(str(tmp_path / "grads-single" / f"ofsd-step-{step}.safetensors"))
+        gb = load_file(str(tmp_path / "grads-dp" / f"ofsd-step-{step}.safetensors"))
+        assert ga.keys() == gb.keys() and ga
+        for k in ga:
+            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+    if mode == "topk":  # each rank cached only the pairs it owns
+        assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["teacher-rank0", "teacher-rank1"]

@@ -34,6 +34,13 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   (the last step of an epoch may hold fewer), accumulated over micro-batches of ``micro_batch_size`` with the exact
   whole-step normaliser (``denom`` = the step's policy-token count: token-mean over the step, as in
   ``L = mean_t Σ_v …``), then gradient clipping; a non-finite loss or gradient skips the step.
+* **Data parallelism** (``dist``, :mod:`searche1.distributed`; launched like ``searche1 train``): each rank
+  re-samples a contiguous share of the sampled questions (per-episode generators keyed by the global episode index,
+  so the rollouts do not depend on the number of ranks), the groups are gathered so every rank mines the same pair
+  pool and walks the same epoch order, and pair ``j`` is owned by rank ``j mod world``: the owner computes its
+  teacher targets (exact logits, or its own top-k cache ``teacher-rank{r}/``) and its student forward/backward.
+  Every step uses the whole step's token count as normaliser and sums the gradients over ranks with one all-reduce
+  before clipping, so N ranks take the single-process steps (tested with 2 gloo processes against one).
 * **Metrics.** ``ofsd/kl_first`` / ``ofsd/kl_last`` are the token-weighted means of the unclipped per-token
   divergence over the first and last epoch, measured on the fly (each step's value is taken before its update);
   ``ofsd/kl`` = ``ofsd/kl_last``. Without pairs the KL keys are absent and the model is untouched.
@@ -45,6 +52,7 @@ import copy
 import inspect
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -63,6 +71,7 @@ from searche1.algos.distill import (
     get_distill_loss,
     topk_teacher,
 )
+from searche1.distributed import Dist
 from searche1.errors import ConfigError
 from searche1.ofsd.contexts import ContextFn, get_context, student_sequence, teacher_sequence
 from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
@@ -280,8 +289,12 @@ def _adapter_is_fresh(model: Any) -> bool:
 
 def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
                   rollout_cfg: RolloutConfig, *, seed: int = 0,
-                  episode_reward: EpisodeReward | None = None) -> tuple[list[list[Episode]], dict]:
-    """K scored rollouts for each of ``cfg.questions`` seeded-sampled questions, grouped per question."""
+                  episode_reward: EpisodeReward | None = None,
+                  dist: Dist | None = None) -> tuple[list[list[Episode]], dict]:
+    """K scored rollouts for each of ``cfg.questions`` seeded-sampled questions, grouped per question.
+
+    With ``dist``, each rank samples its contiguous share of the questions and the scored groups are gathered, so
+    every rank returns all groups (in question order) and the same statistics."""
     from searche1.rewards import get_reward
     from searche1.rollout.hf_engine import HFEngine
 
@@ -289,10 +302,13 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
         raise ConfigError("OFSD phase: no training questions given")
     qs = random.Random(seed).sample(list(questions), min(cfg.questions, len(questions)))
     K = cfg.samples_per_question
+    d = dist or Dist()
+    lo, hi = d.rank * len(qs) // d.world, (d.rank + 1) * len(qs) // d.world
     was = model.training
     model.eval()
     try:
-        eps = HFEngine(model, tokenizer, retriever, rollout_cfg).run([q for q in qs for _ in range(K)], seed=seed)
+        eps = HFEngine(model, tokenizer, retriever, rollout_cfg).run([q for q in qs[lo:hi] for _ in range(K)],
+                                                                     seed=seed, first_index=lo * K)
     finally:
         model.train(was)
     reward_fn = get_reward(cfg.reward)
@@ -300,6 +316,8 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
         r, m = episode_reward(e) if episode_reward is not None else reward_fn(e.answer, e.answers)
         e.reward = float(r)
         e.metrics.update(m)
+    if d.enabled:
+        eps = [e for part in d.gather(eps) for e in part]
     n = len(eps)
     stats = {
         "ofsd/reward": sum(e.reward for e in eps) / n,
@@ -394,8 +412,11 @@ def precompute_topk(teacher: FrozenTeacher, items: Sequence[PairItem], path: str
 
 def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: int,
             teacher: FrozenTeacher | None = None, shards: TeacherShards | None = None, seed: int = 0,
-            progress: bool = False, autocast: bool | None = None) -> dict[str, float]:
-    """Train ``model`` on ``items`` for ``cfg.epochs`` passes (module docstring); returns the training metrics."""
+            progress: bool = False, autocast: bool | None = None, dist: Dist | None = None) -> dict[str, float]:
+    """Train ``model`` on ``items`` for ``cfg.epochs`` passes (module docstring); returns the training metrics.
+
+    With ``dist``, ``items`` is the whole pool (the same on every rank); this rank computes the pairs it owns
+    (``j mod world``) and ``shards`` holds only those (local index ``j // world``)."""
     from tqdm.auto import tqdm
 
     from searche1.train import use_bf16
@@ -406,9 +427,10 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("OFSD phase: the model has no trainable parameters")
+    d = dist or Dist()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_steps = math.ceil(len(items) / cfg.pairs_per_step)
-    bar = tqdm(total=cfg.epochs * n_steps, desc="ofsd", disable=not progress, unit="step")
+    bar = tqdm(total=cfg.epochs * n_steps, desc="ofsd", disable=not progress or not d.is_main, unit="step")
     timer: dict[str, float] = {}
     kl_epochs: list[float] = []
     clip_sum = tok_total = loss_last = grad_sum = 0.0
@@ -422,17 +444,26 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
             step_ids = order[s:s + cfg.pairs_per_step]
             denom = float(max(1, sum(items[j].tokens for j in step_ids)))  # exact whole-step normaliser
             opt.zero_grad(set_to_none=True)
-            total = 0.0
-            st = {"kl": 0.0, "clip": 0.0, "tok": 0.0}
-            for m0 in range(0, len(step_ids), cfg.micro_batch_size):
-                ids = step_ids[m0:m0 + cfg.micro_batch_size]
+            mine = [j for j in step_ids if j % d.world == d.rank]  # all of them on one process
+            part = [0.0, 0.0, 0.0, 0.0]  # loss, kl·tokens, clip·tokens, tokens
+            for m0 in range(0, len(mine), cfg.micro_batch_size):
+                ids = mine[m0:m0 + cfg.micro_batch_size]
                 loss, m = distill_loss(model, [items[j] for j in ids], cfg, pad_id=pad_id, teacher=teacher,
-                                       shards=shards, pair_ids=ids, denom=denom, autocast=autocast, timer=timer)
+                                       shards=shards, pair_ids=[j // d.world for j in ids], denom=denom,
+                                       autocast=autocast, timer=timer)
                 loss.backward()
-                total += float(loss.detach())
-                st["kl"] += m["ofsd/kl"] * m["ofsd/tokens"]
-                st["clip"] += m["ofsd/clip_frac"] * m["ofsd/tokens"]
-                st["tok"] += m["ofsd/tokens"]
+                part[0] += float(loss.detach())
+                part[1] += m["ofsd/kl"] * m["ofsd/tokens"]
+                part[2] += m["ofsd/clip_frac"] * m["ofsd/tokens"]
+                part[3] += m["ofsd/tokens"]
+            d.all_reduce_grads(params)
+            total, *rest = d.sum_all(part)
+            st = dict(zip(("kl", "clip", "tok"), rest))
+            if d.is_main and os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full gradient
+                from searche1.train import _dump_grads
+
+                _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"ofsd-step-{steps + skipped + 1}"
+                                                                            ".safetensors")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             bar.update(1)
             if not (math.isfinite(total) and math.isfinite(grad_norm)):
@@ -476,20 +507,22 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
 def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
                    rollout_cfg: RolloutConfig, work_dir: str | Path, *, seed: int = 0, progress: bool = True,
                    episode_reward: EpisodeReward | None = None,
-                   context: str | ContextFn | None = None) -> dict[str, float]:
+                   context: str | ContextFn | None = None, dist: Dist | None = None) -> dict[str, float]:
     """One OFSD phase on ``model`` (trained in place); returns the phase's metrics (module docstring).
 
     ``questions`` are :class:`searche1.data.types.QAExample`; ``rollout_cfg`` is the GRPO rollout configuration
     (temperature, chat, max_searches are reused for sampling and for the teacher prompt). ``work_dir`` receives the
     top-k teacher cache (``teacher/``) in topk mode. ``episode_reward`` replaces the registered reward ``cfg.reward``;
-    ``context`` (a registered name or a ``ContextFn``) replaces ``cfg.context``.
+    ``context`` (a registered name or a ``ContextFn``) replaces ``cfg.context``. ``dist`` runs the phase
+    data-parallel (module docstring): call it on every rank with the same arguments.
     """
     cfg.validate()
     t0 = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
+    d = dist or Dist()
     groups, roll_stats = sample_groups(model, tokenizer, retriever, questions, cfg, rollout_cfg, seed=seed,
-                                       episode_reward=episode_reward)
+                                       episode_reward=episode_reward, dist=d)
     pairs, pair_stats = mine_pairs(groups, student=cfg.student, reference=cfg.reference,  # type: ignore[arg-type]
                                    correct_threshold=cfg.correct_threshold)
     t_roll = time.perf_counter() - t0
@@ -507,10 +540,14 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     shards = None
     teacher = FrozenTeacher(model) if items else None  # θ_r (the model is not updated before distill())
     if cfg.teacher_mode == "topk" and teacher is not None:
-        shards = precompute_topk(teacher, items, Path(work_dir) / "teacher", cfg, pad_id=pad_id, autocast=autocast)
+        mine = items[d.rank::d.world]  # the pairs this rank owns (j mod world), local index j // world
+        cache = Path(work_dir) / ("teacher" if not d.enabled else f"teacher-rank{d.rank}")
+        shards = precompute_topk(teacher, mine, cache, cfg, pad_id=pad_id, autocast=autocast) if mine else None
         teacher = None  # the cache replaces the teacher: free the copy before training
-        metrics["ofsd/teacher_bytes_per_token"] = shards.data_bytes / max(1, shards.tokens)
-        metrics["ofsd/teacher_disk_bytes"] = float(shards.disk_bytes)
+        data_bytes, tokens, disk = d.sum_all([shards.data_bytes, shards.tokens, shards.disk_bytes] if mine
+                                             else [0.0, 0.0, 0.0])
+        metrics["ofsd/teacher_bytes_per_token"] = data_bytes / max(1, tokens)
+        metrics["ofsd/teacher_disk_bytes"] = disk
     elif cfg.teacher_mode == "topk":  # no pairs: nothing written; the nominal cost per token
         metrics["ofsd/teacher_bytes_per_token"] = float(bytes_per_token(cfg.topk))
     else:  # exact: nothing is stored; for reference, what caching fp32 logits over the vocabulary would take
@@ -520,7 +557,7 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     t2 = time.perf_counter()
     if items:
         train_stats = distill(model, items, cfg, pad_id=pad_id, teacher=teacher, shards=shards, seed=seed,
-                              progress=progress, autocast=autocast)
+                              progress=progress, autocast=autocast, dist=d)
         in_loop_teacher = train_stats.pop("time/ofsd_teacher_s")
         t_teacher += in_loop_teacher
         metrics.update(train_stats)
