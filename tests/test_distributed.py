@@ -1,4 +1,5 @@
-"""Data-parallel GRPO over gloo: 2 processes on CPU give the single-process step (loss, gradient norm, weights)."""
+"""Data parallelism over gloo: 2 processes on CPU give the single-process GRPO step (loss, gradient norm, weights)
+and OFSD steps (rollouts, pairs, gradients); a GRPO → OFSD → GRPO pipeline runs and resumes on 2 ranks."""
 
 import json
 import os
@@ -168,3 +169,39 @@ def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode
             assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
     if mode == "topk":  # each rank cached only the pairs it owns
         assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["teacher-rank0", "teacher-rank1"]
+
+
+PIPELINE_RANK_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_pipeline import pipeline_config
+    from test_train import parity_reward
+    from searche1.pipeline import run_pipeline
+    run_pipeline(pipeline_config(Path({root!r})), Path({out!r}), resume={resume!r}, progress=False,
+                 episode_reward=parity_reward)
+""")
+
+
+def test_pipeline_with_ofsd_runs_on_two_ranks_and_resumes(tmp_path):
+    """GRPO → OFSD → GRPO under 2 gloo ranks: the OFSD phase sees the one-process rollouts and pairs; rank 0 alone
+    writes the state; a resumed launch finds every phase done."""
+    from test_pipeline import pipeline_config
+
+    from searche1.pipeline import run_pipeline
+
+    run_pipeline(pipeline_config(tmp_path), tmp_path / "single", progress=False, episode_reward=parity_reward)
+    single = json.loads((tmp_path / "single" / "pipeline.json").read_text())
+    script = dict(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"))
+    launch_ranks(PIPELINE_RANK_SCRIPT.format(**script, resume=False), world=2, grads=tmp_path / "g")
+    dp = json.loads((tmp_path / "dp" / "pipeline.json").read_text())
+    assert [p["kind"] for p in dp["phases"]] == ["grpo", "ofsd", "grpo"]
+    a, b = single["phases"][1]["metrics"], dp["phases"][1]["metrics"]
+    assert a["ofsd/rollouts"] == b["ofsd/rollouts"] == 9
+    for k in ("ofsd/reward_em", "ofsd/pairs", "ofsd/steps"):
+        assert b[k] == a[k], k
+    assert (tmp_path / "dp" / "phase-01-ofsd" / "model" / "model.safetensors").is_file()
+    assert [r["step"] for r in read_metrics(tmp_path / "dp" / "phase-02-grpo")] == [1, 2]
+    before = (tmp_path / "dp" / "pipeline.json").read_text()
+    launch_ranks(PIPELINE_RANK_SCRIPT.format(**script, resume=True), world=2, grads=tmp_path / "g")
+    assert (tmp_path / "dp" / "pipeline.json").read_text() == before
