@@ -78,6 +78,9 @@ def serve(
     max_queries: Annotated[int, typer.Option(help="max queries per request")] = 512,
     max_topk: Annotated[int, typer.Option(help="max topk per request (≤ 50)")] = 50,
     cache_size: Annotated[int, typer.Option(help="server-side LRU cache entries (0 = off)")] = 100_000,
+    dense_backend: Annotated[str, typer.Option(
+        help="dense indexes: faiss (CPU) | torch (bf16 matmul shards over all visible GPUs, exact top-k)")] = "faiss",
+    dense_devices: Annotated[str, typer.Option(help="torch backend: auto | cuda | cpu | cuda:0,cuda:1,...")] = "auto",
 ) -> None:
     """Serve an index (or a caching proxy of another server) over HTTP with the Search-R1 `/retrieve` API."""
     from searche1.retrieval.cache import CachedRetriever
@@ -91,7 +94,7 @@ def serve(
             from searche1.retrieval.index import load_retriever, read_index_meta
 
             meta = read_index_meta(index)
-            retriever = load_retriever(index)
+            retriever = load_retriever(index, dense={"backend": dense_backend, "devices": dense_devices})
             info = {"index": str(index), "kind": meta["kind"], "num_docs": meta["num_docs"]}
             what = f"{meta['kind']} index {index} ({meta['num_docs']} passages)"
         else:

@@ -16,10 +16,19 @@ class RetrievalConfig:
     cache_size: int = field(default=100_000, metadata={"help": "LRU cache entries; 0 disables the cache"})
     timeout_s: float = field(default=30.0, metadata={"help": "HTTP timeout per request"})
     retries: int = field(default=3, metadata={"help": "HTTP retries with exponential backoff"})
+    dense_backend: str = field(default="faiss", metadata={
+        "help": "dense indexes: faiss (CPU) | torch (bf16 matmul shards over the GPUs, exact top-k)"})
+    dense_devices: str = field(default="auto", metadata={
+        "help": "torch backend: auto (all visible GPUs, else cpu) | cuda | cpu | e.g. cuda:0,cuda:1"})
+    dense_dtype: str = field(default="bfloat16", metadata={"help": "torch backend: bfloat16 | float16 | float32"})
 
     def validate(self) -> None:
         if (self.index is None) == (self.url is None):
             raise ConfigError("index/url: set exactly one of `index` (a local index folder) or `url` (a server)")
+        if self.dense_backend not in ("faiss", "torch"):
+            raise ConfigError(f"dense_backend: unknown '{self.dense_backend}' (fix: use faiss or torch)")
+        if self.dense_dtype not in ("bfloat16", "float16", "float32"):
+            raise ConfigError(f"dense_dtype: unknown '{self.dense_dtype}' (fix: use bfloat16, float16 or float32)")
         if self.cache_size < 0:
             raise ConfigError("cache_size: must be >= 0 (0 disables the cache)")
 
@@ -30,7 +39,8 @@ def make_retriever(cfg: RetrievalConfig) -> Retriever:
     if cfg.index is not None:
         from searche1.retrieval.index import load_retriever
 
-        inner = load_retriever(cfg.index)
+        inner = load_retriever(cfg.index, dense={"backend": cfg.dense_backend, "devices": cfg.dense_devices,
+                                                 "dtype": cfg.dense_dtype})
     else:
         from searche1.retrieval.client import RemoteRetriever
 

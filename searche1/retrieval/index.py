@@ -98,8 +98,10 @@ def read_index_meta(index_dir: str | Path) -> dict:
         raise DataError(meta_path, f"invalid JSON: {e}", fix="rebuild the index") from None
 
 
-def load_retriever(index_dir: str | Path, **kwargs) -> Retriever:
-    """Open an index folder and return its in-process retriever (BM25 or dense, as recorded in its metadata)."""
+def load_retriever(index_dir: str | Path, dense: dict | None = None, **kwargs) -> Retriever:
+    """Open an index folder and return its in-process retriever (BM25 or dense, as recorded in its metadata).
+
+    ``dense`` holds :meth:`DenseRetriever.load` options (``backend``, ``devices``, ``dtype``), ignored for BM25."""
     from searche1.data.corpus import load_corpus
 
     index_dir = Path(index_dir)
@@ -112,6 +114,6 @@ def load_retriever(index_dir: str | Path, **kwargs) -> Retriever:
     if meta["kind"] == "dense":
         from searche1.retrieval.dense import DenseRetriever
 
-        return DenseRetriever.load(index_dir, passages, **kwargs)
+        return DenseRetriever.load(index_dir, passages, **{**(dense or {}), **kwargs})
     raise DataError(index_dir / META_FILE, f"unknown index kind {meta['kind']!r}", field="kind",
                     fix="valid kinds: bm25, dense")
