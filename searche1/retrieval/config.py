@@ -20,15 +20,17 @@ class RetrievalConfig:
         "help": "dense indexes: faiss (CPU) | torch (bf16 matmul shards over the GPUs, exact top-k)"})
     dense_devices: str = field(default="auto", metadata={
         "help": "torch backend: auto (all visible GPUs, else cpu) | cuda | cpu | e.g. cuda:0,cuda:1"})
-    dense_dtype: str = field(default="bfloat16", metadata={"help": "torch backend: bfloat16 | float16 | float32"})
+    dense_dtype: str = field(default="auto", metadata={
+        "help": "torch backend: auto (bf16 on GPUs, fp32 on CPU) | bfloat16 | float16 | float32"})
 
     def validate(self) -> None:
         if (self.index is None) == (self.url is None):
             raise ConfigError("index/url: set exactly one of `index` (a local index folder) or `url` (a server)")
         if self.dense_backend not in ("faiss", "torch"):
             raise ConfigError(f"dense_backend: unknown '{self.dense_backend}' (fix: use faiss or torch)")
-        if self.dense_dtype not in ("bfloat16", "float16", "float32"):
-            raise ConfigError(f"dense_dtype: unknown '{self.dense_dtype}' (fix: use bfloat16, float16 or float32)")
+        if self.dense_dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"dense_dtype: unknown '{self.dense_dtype}' (fix: use auto, bfloat16, float16 or "
+                              "float32)")
         if self.cache_size < 0:
             raise ConfigError("cache_size: must be >= 0 (0 disables the cache)")
 

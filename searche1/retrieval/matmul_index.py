@@ -1,8 +1,8 @@
 """Exact inner-product top-k as a sharded matrix product: the dense index for GPUs without faiss-gpu.
 
 The ``(N, D)`` passage vectors are split row-wise into one shard per device (e.g. the 8 GPUs of a node, or the same
-CPU repeated in tests) and stored in ``dtype`` (bf16 by default: 2 bytes per entry, so 21M × 768 E5 vectors take
-32 GB, 4 GB per GPU on 8). A search sends the ``(Q, D)`` queries to every shard, computes ``scores = q @ shardᵀ`` in
+CPU repeated in tests) and stored in ``dtype`` (``auto``: bf16 on GPUs, 2 bytes per entry, so 21M × 768 E5 vectors take
+32 GB, 4 GB per GPU on 8; fp32 on CPUs, where bf16 matmul is emulated). A search sends the ``(Q, D)`` queries to every shard, computes ``scores = q @ shardᵀ`` in
 chunks of ``chunk_rows`` rows (bounding the ``(Q, chunk)`` score block), keeps each chunk's top-k, and merges the
 candidates on the CPU in fp32: ties go to the lower passage index, so the result does not depend on the sharding.
 
@@ -47,17 +47,19 @@ class ShardedMatmulIndex:
     """Row-sharded passage vectors with exact top-k inner-product search (module docstring)."""
 
     def __init__(self, vectors: np.ndarray | Tensor, devices: str | Sequence[str] = "auto",
-                 dtype: str | torch.dtype = "bfloat16", chunk_rows: int = 1 << 20) -> None:
+                 dtype: str | torch.dtype = "auto", chunk_rows: int = 1 << 20) -> None:
         vecs = torch.as_tensor(vectors)
         if vecs.ndim != 2 or vecs.shape[0] == 0:
             raise ValueError(f"index vectors must be a non-empty (N, D) matrix, got shape {tuple(vecs.shape)}")
+        self.devices = resolve_devices(devices)
+        if dtype == "auto":  # bf16 on GPUs; fp32 on CPUs (bf16 matmul is emulated there and ~4x slower, measured)
+            dtype = "bfloat16" if self.devices[0].startswith("cuda") else "float32"
         if isinstance(dtype, str):
             if dtype not in DTYPES:
-                raise ConfigError(f"dense dtype: unknown '{dtype}' (fix: use one of: {', '.join(DTYPES)})")
+                raise ConfigError(f"dense dtype: unknown '{dtype}' (fix: use auto or one of: {', '.join(DTYPES)})")
             dtype = DTYPES[dtype]
         if chunk_rows < 1:
             raise ValueError("chunk_rows: must be >= 1")
-        self.devices = resolve_devices(devices)
         self.dtype, self.chunk_rows = dtype, int(chunk_rows)
         self.ntotal, self.dim = int(vecs.shape[0]), int(vecs.shape[1])
         bounds = np.linspace(0, self.ntotal, len(self.devices) + 1).astype(int)
