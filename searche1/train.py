@@ -76,6 +76,8 @@ class GRPOConfig:
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
     eval_every: int = field(default=0, metadata={
         "help": "dev evaluation before training, every N steps and after the last step; 0 = off"})
+    shard_optimizer: bool = field(default=False, metadata={
+        "help": "under several ranks: ZeRO-1, each rank keeps the AdamW state of 1/N of the parameters"})
 
     def validate(self) -> None:
         for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
@@ -194,7 +196,14 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.algos import get_advantage, get_policy_loss, kl_k3, token_logprobs
     from searche1.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
     from searche1.data.qa import load_qa, load_qa_files
-    from searche1.distributed import init_distributed, merge_metrics, rank_device
+    from searche1.distributed import (
+        consolidate_optimizer,
+        init_distributed,
+        make_adamw,
+        merge_metrics,
+        optimizer_state_bytes,
+        rank_device,
+    )
     from searche1.health import CollapseDetector
     from searche1.io import write_json
     from searche1.metrics import MetricsLogger
@@ -228,7 +237,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=g.lr, weight_decay=g.weight_decay)
+    opt = make_adamw(params, lr=g.lr, weight_decay=g.weight_decay, dist=d, shard=g.shard_optimizer)
     lr_scale = 1.0  # lowered by collapse rollbacks; lr = g.lr * lr_scale * linear warm-up
     health = CollapseDetector(cfg.health)
     start, cursor = 0, 0
@@ -339,7 +348,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                  "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
         metrics = {**merge_metrics(d.gather((local, float(len(eps))))), "grad/norm": grad_norm,
                    "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
-                   "train/kept_rollouts": kept_all}
+                   "train/kept_rollouts": kept_all, "mem/optimizer_state_mb": optimizer_state_bytes(opt) / 2**20}
         if "loss/policy" in stats:
             metrics["loss/policy"] = stats["loss/policy"]  # already summed over ranks
         if dev and (step % g.eval_every == 0 or step == g.steps):
@@ -366,6 +375,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         bar.set_postfix(em=f"{metrics['reward/em']:.2f}", fmt=f"{metrics['rollout/valid_format']:.2f}")
         if step % g.save_every == 0 or step == g.steps:
             fault_point(f"step{step}:before_save")
+            consolidate_optimizer(opt)  # ZeRO: gather the AdamW state shards on rank 0 (every rank takes part)
             if d.is_main:
                 save_checkpoint(out, step, model, tok, opt, None,
                                 {"cursor": sampler.cursor, "lr_scale": lr_scale, "health": health.state_dict()},

@@ -26,7 +26,7 @@ RANK_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from test_train import make_config, parity_reward
     from searche1.train import run_grpo
-    cfg = make_config(Path({root!r}), steps=2, questions_per_step=4)
+    cfg = make_config(Path({root!r}), steps=2, questions_per_step=4, **{extra!r})
     run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
 """)
 
@@ -51,8 +51,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     cfg = make_config(tmp_path, steps=2, questions_per_step=4)
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
-    launch_ranks(RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp")), world=2,
-                 grads=tmp_path / "grads-dp")
+    launch_ranks(RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), extra={}),
+                 world=2, grads=tmp_path / "grads-dp")
     a, b = read_metrics(single), read_metrics(tmp_path / "dp")
     assert [r["step"] for r in b] == [1, 2]  # rank 0 logs once per step
     assert any(r["train/kept_rollouts"] > 0 for r in a)  # the step carried signal
@@ -75,6 +75,31 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     assert worst < 3 * cfg.grpo.lr  # AdamW normalises each entry, so rounding-level gradient noise on entries
     # whose gradient is ~0 can move them by up to ~lr per step: a bound, not bit equality
     assert json.loads((tmp_path / "dp" / "config.json").read_text())["grpo"]["questions_per_step"] == 4
+
+
+def test_zero1_sharded_optimizer_matches_one_process_and_resumes(tmp_path):
+    """grpo.shard_optimizer (ZeRO-1) on 2 ranks: half the AdamW state per rank, the one-process weights after 2
+    steps, a consolidated optimizer.pt equal to the unsharded one, and a resumed third step."""
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4, shard_optimizer=True)
+    single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    script = RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"),
+                                extra={"shard_optimizer": True})
+    launch_ranks(script, world=2, grads=tmp_path / "g")
+    a, b = read_metrics(single), read_metrics(tmp_path / "dp")
+    for ra, rb in zip(a, b):
+        assert rb["grad/norm"] == pytest.approx(ra["grad/norm"], rel=1e-4)
+        assert 0.3 < rb["mem/optimizer_state_mb"] / ra["mem/optimizer_state_mb"] < 0.7  # rank 0 holds ~half
+    ca, cb = list_checkpoints(single)[-1], list_checkpoints(tmp_path / "dp")[-1]
+    wa, wb = weights(ca), weights(cb)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 3 * cfg.grpo.lr
+    oa, ob = (torch.load(c / "optimizer.pt", weights_only=False) for c in (ca, cb))
+    assert oa["state"].keys() == ob["state"].keys() and oa["state"]
+    for i in oa["state"]:
+        assert int(oa["state"][i]["step"]) == int(ob["state"][i]["step"]) == 2
+        assert torch.allclose(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"], rtol=1e-3, atol=1e-12)
+    resume = script.replace("steps=2", "steps=3").replace("progress=False", "resume=True, progress=False")
+    launch_ranks(resume, world=2, grads=tmp_path / "g")
+    assert [r["step"] for r in read_metrics(tmp_path / "dp")] == [1, 2, 3]
 
 
 def test_shard_and_merge():

@@ -71,7 +71,7 @@ from searche1.algos.distill import (
     get_distill_loss,
     topk_teacher,
 )
-from searche1.distributed import Dist
+from searche1.distributed import Dist, make_adamw
 from searche1.errors import ConfigError
 from searche1.ofsd.contexts import ContextFn, get_context, student_sequence, teacher_sequence
 from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
@@ -127,6 +127,8 @@ class OFSDConfig:
     bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "bf16 autocast for teacher and student; auto = GPU or CPU with native bf16"})
     reward: str = field(default="em", metadata={"help": "reward of the re-sampled rollouts: em | f1"})
+    shard_optimizer: bool = field(default=False, metadata={
+        "help": "under several ranks: ZeRO-1, each rank keeps the AdamW state of 1/N of the parameters"})
 
     def validate(self) -> None:
         for name in ("samples_per_question", "questions", "epochs", "pairs_per_step", "micro_batch_size", "topk",
@@ -428,7 +430,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
     if not params:
         raise ConfigError("OFSD phase: the model has no trainable parameters")
     d = dist or Dist()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, dist=d, shard=cfg.shard_optimizer)
     n_steps = math.ceil(len(items) / cfg.pairs_per_step)
     bar = tqdm(total=cfg.epochs * n_steps, desc="ofsd", disable=not progress or not d.is_main, unit="step")
     timer: dict[str, float] = {}
