@@ -260,6 +260,9 @@ def eval_cmd(
     limit: Annotated[Optional[int], typer.Option(help="first N questions per dataset")] = None,
     batch_size: Annotated[int, typer.Option(help="episodes decoded together")] = 32,
     max_turn_tokens: Annotated[int, typer.Option(help="new tokens per turn")] = 128,
+    max_searches: Annotated[int, typer.Option(help="search budget per question (agent mode)")] = 4,
+    topk: Annotated[int, typer.Option(help="passages per search")] = 3,
+    max_doc_tokens: Annotated[int, typer.Option(help="tokens kept of each passage")] = 96,
     turn_start: Annotated[str, typer.Option(help="free | constrained (agent mode: turns open only with a tag)")] = "free",
     out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl)")] = None,
 ) -> None:
@@ -271,7 +274,8 @@ def eval_cmd(
 
     try:
         cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "batch_size": batch_size,
-                                     "max_turn_tokens": max_turn_tokens, "turn_start": turn_start})
+                                     "max_turn_tokens": max_turn_tokens, "max_searches": max_searches,
+                                     "topk": topk, "max_doc_tokens": max_doc_tokens, "turn_start": turn_start})
         if mode != "direct" and index is None and retriever_url is None:
             raise SearchE1Error("--index or --retriever-url is required for modes agent and naive-rag")
         retriever = _retriever(index, retriever_url) if mode != "direct" else None
@@ -287,6 +291,36 @@ def eval_cmd(
         from searche1.io import write_json
 
         write_json(out, results)
+        console.print(f"results → {out}")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="baseline: an eval JSON (with X.samples.jsonl beside it) or samples file")],
+    b: Annotated[Path, typer.Argument(help="the evaluation compared against the baseline (same questions)")],
+    boot: Annotated[int, typer.Option(help="bootstrap resamples")] = 10_000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="write the statistics JSON here")] = None,
+) -> None:
+    """Paired comparison of two evaluations of the same questions: is B's gain over A beyond noise?
+    Per dataset: EM, wins/losses, exact McNemar p; average: Δ with a stratified paired-bootstrap 95% CI."""
+    from searche1.significance import compare as paired_compare
+    from searche1.significance import markdown, read_samples
+
+    try:
+        if boot < 100:
+            raise SearchE1Error(f"--boot {boot}: use at least 100 resamples")
+        result = paired_compare(read_samples(a), read_samples(b), n_boot=boot, seed=seed)
+    except SearchE1Error as e:
+        _fail(e)
+    typer.echo(markdown(result, a.stem, b.stem))
+    if result["only_in_a"] or result["only_in_b"]:
+        console.print(f"[yellow]compared the {result['average']['n']} shared questions; {result['only_in_a']} only "
+                      f"in {a.name}, {result['only_in_b']} only in {b.name}[/yellow]")
+    if out:
+        from searche1.io import write_json
+
+        write_json(out, {**result, "a": str(a), "b": str(b)})
         console.print(f"results → {out}")
 
 

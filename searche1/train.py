@@ -419,7 +419,8 @@ def _dump_grads(model, path: Path) -> None:
 
 def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:
     """Greedy agent evaluation on the dev sets with the run's search settings; the full ``searche1 eval`` JSON is
-    written to ``save_to`` (``evals/step-N.json``) and the namespaced summary is returned for the metrics log."""
+    written to ``save_to`` (``evals/step-N.json``, per-question outcomes in ``step-N.samples.jsonl`` for paired
+    comparisons: ``searche1 compare``) and the namespaced summary is returned for the metrics log."""
     from searche1.evaluate import EvalConfig, evaluate
     from searche1.io import write_json
 
@@ -427,7 +428,8 @@ def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path |
     r = cfg.rollout
     ecfg = EvalConfig(mode="agent", limit=cfg.data.dev_limit, max_searches=r.max_searches, topk=r.topk,
                       max_doc_tokens=r.max_doc_tokens, max_turn_tokens=r.max_turn_tokens, batch_size=r.batch_size)
-    res = evaluate(model, tok, retriever, dev, ecfg, progress=False)
+    res = evaluate(model, tok, retriever, dev, ecfg, progress=False,
+                   samples_out=save_to.with_suffix(".samples.jsonl") if save_to is not None else None)
     if save_to is not None:
         write_json(save_to, res)
     out = {f"dev/{name}/em": d["em"] for name, d in res["datasets"].items()}
