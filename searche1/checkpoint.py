@@ -45,15 +45,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, state: dict,
-                    keep_last: int = 3) -> Path:
-    """Write checkpoint ``step`` atomically and prune old ones; returns its folder."""
+                    keep_last: int = 3, model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """Write checkpoint ``step`` atomically and prune old ones; returns its folder. ``model_state`` /
+    ``optimizer_state`` replace ``model.state_dict()`` / ``optimizer.state_dict()`` (FSDP: the gathered full ones,
+    searche1.sharding)."""
     root = Path(run_dir) / "checkpoints"
     out = root / f"step-{step:06d}"
     with atomic_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": model_state} if model_state else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
@@ -86,15 +88,22 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, 
     weights = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings are saved once
+    from searche1.sharding import is_sharded, load_model_state, load_optimizer_state
+
+    expected = set(model.state_dict().keys())
+    missing = [k for k in expected - weights.keys() if not k.endswith("lm_head.weight")]  # tied: saved once
+    unexpected = sorted(weights.keys() - expected)
     if missing or unexpected:
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
+        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {sorted(missing)[:3]}, "
                            f"unexpected {unexpected[:3]})")
-    if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-        model.tie_weights()
-    if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if is_sharded(model):  # FSDP: full tensors in, each rank keeps its shard
+        load_model_state(model, weights)
+    else:
+        model.load_state_dict(weights, strict=False)
+        if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+            model.tie_weights()
+    if optimizer is not None:  # index-keyed (plain AdamW, ZeRO) or name-keyed (FSDP), into any layout
+        load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))
     if scheduler is not None and (path / "scheduler.pt").is_file():
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if restore_rng:

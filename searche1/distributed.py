@@ -12,11 +12,10 @@ normaliser (token count, sequence count) is summed over ranks, each rank backpro
 are **summed** with one all-reduce per step (not averaged as DDP does), which makes an N-rank step equal to the
 single-process step on the same data up to floating-point summation order. A test runs 2 gloo processes against one.
 
-Memory: the weights and gradients are full replicas (the DDP layout); ``grpo.shard_optimizer`` (and
-``ofsd.shard_optimizer``) shards the AdamW state over the ranks, ZeRO stage 1 (:func:`make_adamw`), which is the
-largest part for full fine-tuning (8 bytes per parameter in fp32: 24 GB of a 3B policy, 3 GB per rank on 8).
-Departures, stated plainly: no FSDP/ZeRO-3 parameter sharding, so the bf16 weights and gradients of a 7B policy
-(28 GB) sit on every GPU; dev
+Memory (``grpo.sharding``): ``none`` keeps full replicas of weights, gradients and AdamW state (the DDP layout);
+``optimizer`` shards the AdamW state over the ranks, ZeRO stage 1 (:func:`make_adamw`; also ``ofsd.sharding``),
+which is the largest part for full fine-tuning (8 bytes per parameter in fp32: 24 GB of a 3B policy, 3 GB per rank
+on 8); ``full`` shards weights, gradients and state with FSDP (:mod:`searche1.sharding`). Departures: dev
 evaluations and checkpoint writes happen on rank 0 while the other ranks wait at a barrier. OFSD phases run
 data-parallel the same way (:mod:`searche1.ofsd.phase`: pairs owned by rank ``j mod world``, global normaliser,
 summed gradients).
@@ -69,6 +68,13 @@ class Dist:
         t = torch.tensor([float(x) for x in xs], dtype=torch.float64)
         torch.distributed.all_reduce(t)
         return t.tolist()
+
+    def max(self, x: float) -> float:
+        if not self.enabled:
+            return float(x)
+        t = torch.tensor([float(x)], dtype=torch.float64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
 
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of ``params`` over ranks (missing grads count as zero), one flat all-reduce."""
@@ -138,8 +144,12 @@ def consolidate_optimizer(opt: torch.optim.Optimizer) -> None:
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
     """Bytes of optimizer state tensors held by this rank (its own shard under ZeRO)."""
     inner = getattr(opt, "optim", opt)
-    return sum(v.numel() * v.element_size() for st in inner.state.values() for v in st.values()
-               if torch.is_tensor(v) and v.dim() > 0)
+    n = 0
+    for st in inner.state.values():
+        for v in st.values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                n += (v.to_local() if hasattr(v, "to_local") else v).numel() * v.element_size()  # FSDP: the shard
+    return n
 
 
 def merge_metrics(parts: list[tuple[dict, float]]) -> dict:

@@ -76,8 +76,9 @@ class GRPOConfig:
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept"})
     eval_every: int = field(default=0, metadata={
         "help": "dev evaluation before training, every N steps and after the last step; 0 = off"})
-    shard_optimizer: bool = field(default=False, metadata={
-        "help": "under several ranks: ZeRO-1, each rank keeps the AdamW state of 1/N of the parameters"})
+    sharding: Literal["none", "optimizer", "full"] = field(default="none", metadata={
+        "help": "under several ranks: none (replicas) | optimizer (ZeRO-1: AdamW state split) | full (FSDP: "
+                "weights, gradients and state split)"})
 
     def validate(self) -> None:
         for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
@@ -87,6 +88,8 @@ class GRPOConfig:
             raise ConfigError("group_size: GRPO needs at least 2 rollouts per question")
         if self.lr <= 0:
             raise ConfigError("lr: must be > 0")
+        if self.sharding not in ("none", "optimizer", "full"):
+            raise ConfigError(f"sharding: unknown '{self.sharding}' (fix: use none, optimizer or full)")
 
 
 @dataclass
@@ -211,6 +214,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.retrieval.config import make_retriever
     from searche1.rewards import get_reward
     from searche1.rollout.factory import make_engine
+    from searche1.sharding import full_model_state, full_optimizer_state, full_tensor, lockstep_pad, shard_model
 
     if not cfg.data.train:  # fail before loading anything
         raise ConfigError("data.train: give at least one training QA file")
@@ -230,14 +234,29 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     model_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
                                **({"name_or_path": str(ckpt)} if ckpt is not None else {})})
     model, tok = load_policy(model_cfg, trainable=True)
+    full = g.sharding == "full" and d.enabled  # FSDP (searche1.sharding)
+    if full:
+        if cfg.model.lora_r > 0 or cfg.rollout.engine == "vllm-server":
+            raise ConfigError("grpo.sharding: full does not combine with LoRA or rollout.engine: vllm-server (fix: "
+                              "sharding: optimizer)")
+        if cfg.rollout.engine == "vllm" and g.eval_every:
+            raise ConfigError("grpo.sharding: full with rollout.engine: vllm has no unsharded model for dev evals (fix: "
+                              "eval_every: 0, and evaluate checkpoints with `searche1 eval`)")
+    # the sampler first: under FSDP it must copy the weights before they are sharded
+    retriever = make_retriever(cfg.retrieval)
+    engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,
+                                                       model_path=resolve_model_path(model_cfg.name_or_path),
+                                                       sync_dir=out / f"vllm-sync-rank{d.rank}", copy=full)
+    if full:
+        shard_model(model, d, device)
+    eval_model = engine.model if full else model  # rank 0's dev evals need unsharded weights
     ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device})
     ref_model = load_policy(ref_cfg)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     autocast = use_bf16(g.bf16, device)
-    retriever = make_retriever(cfg.retrieval)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_adamw(params, lr=g.lr, weight_decay=g.weight_decay, dist=d, shard=g.shard_optimizer)
+    opt = make_adamw(params, lr=g.lr, weight_decay=g.weight_decay, dist=d, shard=g.sharding == "optimizer")
     lr_scale = 1.0  # lowered by collapse rollbacks; lr = g.lr * lr_scale * linear warm-up
     health = CollapseDetector(cfg.health)
     start, cursor = 0, 0
@@ -253,15 +272,12 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     advantage_fn = get_advantage(g.advantage)
     loss_fn = get_policy_loss(g.loss_agg)
     reward_fn = get_reward(g.reward)
-    engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,
-                                                       model_path=resolve_model_path(model_cfg.name_or_path),
-                                                       sync_dir=out / f"vllm-sync-rank{d.rank}")
     recompute = cfg.rollout.recompute_logprobs
     if recompute is None:
         recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
-        metrics_log.log(0, dev_eval(model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
+        metrics_log.log(0, dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
     d.barrier()
     bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress or not d.is_main, unit="step")
     done_here = 0
@@ -293,19 +309,23 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         skipped = 0.0
         grad_norm = float("nan")
         kept_all = d.sum(len(keep))
+        # FSDP: every rank runs as many rows as the busiest one; padded rows have an all-zero mask (no loss, no grad)
+        rows = keep + [0] * (lockstep_pad(len(keep), d) if full and kept_all else 0)
         for _epoch in range(g.ppo_epochs):
             opt.zero_grad(set_to_none=True)
             if not kept_all:
                 break
-            if keep:
-                ids, attn, mask, old = episode_tensors([eps[i] for i in keep], tok.pad_token_id)
-                a = adv[keep]
+            if rows:
+                ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
+                mask[len(keep):] = 0
+                a = adv[rows]
+                a[len(keep):] = 0.0
                 if recompute and _epoch == 0:
                     old, stats["rollout/logprob_mismatch"] = _rescore(model, ids, attn, mask, old, g.micro_batch_size,
                                                                       cfg.rollout, device, autocast)
-            denom = max(1.0, d.sum(batch_denominator(mask, g.loss_agg, gen_budget) if keep else 0.0))
+            denom = max(1.0, d.sum(batch_denominator(mask[:len(keep)], g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
-            for s in range(0, len(keep), g.micro_batch_size):
+            for s in range(0, len(rows), g.micro_batch_size):
                 sl = slice(s, s + g.micro_batch_size)
                 with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
                     logits = model(input_ids=ids[sl].to(device), attention_mask=attn[sl].to(device)).logits
@@ -321,16 +341,19 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                    denom=denom)
                     loss = loss + g.kl_beta * kl
                     m = {**m, **km}
-                loss.backward()
+                (loss * d.world if full else loss).backward()  # FSDP averages gradients over ranks: undo it
                 fault_point(f"step{step}:backward")
                 total += float(loss.detach())
+                real = len(range(*sl.indices(len(keep))))  # rows of this micro-batch that are not lockstep padding
                 for k, v in m.items():
-                    stats[k] = stats.get(k, 0.0) + float(v) * (len(range(*sl.indices(len(keep)))) / len(keep))
-            d.all_reduce_grads(params)  # sum: each rank's loss is already divided by the global normaliser
+                    if k != "loss/policy" and real:  # the loss is reported as the global sum below
+                        stats[k] = stats.get(k, 0.0) + float(v) * real / len(keep)
+            if not full:  # FSDP reduce-scatters (sums) the gradients itself
+                d.all_reduce_grads(params)  # sum: each rank's loss is already divided by the global normaliser
             total = d.sum(total)
-            if d.is_main and os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full-batch gradient
-                _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"step-{step}.safetensors")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm))
+            if os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full-batch gradient
+                _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"step-{step}.safetensors", d)
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm)))
             if not (math.isfinite(total) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
                 skipped = 1.0
@@ -353,7 +376,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             metrics["loss/policy"] = stats["loss/policy"]  # already summed over ranks
         if dev and (step % g.eval_every == 0 or step == g.steps):
             if d.is_main:
-                metrics.update(dev_eval(model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
+                metrics.update(dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
             metrics = d.gather(metrics)[0]  # every rank takes rank 0's view (collapse decisions agree)
         collapsed = health.update(metrics)
         if collapsed:
@@ -376,10 +399,11 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         if step % g.save_every == 0 or step == g.steps:
             fault_point(f"step{step}:before_save")
             consolidate_optimizer(opt)  # ZeRO: gather the AdamW state shards on rank 0 (every rank takes part)
+            gathered = (full_model_state(model), full_optimizer_state(model, opt)) if full else (None, None)
             if d.is_main:
                 save_checkpoint(out, step, model, tok, opt, None,
                                 {"cursor": sampler.cursor, "lr_scale": lr_scale, "health": health.state_dict()},
-                                keep_last=g.keep_last)
+                                keep_last=g.keep_last, model_state=gathered[0], optimizer_state=gathered[1])
             d.barrier()
         done_here += 1
         if stop_after is not None and done_here >= stop_after:
@@ -409,12 +433,17 @@ def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, de
     return new * mask, gap
 
 
-def _dump_grads(model, path: Path) -> None:
+def _dump_grads(model, path: Path, d) -> None:
+    """Rank 0 writes the full gradient (sharded gradients are gathered: every rank calls this)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({n: p.grad.detach().clone().contiguous() for n, p in model.named_parameters() if p.grad is not None},
-              str(path))
+    from searche1.sharding import full_tensor
+
+    grads = {n: full_tensor(p.grad.detach()).clone().contiguous() for n, p in model.named_parameters()
+             if p.grad is not None}
+    if d.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(grads, str(path))
 
 
 def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:

@@ -78,12 +78,12 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
 
 
 def test_zero1_sharded_optimizer_matches_one_process_and_resumes(tmp_path):
-    """grpo.shard_optimizer (ZeRO-1) on 2 ranks: half the AdamW state per rank, the one-process weights after 2
+    """grpo.sharding: optimizer (ZeRO-1) on 2 ranks: half the AdamW state per rank, the one-process weights after 2
     steps, a consolidated optimizer.pt equal to the unsharded one, and a resumed third step."""
-    cfg = make_config(tmp_path, steps=2, questions_per_step=4, shard_optimizer=True)
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4, sharding="optimizer")
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
     script = RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"),
-                                extra={"shard_optimizer": True})
+                                extra={"sharding": "optimizer"})
     launch_ranks(script, world=2, grads=tmp_path / "g")
     a, b = read_metrics(single), read_metrics(tmp_path / "dp")
     for ra, rb in zip(a, b):
@@ -100,6 +100,47 @@ def test_zero1_sharded_optimizer_matches_one_process_and_resumes(tmp_path):
     resume = script.replace("steps=2", "steps=3").replace("progress=False", "resume=True, progress=False")
     launch_ranks(resume, world=2, grads=tmp_path / "g")
     assert [r["step"] for r in read_metrics(tmp_path / "dp")] == [1, 2, 3]
+
+
+def test_fsdp_full_sharding_matches_one_process_and_resumes(tmp_path, monkeypatch):
+    """grpo.sharding: full (FSDP2) on 2 gloo ranks: the one-process full gradients at steps 1 and 2 (with
+    all-equal groups skipped, so the ranks pad to lockstep), plain HF checkpoints, half the AdamW state per rank,
+    and a resumed third step."""
+    extra = {"sharding": "full", "skip_zero_std_groups": True}
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4, **extra)
+    monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
+    single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    script = RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), extra=extra)
+    launch_ranks(script, world=2, grads=tmp_path / "grads-dp")
+    a, b = read_metrics(single), read_metrics(tmp_path / "dp")
+    assert any(r["grpo/zero_std_groups"] > 0 for r in a) and all(r["train/kept_rollouts"] > 0 for r in a)
+    for ra, rb in zip(a, b):
+        for k in ("reward/em", "train/kept_rollouts"):
+            assert rb[k] == ra[k], k
+        for k in ("loss/policy", "grad/norm"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
+        assert 0.3 < rb["mem/optimizer_state_mb"] / ra["mem/optimizer_state_mb"] < 0.7
+    for step in (1, 2):
+        ga = load_file(str(tmp_path / "grads-single" / f"step-{step}.safetensors"))
+        gb = load_file(str(tmp_path / "grads-dp" / f"step-{step}.safetensors"))
+        assert ga.keys() == gb.keys() and ga
+        for k in ga:
+            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+    ca, cb = list_checkpoints(single)[-1], list_checkpoints(tmp_path / "dp")[-1]
+    wa, wb = weights(ca), weights(cb)  # gathered full weights in HF layout
+    assert wa.keys() == wb.keys() and max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 3 * cfg.grpo.lr
+    oa, ob = (torch.load(c / "optimizer.pt", weights_only=False) for c in (ca, cb))
+    assert len(ob["state"]) == len(oa["state"]) and all(isinstance(k, str) for k in ob["state"])  # by name
+    resume = script.replace("steps=2", "steps=3").replace("progress=False", "resume=True, progress=False")
+    launch_ranks(resume, world=2, grads=tmp_path / "grads-dp")
+    assert [r["step"] for r in read_metrics(tmp_path / "dp")] == [1, 2, 3]
+    # the FSDP checkpoint (name-keyed optimizer state) resumes in one unsharded process too
+    import shutil
+
+    shutil.copytree(tmp_path / "dp", tmp_path / "dp-single")
+    run_grpo(make_config(tmp_path, steps=4, questions_per_step=4, **extra), tmp_path / "dp-single", resume=True,
+             progress=False, episode_reward=parity_reward)
+    assert [r["step"] for r in read_metrics(tmp_path / "dp-single")] == [1, 2, 3, 4]
 
 
 def test_shard_and_merge():

@@ -215,7 +215,9 @@ def test_dev_evaluation_before_during_and_after_training(tmp_path):
     out = run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
     rows = read_metrics(out)
     assert [r["step"] for r in rows if "dev/em" in r] == [0, 2, 3]  # before, every 2 steps, after the last
-    assert sorted(p.name for p in (out / "evals").iterdir()) == ["step-0.json", "step-2.json", "step-3.json"]
+    assert sorted(p.name for p in (out / "evals").glob("*.json")) == ["step-0.json", "step-2.json", "step-3.json"]
+    assert sorted(p.name for p in (out / "evals").glob("*.samples.jsonl")) == [
+        "step-0.samples.jsonl", "step-2.samples.jsonl", "step-3.samples.jsonl"]  # per question, for `compare`
     saved = json.loads((out / "evals" / "step-0.json").read_text())
     assert saved["average"]["em"] == rows[0]["dev/em"]
 

@@ -127,8 +127,8 @@ class OFSDConfig:
     bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "bf16 autocast for teacher and student; auto = GPU or CPU with native bf16"})
     reward: str = field(default="em", metadata={"help": "reward of the re-sampled rollouts: em | f1"})
-    shard_optimizer: bool = field(default=False, metadata={
-        "help": "under several ranks: ZeRO-1, each rank keeps the AdamW state of 1/N of the parameters"})
+    sharding: Literal["none", "optimizer"] = field(default="none", metadata={
+        "help": "under several ranks: none (replicas) | optimizer (ZeRO-1: the AdamW state split over ranks)"})
 
     def validate(self) -> None:
         for name in ("samples_per_question", "questions", "epochs", "pairs_per_step", "micro_batch_size", "topk",
@@ -143,6 +143,9 @@ class OFSDConfig:
             raise ConfigError("clip: must be > 0, or null for no clip")
         if not 0.0 <= self.jsd_beta <= 1.0:
             raise ConfigError("jsd_beta: must be in [0, 1]")
+        if self.sharding not in ("none", "optimizer"):
+            raise ConfigError(f"sharding: '{self.sharding}' is not available in OFSD phases (fix: none or optimizer; "
+                              "they run replicated)")
         if self.teacher_mode not in ("exact", "topk"):
             raise ConfigError(f"teacher_mode: unknown '{self.teacher_mode}' (fix: use one of: exact, topk)")
         for name, fn in (("context", get_context), ("loss", get_distill_loss)):
@@ -430,7 +433,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
     if not params:
         raise ConfigError("OFSD phase: the model has no trainable parameters")
     d = dist or Dist()
-    opt = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, dist=d, shard=cfg.shard_optimizer)
+    opt = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, dist=d, shard=cfg.sharding == "optimizer")
     n_steps = math.ceil(len(items) / cfg.pairs_per_step)
     bar = tqdm(total=cfg.epochs * n_steps, desc="ofsd", disable=not progress or not d.is_main, unit="step")
     timer: dict[str, float] = {}
@@ -465,7 +468,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
                 from searche1.train import _dump_grads
 
                 _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"ofsd-step-{steps + skipped + 1}"
-                                                                            ".safetensors")
+                                                                            ".safetensors", d)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             bar.update(1)
             if not (math.isfinite(total) and math.isfinite(grad_norm)):

@@ -36,30 +36,36 @@ def sampler_dtype(cfg: RolloutConfig, model: Any, device: str):
 
 
 def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, model_path: str | Path,
-                sync_dir: Path, device: str) -> tuple[Any, Callable[[], None], bool]:
+                sync_dir: Path, device: str, copy: bool = False) -> tuple[Any, Callable[[], None], bool]:
     """``(engine, sync, exact)``: call ``sync()`` after each optimizer step so the sampler uses the new weights;
     ``exact`` is False when the sampler's log-probs are not the trainer's (a bf16 copy, vLLM), so the trainer
-    re-scores the sampled tokens."""
+    re-scores the sampled tokens. ``copy`` forces the HF engine onto its own copy of the weights even in the same
+    dtype (FSDP: the trainer's model is about to be sharded); ``sync`` then gathers the shards (every rank calls
+    it)."""
     if cfg.engine == "hf":
         from searche1.rollout.hf_engine import HFEngine
 
         dtype = sampler_dtype(cfg, model, device)
-        if dtype is None:
+        if dtype is None and not copy:
             return HFEngine(model, tok, retriever, cfg), lambda: None, True
-        import copy
+        import copy as copy_module
 
         import torch
 
-        sampler = copy.deepcopy(model).to(dtype).eval()
+        from searche1.sharding import full_tensor
+
+        sampler = copy_module.deepcopy(model).eval()
+        if dtype is not None:
+            sampler = sampler.to(dtype)
         for p in sampler.parameters():
             p.requires_grad_(False)
 
         @torch.no_grad()
         def sync() -> None:  # the trainer's weights, cast, into the sampling copy (same module structure)
             for dst, src in zip(sampler.parameters(), model.parameters()):
-                dst.copy_(src)
+                dst.copy_(full_tensor(src))
 
-        return HFEngine(sampler, tok, retriever, cfg), sync, False
+        return HFEngine(sampler, tok, retriever, cfg), sync, dtype is None
     from searche1.rollout.vllm_engine import VLLMEngine
 
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -308,7 +308,9 @@ def push_weights(llm: Any, model: Any) -> int:
     while inner := next((getattr(model, w) for w in ("_orig_mod", "module")  # torch.compile / DDP wrappers
                          if hasattr(getattr(model, w, None), "state_dict")), None):
         model = inner
-    weights = [(k, v.detach()) for k, v in model.state_dict().items()]
+    from searche1.sharding import full_tensor
+
+    weights = [(k, full_tensor(v.detach())) for k, v in model.state_dict().items()]  # FSDP: gathered
 
     def load(m: Any) -> None:
         m.load_weights(weights)
