@@ -249,7 +249,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                                        sync_dir=out / f"vllm-sync-rank{d.rank}", copy=full)
     if full:
         shard_model(model, d, device)
-    eval_model = engine.model if full else model  # rank 0's dev evals need unsharded weights
+    eval_model = getattr(engine, "model", model) if full else model  # rank 0's dev evals: unsharded weights
     ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device})
     ref_model = load_policy(ref_cfg)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     autocast = use_bf16(g.bf16, device)
