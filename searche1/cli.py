@@ -258,6 +258,7 @@ def eval_cmd(
     retriever_url: Annotated[Optional[str], typer.Option(help="retrieval server URL instead of --index")] = None,
     mode: Annotated[str, typer.Option(help="agent | naive-rag | direct")] = "agent",
     limit: Annotated[Optional[int], typer.Option(help="first N questions per dataset")] = None,
+    offset: Annotated[int, typer.Option(help="skip the first N questions of each dataset")] = 0,
     batch_size: Annotated[int, typer.Option(help="episodes decoded together")] = 32,
     max_turn_tokens: Annotated[int, typer.Option(help="new tokens per turn")] = 128,
     max_searches: Annotated[int, typer.Option(help="search budget per question (agent mode)")] = 4,
@@ -273,7 +274,7 @@ def eval_cmd(
     from searche1.models import ModelConfig, load_policy
 
     try:
-        cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "batch_size": batch_size,
+        cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "offset": offset, "batch_size": batch_size,
                                      "max_turn_tokens": max_turn_tokens, "max_searches": max_searches,
                                      "topk": topk, "max_doc_tokens": max_doc_tokens, "turn_start": turn_start})
         if mode != "direct" and index is None and retriever_url is None:

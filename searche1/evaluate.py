@@ -38,6 +38,8 @@ MODES = ("agent", "naive-rag", "direct")
 class EvalConfig:
     mode: Mode = field(default="agent", metadata={"help": "agent | naive-rag | direct"})
     limit: int | None = field(default=None, metadata={"help": "questions per dataset (first N); None = all"})
+    offset: int = field(default=0, metadata={"help": "skip the first N questions of each dataset (a disjoint "
+                                                     "slice: --offset 40 --limit 60 = questions 41-100)"})
     batch_size: int = field(default=32, metadata={"help": "episodes decoded together"})
     max_turn_tokens: int = field(default=128, metadata={"help": "new tokens per turn"})
     max_searches: int = field(default=4, metadata={"help": "search budget per question (agent mode)"})
@@ -49,6 +51,8 @@ class EvalConfig:
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit: must be >= 1 or null")
+        if self.offset < 0:
+            raise ConfigError("offset: must be >= 0")
 
     def rollout(self) -> RolloutConfig:
         return RolloutConfig(greedy=True, batch_size=self.batch_size, max_turn_tokens=self.max_turn_tokens,
@@ -93,10 +97,14 @@ def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], 
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     samples = []
-    total = sum(len(v[: cfg.limit] if cfg.limit else v) for v in datasets.values())
+    def select(exs: list[QAExample]) -> list[QAExample]:
+        exs = exs[cfg.offset:]
+        return exs[: cfg.limit] if cfg.limit else exs
+
+    total = sum(len(select(v)) for v in datasets.values())
     bar = tqdm(total=total, desc=f"eval {cfg.mode}", disable=not progress, unit="q")
     for name, exs in datasets.items():
-        exs = exs[: cfg.limit] if cfg.limit else exs
+        exs = select(exs)
         prompts = None
         if cfg.mode != "agent":
             passages = [None] * len(exs)

@@ -6,7 +6,9 @@ import pytest
 from tiny import QUESTIONS, tiny_model, tiny_retriever, tiny_tokenizer
 
 from searche1 import protocol
+from searche1.config import from_dict
 from searche1.data.types import QAExample
+from searche1.errors import ConfigError
 from searche1.evaluate import EvalConfig, evaluate, markdown_table, score_episode
 from searche1.rollout.constraints import TurnStartConstraint
 from searche1.rollout.hf_engine import HFEngine
@@ -68,3 +70,17 @@ def test_evaluate_modes_shape(mode, tmp_path):
     json.dumps(res)
     table = markdown_table(res)
     assert table.count("\n") == 4 and "**average**" in table
+
+
+def test_offset_selects_a_disjoint_slice(tmp_path):
+    tok, model = tiny_tokenizer(), tiny_model()
+    data = {"a": _examples()[:5]}
+    ids = {}
+    for name, kw in (("first", {"limit": 2}), ("rest", {"offset": 2, "limit": 2}), ("tail", {"offset": 4})):
+        evaluate(model, tok, None, data, EvalConfig(mode="direct", batch_size=4, max_turn_tokens=4, **kw),
+                 progress=False, samples_out=tmp_path / f"{name}.jsonl")
+        ids[name] = [json.loads(line)["id"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    every = [e.id for e in _examples()[:5]]
+    assert (ids["first"], ids["rest"], ids["tail"]) == (every[:2], every[2:4], every[4:])
+    with pytest.raises(ConfigError, match="offset: must be >= 0"):
+        from_dict(EvalConfig, {"offset": -1})
