@@ -14,7 +14,6 @@ all slices pooled) the paired statistics of :mod:`searche1.significance`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path

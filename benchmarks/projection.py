@@ -25,7 +25,6 @@ sequence through forward + backward.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

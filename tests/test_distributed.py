@@ -47,6 +47,16 @@ def launch_ranks(script: str, world: int, grads: Path, timeout: float = 300) -> 
         assert p.returncode == 0, f"rank {r} failed:\n{o[-3000:]}"
 
 
+def assert_same_grads(root: Path, steps, prefix: str = "") -> None:
+    """The full gradients rank 0 dumped (grads-dp/) equal the single process's (grads-single/) at every step."""
+    for step in steps:
+        ga = load_file(str(root / "grads-single" / f"{prefix}step-{step}.safetensors"))
+        gb = load_file(str(root / "grads-dp" / f"{prefix}step-{step}.safetensors"))
+        assert ga.keys() == gb.keys() and ga
+        for k in ga:
+            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     cfg = make_config(tmp_path, steps=2, questions_per_step=4)
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
@@ -64,12 +74,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
     # the full-batch gradient of each step (after the all-reduce, before clipping) equals the single process's;
     # step 2's gradient is taken at the weights after step 1, so it also checks the first update
-    for step in (1, 2):
-        ga = load_file(str(tmp_path / "grads-single" / f"step-{step}.safetensors"))
-        gb = load_file(str(tmp_path / "grads-dp" / f"step-{step}.safetensors"))
-        assert ga.keys() == gb.keys() and ga
-        for k in ga:
-            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+    assert_same_grads(tmp_path, (1, 2))
     wa, wb = weights(list_checkpoints(single)[-1]), weights(list_checkpoints(tmp_path / "dp")[-1])
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     assert worst < 3 * cfg.grpo.lr  # AdamW normalises each entry, so rounding-level gradient noise on entries
@@ -120,12 +125,7 @@ def test_fsdp_full_sharding_matches_one_process_and_resumes(tmp_path, monkeypatc
         for k in ("loss/policy", "grad/norm"):
             assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
         assert 0.3 < rb["mem/optimizer_state_mb"] / ra["mem/optimizer_state_mb"] < 0.7
-    for step in (1, 2):
-        ga = load_file(str(tmp_path / "grads-single" / f"step-{step}.safetensors"))
-        gb = load_file(str(tmp_path / "grads-dp" / f"step-{step}.safetensors"))
-        assert ga.keys() == gb.keys() and ga
-        for k in ga:
-            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+    assert_same_grads(tmp_path, (1, 2))
     ca, cb = list_checkpoints(single)[-1], list_checkpoints(tmp_path / "dp")[-1]
     wa, wb = weights(ca), weights(cb)  # gathered full weights in HF layout
     assert wa.keys() == wb.keys() and max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 3 * cfg.grpo.lr
@@ -227,12 +227,7 @@ def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode
     for k in ("ofsd/kl_first", "ofsd/kl_last", "ofsd/loss", "ofsd/grad_norm"):
         assert b[k] == pytest.approx(a[k], rel=1e-4), k
     n = int(a["ofsd/steps"])
-    for step in range(1, n + 1):
-        ga = load_file(str(tmp_path / "grads-single" / f"ofsd-step-{step}.safetensors"))
-        gb = load_file(str(tmp_path / "grads-dp" / f"ofsd-step-{step}.safetensors"))
-        assert ga.keys() == gb.keys() and ga
-        for k in ga:
-            assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
+    assert_same_grads(tmp_path, range(1, n + 1), "ofsd-")
     if mode == "topk":  # each rank cached only the pairs it owns
         assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == ["teacher-rank0", "teacher-rank1"]
 
