@@ -55,26 +55,21 @@ class Dist:
         return slice(self.rank * k, (self.rank + 1) * k)
 
     def sum(self, x: float) -> float:
-        if not self.enabled:
-            return float(x)
-        t = torch.tensor([float(x)], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
+        return self.sum_all([x])[0]
 
     def sum_all(self, xs: list[float]) -> list[float]:
         """Element-wise sum of a list of numbers over ranks, one all-reduce."""
+        return self._reduce(xs, "SUM")
+
+    def _reduce(self, xs: list[float], op: str) -> list[float]:
         if not self.enabled:
             return [float(x) for x in xs]
         t = torch.tensor([float(x) for x in xs], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return t.tolist()
 
     def max(self, x: float) -> float:
-        if not self.enabled:
-            return float(x)
-        t = torch.tensor([float(x)], dtype=torch.float64)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return float(t.item())
+        return self._reduce([x], "MAX")[0]
 
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the gradients of ``params`` over ranks (missing grads count as zero), one flat all-reduce."""
