@@ -78,3 +78,19 @@ def test_answer_recall(bm25):
     exs = [QAExample("1", "capital of France", ["Paris"]), QAExample("2", "capital of France", ["Madrid"])]
     assert answer_recall(bm25, exs, topk=1) == 0.5
     assert has_answer("The city of Paris.", ["paris"]) and not has_answer("Parisian", ["Paris"])
+
+
+def test_bm25s_import_keeps_jax_off_the_gpu(monkeypatch):
+    """bm25s runs a jax op at import; jax would then reserve 75% of GPU memory (an H100 GRPO step ran out of it)."""
+    import os
+    import sys
+
+    from searche1.retrieval.bm25 import import_bm25s
+
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    assert import_bm25s().BM25 is not None
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # the user's own choice wins
+    import_bm25s()
+    assert os.environ["JAX_PLATFORMS"] == "cuda"

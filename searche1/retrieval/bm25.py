@@ -8,6 +8,8 @@ so one odd query from a policy never breaks a batch.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,18 @@ import numpy as np
 from searche1.data.types import Passage
 from searche1.errors import DataError
 from searche1.retrieval.base import Hit
+
+
+def import_bm25s():
+    """Import ``bm25s`` without letting it take the GPU. When jax is installed, ``import bm25s`` runs a jax op, and
+    jax then reserves 75% of GPU memory for itself: on an H100 the GRPO step ran out of memory (measured, issue 7).
+    We never use bm25s's jax top-k (:meth:`BM25Retriever.search` selects with numpy), so unless jax is already
+    imported or ``JAX_PLATFORMS`` is set, jax is kept on the CPU."""
+    if "jax" not in sys.modules:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import bm25s
+
+    return bm25s
 
 
 def _stemmer(language: str | None):
@@ -47,7 +61,7 @@ class BM25Retriever:
         stopwords: str = "en",
         show_progress: bool = True,
     ) -> "BM25Retriever":
-        import bm25s
+        bm25s = import_bm25s()
         from bm25s.tokenization import Tokenizer
 
         if not passages:
@@ -72,7 +86,7 @@ class BM25Retriever:
 
     @classmethod
     def load(cls, folder: Path, passages: list[Passage], mmap: bool = False) -> "BM25Retriever":
-        import bm25s
+        bm25s = import_bm25s()
         from bm25s.tokenization import Tokenizer
 
         sub = folder / "bm25"
