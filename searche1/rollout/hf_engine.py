@@ -81,6 +81,10 @@ class HFEngine:
         if gen_eos is not None:
             self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
         self.eos_ids.discard(None)
+        # a stop string can only complete on a token whose text holds its last character ('>'): decoding the turn's
+        # tail is skipped for every other token (one tokenizer call per row per step otherwise)
+        self._stop_tails = {s[-1] for s in protocol.TURN_STOP_STRINGS}
+        self._tail_memo: dict[int, bool] = {}
         import inspect
 
         # transformers >= 5 calls the KV cache argument `cache`, earlier versions `past_key_values`
@@ -141,6 +145,13 @@ class HFEngine:
         out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
                          logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1]  # (B, V)
+
+    def _may_close(self, t: int) -> bool:
+        """Whether token ``t``'s text holds the last character of a stop string (memoised per token id)."""
+        hit = self._tail_memo.get(t)
+        if hit is None:
+            hit = self._tail_memo[t] = any(c in self.tok.decode([t]) for c in self._stop_tails)
+        return hit
 
     def _sample(self, raw: torch.Tensor, logits: torch.Tensor, gens, rows: list[int],
                 live: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,8 +233,9 @@ class HFEngine:
                 if self.logits_hook is not None:
                     proc = self.logits_hook([(eps[r], turn_tokens[j]) for j, r in enumerate(rows)], last.clone())
                 tokens, lps = self._sample(last, proc, gens, rows, live)
-                feed = torch.full((len(rows), 1), self.pad_id, dtype=torch.long, device=dev)
-                feed_mask = torch.zeros((len(rows), 1), dtype=torch.long, device=dev)
+                # built on the host and moved once: per-row writes into GPU tensors cost one launch each
+                feed = torch.full((len(rows), 1), self.pad_id, dtype=torch.long)
+                feed_mask = torch.zeros((len(rows), 1), dtype=torch.long)
                 tok_list, lp_list = tokens.tolist(), lps.tolist()
                 for j in live:
                     t = tok_list[j]
@@ -235,7 +247,8 @@ class HFEngine:
                     end = None
                     if t in self.eos_ids:
                         end = "eos"
-                    elif any(s in self.tok.decode(turn_tokens[j][-16:]) for s in protocol.TURN_STOP_STRINGS):
+                    elif self._may_close(t) and any(s in self.tok.decode(turn_tokens[j][-16:])
+                                                    for s in protocol.TURN_STOP_STRINGS):
                         end = "stop"
                     elif total_len[rows[j]] >= cfg.max_total_tokens:
                         end = "budget"
@@ -250,15 +263,15 @@ class HFEngine:
                         break
                     idx = torch.tensor(keep, device=dev)
                     cache.batch_select_indices(idx)
-                    attn, feed, feed_mask = attn[idx], feed[idx], feed_mask[idx]
+                    attn, feed, feed_mask = attn[idx], feed[keep], feed_mask[keep]
                     live = [keep.index(j) for j in live if j in keep]
                     rows, turn_tokens, turn_lps, state = ([xs[j] for j in keep]
                                                          for xs in (rows, turn_tokens, turn_lps, state))
                 if all(x is not None for x in state):
                     unfed = set(live)  # fed together with the retrieved block below (saves one forward)
                     break
-                attn = torch.cat([attn, feed_mask], dim=1)
-                last = self._forward(feed, attn, cache, 1)
+                attn = torch.cat([attn, feed_mask.to(dev)], dim=1)
+                last = self._forward(feed.to(dev), attn, cache, 1)
             for j in range(len(rows)):  # the turn budget ran out mid-turn
                 if state[j] is None:
                     state[j] = "search" if self._end_turn(eps[rows[j]], turn_tokens[j], turn_lps[j], "budget") \
