@@ -45,6 +45,10 @@ class ModelConfig:
     train_layers: int = field(default=0, metadata={
         "help": "train only the last N decoder layers and the final norm (a CPU budget option: backward stops "
                 "there); 0 trains every weight, as the paper does"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each decoder layer's activations in the backward pass (HF gradient checkpointing, "
+                "non-reentrant): activation memory of one layer instead of all, for about one more forward of "
+                "compute; for 3B+ policies on GPUs. Rollouts run in eval mode and keep their KV cache"})
 
     def validate(self) -> None:
         if self.lora_r < 0:
@@ -149,6 +153,8 @@ def load_policy(cfg: ModelConfig | None = None, *, trainable: bool = False):
     tok = load_tokenizer(path)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
+    if trainable and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if trainable and cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

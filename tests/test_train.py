@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,26 @@ def test_bf16_sampling_copy_is_synced_and_rescored(tmp_path):
     from searche1.models import cpu_has_native_bf16
 
     assert exact2 == (not cpu_has_native_bf16()) and (engine2.model is model) == exact2
+
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path):
+    """model.gradient_checkpointing only trades compute for memory: two GRPO steps give the same rewards and
+    weights as without it, and rollouts (eval mode) still use the KV cache."""
+    from searche1.models import load_policy
+
+    base = make_config(tmp_path, steps=2)
+    ckpt = replace(base, model=replace(base.model, gradient_checkpointing=True))
+    def checkpointing(cfg) -> bool:
+        m = load_policy(cfg.model, trainable=True)[0]
+        return getattr(m, "is_activation_checkpointing", None) or m.is_gradient_checkpointing  # name since 5.x
+
+    assert checkpointing(ckpt) and not checkpointing(base)
+    run_grpo(base, tmp_path / "plain", progress=False, episode_reward=parity_reward)
+    run_grpo(ckpt, tmp_path / "ckpt", progress=False, episode_reward=parity_reward)
+    ra, rb = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "ckpt")
+    assert [r["reward/em"] for r in ra] == [r["reward/em"] for r in rb]
+    (a1, wa), (_, wb) = ([weights(c) for c in list_checkpoints(tmp_path / run)] for run in ("plain", "ckpt"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6), k
+    assert any(not torch.equal(wa[k], a1[k]) for k in wa)  # step 2 did change the weights
