@@ -172,8 +172,8 @@ class HFEngine:
             tokens = torch.multinomial(probs, 1)[:, 0]
         else:
             u = torch.full((probs.shape[0], 1), 0.5)
-            for j in live:
-                u[j, 0] = torch.rand((), generator=gens[rows[j]])
+            if live:  # one draw per live row from its own stream; written into u at once (not row by row)
+                u[live, 0] = torch.stack([torch.rand((), generator=gens[rows[j]]) for j in live])
             cdf = probs.cumsum(-1)
             u = (u.clamp(min=1e-9).to(cdf.device) * cdf[:, -1:]).clamp(max=cdf[:, -1:] * (1 - 1e-7))
             tokens = torch.searchsorted(cdf, u)[:, 0].clamp(max=probs.shape[-1] - 1)
