@@ -103,6 +103,10 @@ def main() -> None:
     res["grpo_reward_by_step"] = [rnd(r.get("reward/em", 0.0), 3) for r in rows]
     res["train_tokens_per_s"] = rnd(tokens / max(train_s, 1e-9), 1)
     res["mfu"] = rnd(6 * n_params * tokens / max(train_s, 1e-9) / (args.peak_tflops * 1e12), 4)
+    ofsd = work / "demo" / "run" / "phase-01-ofsd" / "metrics.json"
+    if ofsd.is_file():  # the OFSD phase: time split (rollout, teacher, train) and pairs
+        res["ofsd"] = {k: rnd(v, 2) for k, v in json.loads(ofsd.read_text()).items()
+                       if k.startswith("time/") or k in ("ofsd/pairs", "ofsd/kl_first", "ofsd/kl_last")}
     save()
 
     warm = work / "demo" / "warmup"
