@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="GRPO steps (32 questions × G=5 each on a GPU)")
     ap.add_argument("--eval-limit", type=int, default=40, help="dev questions per dataset in the table")
     ap.add_argument("--batches", default="128,512", help="episodes per rollout-throughput measurement")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one HF rollout")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--device", default="cuda", help="cpu runs a smoke test of this script")
     ap.add_argument("--dtype", default="bfloat16")
@@ -120,6 +121,16 @@ def main() -> None:
         log(f"HF engine rollout, {b} episodes")
         res["rollout_hf"][b] = rollout_tps(HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)), qs)
         save()
+    if args.profile:  # where the HF engine's time goes: torch.profiler over one rollout of the first batch size
+        from torch.profiler import ProfilerActivity, profile
+
+        b = next(iter(res["rollout_hf"]))
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)).run((pool * (b // len(pool) + 1))[:b])
+        for key in ("cpu_time_total",) + (("cuda_time_total",) if cuda else ()):
+            (args.out / f"rollout_profile_{key}.txt").write_text(
+                prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60))
     del model
     if cuda:
         torch.cuda.empty_cache()
