@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, rnd  # noqa: E402
+from common import REPO_ROOT, log, rnd  # noqa: E402
 
 
 def rollout_tps(engine, questions, seed: int = 0) -> dict:
@@ -37,14 +37,15 @@ def rollout_tps(engine, questions, seed: int = 0) -> dict:
 
 
 def gpu_overrides(args, model_dir: Path) -> dict:
-    """The demo's config, resized for one GPU: every layer trains, bigger steps, a real eval."""
+    """``configs/demo-gpu.yaml`` is the run; these set the model, device and size (a CPU smoke test shrinks it)."""
     cuda = args.device.startswith("cuda")
-    return {"model.name_or_path": str(model_dir), "model.device": args.device, "model.dtype": args.dtype,
-            "model.train_layers": 0, "warmup.device": args.device,
-            "warmup.num_examples": 256 if cuda else 8, "warmup.batch_size": 16 if cuda else 4,
-            "grpo.steps": args.steps, "grpo.questions_per_step": 32 if cuda else 2, "grpo.micro_batch_size": 16,
-            "grpo.save_every": args.steps, "rollout.batch_size": 160,
-            "ofsd.questions": 64 if cuda else 2, "eval_limit": args.eval_limit if cuda else 2}
+    over = {"model.name_or_path": str(model_dir), "model.device": args.device, "model.dtype": args.dtype,
+            "warmup.device": args.device, "grpo.steps": args.steps, "grpo.save_every": args.steps,
+            "eval_limit": args.eval_limit}
+    if not cuda:
+        over.update({"warmup.num_examples": 8, "warmup.batch_size": 4, "grpo.questions_per_step": 2,
+                     "ofsd.questions": 2, "eval_limit": 2})
+    return over
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="searchqa-style folder (default: synthetic world)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--random-init", action="store_true")
-    ap.add_argument("--steps", type=int, default=8, help="GRPO steps (32 questions × G=5 each on a GPU)")
+    ap.add_argument("--steps", type=int, default=6, help="GRPO steps (32 questions × G=5 each on a GPU)")
     ap.add_argument("--eval-limit", type=int, default=40, help="dev questions per dataset in the table")
     ap.add_argument("--batches", default="128,512", help="episodes per rollout-throughput measurement")
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one HF rollout")
@@ -87,7 +88,7 @@ def main() -> None:
         AutoTokenizer.from_pretrained(str(src)).save_pretrained(model_dir)
 
     log("the demo, sized for one GPU: base eval, warm-up, eval, GRPO, OFSD, eval")
-    cfg = load_config(DemoConfig, None, gpu_overrides(args, model_dir))
+    cfg = load_config(DemoConfig, REPO_ROOT / "configs" / "demo-gpu.yaml", gpu_overrides(args, model_dir))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     demo = run_demo(cfg, data=args.data, out=work / "demo", synthetic=args.data is None, progress=False)

@@ -52,6 +52,19 @@ def test_demo_yaml_equals_the_built_in_defaults():
     assert to_dict(from_dict(DemoConfig, raw)) == to_dict(DemoConfig())
 
 
+def test_gpu_demo_yaml_changes_only_the_gpu_sizes():
+    """configs/demo-gpu.yaml (what benchmarks/gpu_check.py ran on an H100) is the CPU demo with these sizes only."""
+    gpu = to_dict(load_config(DemoConfig, ROOT / "configs" / "demo-gpu.yaml"))
+    cpu = to_dict(DemoConfig())
+    changed = {f"{k}.{kk}" if isinstance(v, dict) else k for k, v in gpu.items()
+               for kk in (v if isinstance(v, dict) else [None]) if (v if kk is None else v[kk]) != (
+                   cpu[k] if kk is None else cpu[k][kk])}
+    assert changed == {"model.train_layers", "rollout.batch_size", "warmup.num_examples", "warmup.batch_size",
+                       "grpo.steps", "grpo.questions_per_step", "grpo.micro_batch_size", "grpo.save_every",
+                       "ofsd.questions", "eval_limit"}
+    assert gpu["model"]["train_layers"] == 0 and gpu["grpo"]["questions_per_step"] == 32
+
+
 def test_partial_sections_keep_the_demo_defaults():
     cfg = load_config(DemoConfig, None, {"grpo.steps": 7})
     assert cfg.grpo.steps == 7 and cfg.grpo.questions_per_step == DemoConfig().grpo.questions_per_step == 4
