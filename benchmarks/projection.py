@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="decode measurement")
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--config", type=Path, default=REPO_ROOT / "configs" / "paper-qwen2.5-3b.yaml")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=256, help="prefill/decode batch (the paper config's rollout.batch_size)")
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--decode", type=int, default=128)
     ap.add_argument("--micro", type=int, default=4)
