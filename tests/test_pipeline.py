@@ -82,3 +82,20 @@ def test_killed_pipeline_resumes_by_phase(tmp_path):
 def test_schedule_validation():
     with pytest.raises(ConfigError, match="schedule: 'sft' is not a phase; valid phases: grpo, ofsd"):
         from_dict(PipelineConfig, {"data": {"train": ["x"]}, "schedule": ["grpo", "sft"]})
+
+
+def test_gradient_checkpointing_gives_the_same_pipeline(tmp_path):
+    """model.gradient_checkpointing only trades compute for memory: GRPO → OFSD → GRPO ends with the same weights
+    (the OFSD phase trains with it too; its rollouts and teacher pass run in eval mode with the KV cache)."""
+    from dataclasses import replace
+
+    cfg = pipeline_config(tmp_path)
+    plain = run_pipeline(cfg, tmp_path / "plain", progress=False, episode_reward=parity_reward)
+    ckpt = run_pipeline(replace(cfg, model=replace(cfg.model, gradient_checkpointing=True)), tmp_path / "ckpt",
+                        progress=False, episode_reward=parity_reward)
+    wa, wb = final_weights(plain), final_weights(ckpt)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6), k
+    state = json.loads((tmp_path / "ckpt" / "pipeline.json").read_text())
+    assert state["phases"][1]["metrics"]["ofsd/pairs"] > 0  # the OFSD phase did train
