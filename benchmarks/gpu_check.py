@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -100,8 +101,8 @@ def main() -> None:
     tokens = sum(r["train/kept_rollouts"] * r["rollout/response_tokens"] for r in rows)  # response part only
     train_s = sum(r["time/train_s"] for r in rows)
     res["grpo_steps"] = len(rows)
-    res["grpo_step_s"] = {k: rnd(sorted(r[f"time/{k}_s"] for r in rows)[len(rows) // 2], 2)
-                          for k in ("rollout", "train", "step")}  # medians
+    res["grpo_step_s"] = {k: rnd(statistics.median(r[f"time/{k}_s"] for r in rows), 2)
+                          for k in ("rollout", "train", "step")}
     res["grpo_reward_by_step"] = [rnd(r.get("reward/em", 0.0), 3) for r in rows]
     res["train_tokens_per_s"] = rnd(tokens / max(train_s, 1e-9), 1)
     res["mfu"] = rnd(6 * n_params * tokens / max(train_s, 1e-9) / (args.peak_tflops * 1e12), 4)
@@ -116,11 +117,12 @@ def main() -> None:
     retriever = make_retriever(replace(cfg.retrieval, index=Path(demo["index"]), url=None))
     dev = load_qa_files(sorted((Path(demo["data"]) / "dev").glob("*.jsonl")))
     pool = [q for exs in dev.values() for q in exs]
+    batch_of = lambda b: (pool * (b // len(pool) + 1))[:b]  # noqa: E731  (b dev questions, repeated if need be)
     res["rollout_hf"], res["rollout_vllm"] = {}, {}
     for b in [int(x) for x in args.batches.split(",")]:
-        qs = (pool * (b // len(pool) + 1))[:b]
         log(f"HF engine rollout, {b} episodes")
-        res["rollout_hf"][b] = rollout_tps(HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)), qs)
+        res["rollout_hf"][b] = rollout_tps(HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)),
+                                           batch_of(b))
         save()
     if args.profile:  # where the HF engine's time goes: torch.profiler over one rollout of the first batch size
         from torch.profiler import ProfilerActivity, profile
@@ -128,7 +130,7 @@ def main() -> None:
         b = next(iter(res["rollout_hf"]))
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=acts) as prof:
-            HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)).run((pool * (b // len(pool) + 1))[:b])
+            HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)).run(batch_of(b))
         for key in ("cpu_time_total",) + (("cuda_time_total",) if cuda else ()):
             (args.out / f"rollout_profile_{key}.txt").write_text(
                 prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=60))
@@ -140,9 +142,9 @@ def main() -> None:
 
         llm = load_llm(str(warm), gpu_memory_utilization=0.4, dtype="bfloat16", max_model_len=4096)
         for b in res["rollout_hf"]:
-            qs = (pool * (b // len(pool) + 1))[:b]
             log(f"vLLM engine rollout, {b} episodes")
-            res["rollout_vllm"][b] = rollout_tps(VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b)), qs)
+            res["rollout_vllm"][b] = rollout_tps(VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b)),
+                                                 batch_of(b))
             res.setdefault("vllm_over_hf", {})[b] = rnd(res["rollout_vllm"][b]["tokens_per_s"]
                                                          / res["rollout_hf"][b]["tokens_per_s"], 2)
     except ImportError as e:
