@@ -1,7 +1,14 @@
 """GPU check (issue 7): the demo's whole method sized for one GPU (base eval → format warm-up → GRPO → OFSD → eval,
 the before/after table), the GRPO step time and its split, train tokens/s, MFU, peak memory, then rollout tokens/s
-of the HF engine (and of the vLLM engine when it imports) on the warmed model; written to ``--out``
-(``gpu_check.json``, rewritten after each stage, so a run cut short keeps what it measured).
+of the HF engine and of the vLLM engine (when it imports) on the warmed model, on the same questions and batch sizes;
+written to ``--out`` (``gpu_check.json``, rewritten after each stage, so a run cut short keeps what it measured).
+
+``--engine vllm`` samples the GRPO phase's rollouts with a colocated vLLM engine (``rollout.engine: vllm``: weights
+pushed after every optimizer step, log-probs re-scored by the trainer); ``--vllm-kwargs`` (JSON) goes to
+``rollout.vllm_kwargs``, e.g. ``'{"attention_config": {"backend": "TRITON_ATTN"}}'`` when vLLM's flash-attention
+kernels were not carried (scripts/gpu_payload.sh). The vLLM rollout measurement runs in a child process, so its
+engine gets the GPU memory the demo's engine may still hold in this one; both run in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as in training.
 
     bash scripts/gpu_check.sh [--data DIR]        # installs carried wheels, then runs this with --out $OUT
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -42,11 +50,72 @@ def gpu_overrides(args, model_dir: Path) -> dict:
     cuda = args.device.startswith("cuda")
     over = {"model.name_or_path": str(model_dir), "model.device": args.device, "model.dtype": args.dtype,
             "warmup.device": args.device, "grpo.steps": args.steps, "grpo.save_every": args.steps,
-            "eval_limit": args.eval_limit}
+            "eval_limit": args.eval_limit, "rollout.engine": args.engine,
+            "rollout.vllm_kwargs": json.loads(args.vllm_kwargs)}
     if not cuda:
         over.update({"warmup.num_examples": 8, "warmup.batch_size": 4, "grpo.questions_per_step": 2,
                      "ofsd.questions": 2, "eval_limit": 2})
     return over
+
+
+def rollout_setup(args, paths: dict, model_dir: Path):
+    """The demo's config, its retriever and ``batch_of(b)``: b dev questions (repeated if need be) for the rollout
+    throughput measurements, the same for both engines."""
+    from searche1.config import load_config
+    from searche1.data.qa import load_qa_files
+    from searche1.demo import DemoConfig
+    from searche1.retrieval.config import make_retriever
+
+    cfg = load_config(DemoConfig, REPO_ROOT / "configs" / "demo-gpu.yaml", gpu_overrides(args, model_dir))
+    retriever = make_retriever(replace(cfg.retrieval, index=Path(paths["index"]), url=None))
+    dev = load_qa_files(sorted((Path(paths["data"]) / "dev").glob("*.jsonl")))
+    pool = [q for exs in dev.values() for q in exs]
+    return cfg, retriever, lambda b: (pool * (b // len(pool) + 1))[:b]
+
+
+def vllm_rollouts(args) -> None:
+    """The child process: vLLM engine rollout tokens/s on the warmed model, same questions and batches as HF's;
+    writes ``rollout_vllm.json`` (engine start time, vLLM version, per batch as ``rollout_tps``)."""
+    import os
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    paths = json.loads((args.out / "gpu_check.json").read_text())["paths"]
+    out: dict = {"rollout_vllm": {}}
+    save = lambda: (args.out / "rollout_vllm.json").write_text(json.dumps(out, indent=1))  # noqa: E731
+    try:
+        import vllm
+    except ImportError as e:
+        out["rollout_vllm"] = f"not measured: {e}"
+        return save()
+    from transformers import AutoTokenizer
+
+    from searche1.rollout.vllm_engine import VLLMEngine, load_llm
+
+    cfg, retriever, batch_of = rollout_setup(args, paths, Path(paths["warm"]))
+    tok = AutoTokenizer.from_pretrained(paths["warm"])
+    t0 = time.perf_counter()
+    llm = load_llm(paths["warm"], **{"gpu_memory_utilization": 0.4, "dtype": "bfloat16",
+                                     "max_model_len": cfg.rollout.max_total_tokens, **cfg.rollout.vllm_kwargs})
+    out.update(vllm_version=vllm.__version__, vllm_start_s=rnd(time.perf_counter() - t0, 1),
+               vllm_kwargs=cfg.rollout.vllm_kwargs)
+    eos = generation_eos_ids(paths["warm"])
+    for b in [int(x) for x in args.batches.split(",")]:
+        log(f"vLLM engine rollout, {b} episodes")
+        engine = VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b), eos_token_ids=eos)
+        rollout_tps(engine, batch_of(8), seed=1)  # warm-up: first-call compilation stays out of the figure
+        out["rollout_vllm"][b] = rollout_tps(engine, batch_of(b))
+        save()
+
+
+def generation_eos_ids(path: str) -> tuple[int, ...]:
+    """The model's generation-config EOS ids (what HFEngine reads off the model)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:
+        return ()
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
 
 
 def main() -> None:
@@ -62,17 +131,20 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--device", default="cuda", help="cpu runs a smoke test of this script")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="rollout engine of the demo's GRPO phase")
+    ap.add_argument("--vllm-kwargs", default="{}", help="JSON: rollout.vllm_kwargs (extra vllm.LLM keywords)")
+    ap.add_argument("--vllm-rollouts-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.vllm_rollouts_only:
+        return vllm_rollouts(args)
 
     import torch
 
     from searche1.config import load_config
-    from searche1.data.qa import load_qa_files
     from searche1.demo import DemoConfig, comparison_table, run_demo
     from searche1.metrics import read_metrics
     from searche1.models import ModelConfig, load_policy, resolve_model_path
-    from searche1.retrieval.config import make_retriever
     from searche1.rollout.hf_engine import HFEngine
 
     cuda = args.device.startswith("cuda")
@@ -104,6 +176,9 @@ def main() -> None:
     res["grpo_step_s"] = {k: rnd(statistics.median(r[f"time/{k}_s"] for r in rows), 2)
                           for k in ("rollout", "train", "step")}
     res["grpo_reward_by_step"] = [rnd(r.get("reward/em", 0.0), 3) for r in rows]
+    res["grpo_engine"] = args.engine
+    if args.engine != "hf":  # the sampler's log-probs against the trainer's re-scored ones
+        res["grpo_logprob_mismatch"] = [rnd(r.get("rollout/logprob_mismatch", float("nan")), 5) for r in rows]
     res["train_tokens_per_s"] = rnd(tokens / max(train_s, 1e-9), 1)
     res["mfu"] = rnd(6 * n_params * tokens / max(train_s, 1e-9) / (args.peak_tflops * 1e12), 4)
     ofsd = work / "demo" / "run" / "phase-01-ofsd" / "metrics.json"
@@ -112,17 +187,16 @@ def main() -> None:
                        if k.startswith("time/") or k in ("ofsd/pairs", "ofsd/kl_first", "ofsd/kl_last")}
     save()
 
-    warm = work / "demo" / "warmup"
-    model, tok = load_policy(ModelConfig(name_or_path=str(warm), device=args.device, dtype=args.dtype))
-    retriever = make_retriever(replace(cfg.retrieval, index=Path(demo["index"]), url=None))
-    dev = load_qa_files(sorted((Path(demo["data"]) / "dev").glob("*.jsonl")))
-    pool = [q for exs in dev.values() for q in exs]
-    batch_of = lambda b: (pool * (b // len(pool) + 1))[:b]  # noqa: E731  (b dev questions, repeated if need be)
-    res["rollout_hf"], res["rollout_vllm"] = {}, {}
+    res["paths"] = {"index": str(demo["index"]), "data": str(demo["data"]), "warm": str(work / "demo" / "warmup")}
+    save()
+    model, tok = load_policy(ModelConfig(name_or_path=res["paths"]["warm"], device=args.device, dtype=args.dtype))
+    cfg, retriever, batch_of = rollout_setup(args, res["paths"], model_dir)
+    res["rollout_hf"] = {}
     for b in [int(x) for x in args.batches.split(",")]:
         log(f"HF engine rollout, {b} episodes")
-        res["rollout_hf"][b] = rollout_tps(HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b)),
-                                           batch_of(b))
+        engine = HFEngine(model, tok, retriever, replace(cfg.rollout, batch_size=b))
+        rollout_tps(engine, batch_of(8), seed=1)  # warm-up, as for vLLM
+        res["rollout_hf"][b] = rollout_tps(engine, batch_of(b))
         save()
     if args.profile:  # where the HF engine's time goes: torch.profiler over one rollout of the first batch size
         from torch.profiler import ProfilerActivity, profile
@@ -137,18 +211,18 @@ def main() -> None:
     del model
     if cuda:
         torch.cuda.empty_cache()
-    try:
-        from searche1.rollout.vllm_engine import VLLMEngine, load_llm
-
-        llm = load_llm(str(warm), gpu_memory_utilization=0.4, dtype="bfloat16", max_model_len=4096)
-        for b in res["rollout_hf"]:
-            log(f"vLLM engine rollout, {b} episodes")
-            res["rollout_vllm"][b] = rollout_tps(VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b)),
-                                                 batch_of(b))
-            res.setdefault("vllm_over_hf", {})[b] = rnd(res["rollout_vllm"][b]["tokens_per_s"]
-                                                         / res["rollout_hf"][b]["tokens_per_s"], 2)
-    except ImportError as e:
-        res["rollout_vllm"] = f"not measured: {e}"
+    log("vLLM engine rollouts, in a child process")
+    child = [sys.executable, __file__, "--vllm-rollouts-only", *sys.argv[1:]]
+    done = subprocess.run(child, check=False)
+    vres = args.out / "rollout_vllm.json"
+    if vres.is_file():
+        res.update(json.loads(vres.read_text()))
+        for b, hf in res["rollout_hf"].items():
+            if isinstance(res["rollout_vllm"], dict) and str(b) in res["rollout_vllm"]:
+                res.setdefault("vllm_over_hf", {})[b] = rnd(res["rollout_vllm"][str(b)]["tokens_per_s"]
+                                                             / hf["tokens_per_s"], 2)
+    else:
+        res["rollout_vllm"] = f"not measured: the child process exited with {done.returncode} (see the log)"
     save()
     from rich.console import Console
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import os
 import sys
 import types
 
@@ -445,3 +446,21 @@ def test_load_llm_requests_processed_logprobs(fake_vllm):
     fake_vllm.old = True
     load_llm("m")
     assert "logprobs_mode" not in made[-1]
+
+
+def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
+    """rollout.vllm_kwargs reach vllm.LLM and may override the defaults; the colocated engine runs in process."""
+    from searche1.rollout.factory import make_engine
+
+    made: list[dict] = []
+    fake_vllm.LLM = lambda **kw: made.append(kw) or types.SimpleNamespace()
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=[7, 8]))
+    cfg = RolloutConfig(engine="vllm", max_total_tokens=512,
+                        vllm_kwargs={"enforce_eager": True, "attention_config": {"backend": "TRITON_ATTN"},
+                                     "gpu_memory_utilization": 0.2})
+    engine, sync, exact = make_engine(cfg, model, tok, None, model_path=tmp_path, sync_dir=tmp_path, device="cuda")
+    assert made == [{"model": str(tmp_path), "gpu_memory_utilization": 0.2, "max_model_len": 512,
+                     "dtype": "bfloat16", "enforce_eager": True, "attention_config": {"backend": "TRITON_ATTN"},
+                     "logprobs_mode": LOGPROBS_MODE, "enable_prefix_caching": True}]
+    assert not exact and {7, 8} <= engine.eos_ids and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"

@@ -76,8 +76,10 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
         from searche1.rollout.vllm_engine import load_llm, push_weights
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # push_weights reaches the model in process
-        llm = load_llm(str(model_path), gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                       max_model_len=cfg.max_total_tokens, dtype="bfloat16" if device.startswith("cuda") else "auto")
+        llm = load_llm(str(model_path), **{"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+                                           "max_model_len": cfg.max_total_tokens,
+                                           "dtype": "bfloat16" if device.startswith("cuda") else "auto",
+                                           **cfg.vllm_kwargs})
         return VLLMEngine(llm, tok, retriever, cfg, eos_token_ids=eos_ids), lambda: push_weights(llm, model), False
     from searche1.io import atomic_dir
     from searche1.rollout.vllm_engine import VLLMServerClient

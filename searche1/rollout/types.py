@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from searche1.config import ConfigError
 
@@ -47,6 +47,10 @@ class RolloutConfig:
     vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
     vllm_gpu_memory_utilization: float = field(default=0.35, metadata={
         "help": "vllm: fraction of GPU memory for the colocated engine (the rest is the trainer's)"})
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
+                "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}} (no flash-attention "
+                "kernels needed)"})
     recompute_logprobs: bool | None = field(default=None, metadata={
         "help": "re-score sampled tokens with the trainer's model before the update (the PPO 'old' log-probs) and "
                 "log rollout/logprob_mismatch; None = on for vLLM engines, off for hf"})
