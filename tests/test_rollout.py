@@ -440,3 +440,13 @@ def test_explicit_prompt_ids_replace_agent_prompt(model, tok):
     assert [(e.stop_reason, e.answer) for e in eps] == [(StopReason.ANSWERED, "Shakespeare"),
                                                          (StopReason.ANSWERED, "Paris")]
     assert_logprobs_match(model, eps)
+
+
+def test_prompt_batch_renders_each_question_once():
+    from searche1.rollout.tokens import prompt_batch
+
+    calls = []
+    out = prompt_batch(lambda q: calls.append(q) or [len(q), 1], ["ab", "ab", "c", "ab"])
+    assert calls == ["ab", "c"] and out == [[2, 1], [2, 1], [1, 1], [2, 1]]
+    out[0].append(9)  # each episode owns its list
+    assert out[1] == [2, 1]

@@ -29,6 +29,7 @@ from searche1 import protocol
 from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
+from searche1.rollout.tokens import prompt_batch
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
 log = logging.getLogger(__name__)
@@ -201,9 +202,10 @@ class HFEngine:
     @torch.no_grad()
     def _run_batch(self, examples: Sequence[QAExample], gens, prompts: Sequence[list[int]] | None) -> list[Episode]:
         cfg, dev = self.cfg, self._device
+        if prompts is None:
+            prompts = prompt_batch(self.prompt_ids, [e.question for e in examples])
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
-                       prompt_ids=list(prompts[k]) if prompts is not None else self.prompt_ids(e.question))
-               for k, e in enumerate(examples)]
+                       prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
         # ---- prefill the left-padded prompts
         P = max(len(e.prompt_ids) for e in eps)
         ids = torch.full((len(eps), P), self.pad_id, dtype=torch.long)

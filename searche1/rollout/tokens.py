@@ -18,6 +18,13 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def prompt_batch(make: Any, questions: Any) -> list[list[int]]:
+    """``make(question)`` for each question, rendered once per distinct question (a GRPO group repeats one question
+    G times; the chat template costs ~1 ms a prompt on a CPU); every episode gets its own list."""
+    memo: dict[str, list[int]] = {}
+    return [list(memo[q] if q in memo else memo.setdefault(q, make(q))) for q in questions]
+
+
 def prompt_ids(tokenizer: Any, question: str, cfg: RolloutConfig) -> list[int]:
     """The agent's inference prompt (chat template when the tokenizer has one, unless ``cfg.chat`` is False)."""
     return encode(tokenizer, protocol.build_prompt(question, tokenizer, chat=cfg.chat, max_searches=cfg.max_searches))

@@ -1,0 +1,60 @@
+"""HF vs vLLM engine on long, decode-bound episodes (issue 7): the same questions, batch and rollout settings, with
+turns of up to ``--turn-tokens`` tokens, so per-turn work (retrieval, tokenising blocks) weighs little.
+
+    python benchmarks/decode_compare.py --model DIR --index DIR --data DIR --out FILE.json [--batch 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import log  # noqa: E402
+from gpu_check import rollout_tps  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for a in ("--model", "--index", "--data", "--out"):
+        ap.add_argument(a, required=True)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--turn-tokens", type=int, default=256)
+    args = ap.parse_args()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from searche1.data.qa import load_qa_files
+    from searche1.models import ModelConfig, load_policy, resolve_model_path
+    from searche1.retrieval.config import RetrievalConfig, make_retriever
+    from searche1.rollout.hf_engine import HFEngine
+    from searche1.rollout.types import RolloutConfig
+    from searche1.rollout.vllm_engine import VLLMEngine, load_llm
+
+    path = str(resolve_model_path(args.model))
+    cfg = RolloutConfig(max_turn_tokens=args.turn_tokens, max_total_tokens=2048, max_searches=4, topk=3,
+                        max_doc_tokens=64, batch_size=args.batch)
+    retriever = make_retriever(RetrievalConfig(index=Path(args.index)))
+    pool = [q for exs in load_qa_files(sorted((Path(args.data) / "dev").glob("*.jsonl"))).values() for q in exs]
+    qs = (pool * (args.batch // len(pool) + 1))[:args.batch]
+    res = {"model": args.model, "batch": args.batch, "turn_tokens": args.turn_tokens}
+    model, tok = load_policy(ModelConfig(name_or_path=path, device="cuda", dtype="bfloat16"))
+    hf = HFEngine(model, tok, retriever, cfg)
+    rollout_tps(hf, qs[:8], seed=1)
+    log("HF"); res["hf"] = rollout_tps(hf, qs)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    eos = model.generation_config.eos_token_id
+    del model, hf
+    llm = load_llm(path, gpu_memory_utilization=0.4, dtype="bfloat16", max_model_len=2048)
+    v = VLLMEngine(llm, tok, retriever, cfg, eos_token_ids=eos if isinstance(eos, list) else [eos])
+    rollout_tps(v, qs[:8], seed=1)
+    log("vLLM"); res["vllm"] = rollout_tps(v, qs)
+    res["vllm_over_hf"] = round(res["vllm"]["tokens_per_s"] / res["hf"]["tokens_per_s"], 2)
+    Path(args.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
