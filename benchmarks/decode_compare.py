@@ -2,6 +2,11 @@
 turns of up to ``--turn-tokens`` tokens, so per-turn work (retrieval, tokenising blocks) weighs little.
 
     python benchmarks/decode_compare.py --model DIR --index DIR --data DIR --out FILE.json [--batch 512]
+                                        [--vllm-multiprocessing]
+
+vLLM runs in-process by default (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the colocated training engine must, to push
+weights by reference); ``--vllm-multiprocessing`` gives it its own engine process (vLLM's default), so that its
+output processing (detokenising, log-prob objects) overlaps the GPU's work.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ def main() -> None:
         ap.add_argument(a, required=True)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--turn-tokens", type=int, default=256)
+    ap.add_argument("--vllm-multiprocessing", action="store_true", help="vLLM's engine in its own process")
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.vllm_multiprocessing else "0"
     from searche1.data.qa import load_qa_files
     from searche1.models import ModelConfig, load_policy, resolve_model_path
     from searche1.retrieval.config import RetrievalConfig, make_retriever
@@ -39,7 +45,8 @@ def main() -> None:
     retriever = make_retriever(RetrievalConfig(index=Path(args.index)))
     pool = [q for exs in load_qa_files(sorted((Path(args.data) / "dev").glob("*.jsonl"))).values() for q in exs]
     qs = (pool * (args.batch // len(pool) + 1))[:args.batch]
-    res = {"model": args.model, "batch": args.batch, "turn_tokens": args.turn_tokens}
+    res = {"model": args.model, "batch": args.batch, "turn_tokens": args.turn_tokens,
+           "vllm_multiprocessing": args.vllm_multiprocessing}
     model, tok = load_policy(ModelConfig(name_or_path=path, device="cuda", dtype="bfloat16"))
     hf = HFEngine(model, tok, retriever, cfg)
     rollout_tps(hf, qs[:8], seed=1)

@@ -8,7 +8,9 @@ Measured here (median of 3 after a warm-up):
 
 * ``prefill_tps``  prompt tokens/s of a forward over ``--batch`` × ``--prompt`` tokens (no grad, KV cache built);
 * ``decode_tps``   generated tokens/s of ``--batch`` sequences writing ``--decode`` tokens each, prefill excluded
-                   (HF ``generate``; vLLM ``LLM.generate`` with ``ignore_eos`` when ``--engine vllm`` and it imports);
+                   (HF ``generate``; with ``--engine vllm`` also vLLM ``LLM.generate`` with ``ignore_eos``, in its
+                   own engine process, on the same prompts and batch: both are written, with their ratio, and the
+                   projection uses vLLM's);
 * ``forward_tps``  tokens/s of a no-grad forward (the trainer's log-prob re-scoring, the OFSD teacher pass);
 * ``train_tps``    tokens/s of forward + backward + AdamW step on ``--micro`` × ``--seq`` token micro-batches
                    (full fine-tuning, bf16 weights, gradient checkpointing off).
@@ -220,13 +222,14 @@ def main() -> None:
     model = build_model(a.shape, a.device, folder)
     n_params = sum(p.numel() for p in model.parameters())
     costs = measure(model, a.device, a.batch, a.prompt, a.decode, a.micro, a.seq)
-    engine = "hf"
+    engine, decode = "hf", {"hf": rnd(costs.decode_tps, 1)}
     if a.engine == "vllm":
         try:
             del model
             torch.cuda.empty_cache()
             costs.decode_tps = vllm_decode_tps(folder, SHAPES[a.shape]["vocab_size"], a.batch, a.prompt, a.decode)
             engine = "vllm"
+            decode.update(vllm=rnd(costs.decode_tps, 1), vllm_over_hf=rnd(costs.decode_tps / decode["hf"], 2))
         except ImportError as e:
             log(f"vLLM not importable ({e}): decode measured with HF generate")
     plan = plan_from_config(a.config, a)
@@ -242,6 +245,7 @@ def main() -> None:
                   rnd(hours["grpo_step_s"], 1)]])
     write_results(a.out, {"device": device_name, "shape": a.shape, "params": n_params, "decode_engine": engine,
                           "gpus": a.gpus, "costs": {k: rnd(v, 1) for k, v in asdict(costs).items()},
+                          "decode_tps_by_engine": decode,
                           "plan": asdict(plan), "hours": {k: rnd(v, 3) for k, v in hours.items()},
                           "measure": {k: getattr(a, k) for k in ("batch", "prompt", "decode", "micro", "seq")}},
                   packages=("torch", "transformers", "vllm"))

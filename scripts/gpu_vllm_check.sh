@@ -1,26 +1,54 @@
 #!/usr/bin/env bash
 # The GPU check with the vLLM engine (issue 7), on a machine where scripts/gpu_payload.sh unpacked vLLM, its
 # dependencies, the SmolLM2 GGUF and the data (/tmp/site, /tmp/data):
-#   OUT=/path bash scripts/gpu_vllm_check.sh
-# 1. benchmarks/vllm_check.py: vLLM starts (falling back to enforce_eager), pushed weights reach it, log-prob gap;
-# 2. benchmarks/gpu_check.py --engine vllm: the demo with vLLM GRPO rollouts, then HF vs vLLM rollout tokens/s.
-# Results are copied to $OUT as they come (the device tool returns at most 8 files, two folders down).
+#   OUT=/path STAGES="check demo" bash scripts/gpu_vllm_check.sh [extra gpu_check.py arguments]
+# Stages, in order (times measured on one H100, 2026-11-27):
+#   check       benchmarks/vllm_check.py: vLLM starts (else retried with enforce_eager), pushed weights reach it, the
+#               log-prob gap to HF (~90 s with the first torch.compile)
+#   demo        benchmarks/gpu_check.py --engine vllm: the demo with vLLM GRPO rollouts, then HF vs vLLM rollout
+#               tokens/s on the warmed model (~270 s; needs `check` first for its kwargs)
+#   decode      benchmarks/decode_compare.py: HF vs in-process vLLM on 512 long, decode-bound episodes (~85 s)
+#   decode-mp   the same with vLLM in its own engine process (not yet run)
+#   projection  benchmarks/projection.py --engine vllm: HF and vLLM decode of a Qwen2.5-3B-shaped model, hours per
+#               round on 8 GPUs (not yet run with vLLM; ~100 s with HF alone)
+# A call runs at most 10 minutes: split the stages over calls to a warm machine. Results are copied to $OUT (the
+# device tool returns at most 8 files, two folders down).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-vllm-check}
+STAGES=${STAGES:-check demo}
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
-KW=${VLLM_KWARGS:-'{"attention_config": {"backend": "TRITON_ATTN"}}'}
+KW=${VLLM_KWARGS:-'{}'}  # e.g. '{"enforce_eager": true}'; vllm_check.py falls back to it if vLLM does not start
+has() { [[ " $STAGES " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout "${CHECK_LIMIT:-150}" python3 benchmarks/vllm_check.py --model smollm2-135m-instruct --out /tmp/vc \
-  --kwargs "$KW" > "$OUT/vllm_check.log" 2>&1
-rc=$?
-cp /tmp/vc/vllm_check.json "$OUT/" 2>/dev/null
-tail -25 "$OUT/vllm_check.log"
-[ -f /tmp/vc/vllm_kwargs.json ] || { echo "vLLM did not start (rc $rc)"; exit 1; }
-timeout "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gc --data /tmp/data/searchqa --engine vllm \
-  --vllm-kwargs "$(cat /tmp/vc/vllm_kwargs.json)" --eval-limit "${EVAL_LIMIT:-30}" "$@" > "$OUT/gpu_check.log" 2>&1
-echo "gpu_check exit $?"
-cp /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json "$OUT/" 2>/dev/null
-cp /tmp/gc/work/demo/run/phase-00-grpo/metrics.jsonl "$OUT/grpo_metrics.jsonl" 2>/dev/null
-tail -45 "$OUT/gpu_check.log"
+if has check; then
+  timeout "${CHECK_LIMIT:-150}" python3 benchmarks/vllm_check.py --model smollm2-135m-instruct --out /tmp/vc \
+    --kwargs "$KW" > "$OUT/vllm_check.log" 2>&1
+  echo "vllm_check exit $?"
+  cp /tmp/vc/vllm_check.json "$OUT/" 2>/dev/null
+  tail -25 "$OUT/vllm_check.log"
+  [ -f /tmp/vc/vllm_kwargs.json ] || { echo "vLLM did not start"; exit 1; }
+fi
+if has demo; then
+  timeout "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gc --data /tmp/data/searchqa --engine vllm \
+    --vllm-kwargs "$(cat /tmp/vc/vllm_kwargs.json 2>/dev/null || echo "$KW")" --eval-limit "${EVAL_LIMIT:-30}" "$@" \
+    > "$OUT/gpu_check.log" 2>&1
+  echo "gpu_check exit $?"
+  cp /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json "$OUT/" 2>/dev/null
+  cp /tmp/gc/work/demo/run/phase-00-grpo/metrics.jsonl "$OUT/grpo_metrics.jsonl" 2>/dev/null
+  tail -45 "$OUT/gpu_check.log"
+fi
+for mode in decode decode-mp; do
+  has $mode || continue
+  [ -d /tmp/gc/work/demo/index ] || { echo "$mode needs the demo's index (/tmp/gc): run the demo stage first"; continue; }
+  timeout "${DECODE_LIMIT:-200}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
+    --index /tmp/gc/work/demo/index --data /tmp/data/searchqa --out "$OUT/$mode.json" \
+    $([ $mode = decode-mp ] && echo --vllm-multiprocessing) > "/tmp/$mode.log" 2>&1
+  echo "$mode exit $?"; tail -22 "/tmp/$mode.log"
+done
+if has projection; then
+  timeout "${PLIMIT:-300}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj/projection.json \
+    > /tmp/projection.log 2>&1
+  echo "projection exit $?"; cp /tmp/proj/projection.json "$OUT/" 2>/dev/null; tail -20 /tmp/projection.log
+fi
