@@ -5,10 +5,10 @@ written to ``--out`` (``gpu_check.json``, rewritten after each stage, so a run c
 
 ``--engine vllm`` samples the GRPO phase's rollouts with a colocated vLLM engine (``rollout.engine: vllm``: weights
 pushed after every optimizer step, log-probs re-scored by the trainer); ``--vllm-kwargs`` (JSON) goes to
-``rollout.vllm_kwargs``, e.g. ``'{"attention_config": {"backend": "TRITON_ATTN"}}'`` when vLLM's flash-attention
-kernels were not carried (scripts/gpu_payload.sh). The vLLM rollout measurement runs in a child process, so its
-engine gets the GPU memory the demo's engine may still hold in this one; both run in-process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as in training.
+``rollout.vllm_kwargs``, e.g. ``'{"enforce_eager": true}'`` (no torch.compile or CUDA graphs). The vLLM rollout measurement runs in a child process, so its
+engine gets the GPU memory the demo's engine may still hold in this one; both run vLLM's engine in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as training does by default, or in its own process with
+``--vllm-multiprocessing``.
 
     bash scripts/gpu_check.sh [--data DIR]        # installs carried wheels, then runs this with --out $OUT
 
@@ -51,7 +51,7 @@ def gpu_overrides(args, model_dir: Path) -> dict:
     over = {"model.name_or_path": str(model_dir), "model.device": args.device, "model.dtype": args.dtype,
             "warmup.device": args.device, "grpo.steps": args.steps, "grpo.save_every": args.steps,
             "eval_limit": args.eval_limit, "rollout.engine": args.engine,
-            "rollout.vllm_kwargs": json.loads(args.vllm_kwargs)}
+            "rollout.vllm_kwargs": json.loads(args.vllm_kwargs), "rollout.vllm_multiprocessing": args.vllm_multiprocessing}
     if not cuda:
         over.update({"warmup.num_examples": 8, "warmup.batch_size": 4, "grpo.questions_per_step": 2,
                      "ofsd.questions": 2, "eval_limit": 2})
@@ -78,7 +78,7 @@ def vllm_rollouts(args) -> None:
     writes ``rollout_vllm.json`` (engine start time, vLLM version, per batch as ``rollout_tps``)."""
     import os
 
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.vllm_multiprocessing else "0"
     paths = json.loads((args.out / "gpu_check.json").read_text())["paths"]
     out: dict = {"rollout_vllm": {}}
     save = lambda: (args.out / "rollout_vllm.json").write_text(json.dumps(out, indent=1))  # noqa: E731
@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--engine", choices=("hf", "vllm"), default="hf", help="rollout engine of the demo's GRPO phase")
     ap.add_argument("--vllm-kwargs", default="{}", help="JSON: rollout.vllm_kwargs (extra vllm.LLM keywords)")
+    ap.add_argument("--vllm-multiprocessing", action="store_true",
+                    help="rollout.vllm_multiprocessing: vLLM's engine in its own process (weights pushed by RPC)")
     ap.add_argument("--vllm-rollouts-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -454,7 +454,7 @@ def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
 
     made: list[dict] = []
     fake_vllm.LLM = lambda **kw: made.append(kw) or types.SimpleNamespace()
-    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the config decides, not a stale export
     model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=[7, 8]))
     cfg = RolloutConfig(engine="vllm", max_total_tokens=512,
                         vllm_kwargs={"enforce_eager": True, "attention_config": {"backend": "TRITON_ATTN"},
@@ -464,3 +464,8 @@ def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
                      "dtype": "bfloat16", "enforce_eager": True, "attention_config": {"backend": "TRITON_ATTN"},
                      "logprobs_mode": LOGPROBS_MODE, "enable_prefix_caching": True}]
     assert not exact and {7, 8} <= engine.eos_ids and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    # vLLM's engine in its own process: weights then go by RPC, which needs pickled functions
+    monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
+    make_engine(RolloutConfig(engine="vllm", vllm_multiprocessing=True), model, tok, None, model_path=tmp_path,
+                sync_dir=tmp_path, device="cuda")
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"

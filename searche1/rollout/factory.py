@@ -4,7 +4,8 @@
 a bf16 copy of it (``rollout.sampler_dtype``; DESIGN §4 measured ~1.5× faster generation on a CPU with native bf16)
 whose weights are copied over after every optimizer step. ``vllm`` builds a colocated ``vllm.LLM`` on the
 policy's folder and pushes the trainer's weights into it after every optimizer step
-(:func:`searche1.rollout.vllm_engine.push_weights`). ``vllm-server`` talks to a ``vllm serve`` process and, after
+(:func:`searche1.rollout.vllm_engine.push_weights`): by reference in-process (the default), by RPC when
+``rollout.vllm_multiprocessing`` gives vLLM's engine its own process. ``vllm-server`` talks to a ``vllm serve`` process and, after
 every step, saves the policy to ``RUN/vllm-sync/`` (safetensors) and asks the server to reload it by path. With
 either vLLM engine the trainer re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see train.py).
 """
@@ -75,7 +76,10 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
 
         from searche1.rollout.vllm_engine import load_llm, push_weights
 
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # push_weights reaches the model in process
+        # in-process: push_weights reaches the model by reference; else by RPC (pickled functions and tensors)
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.vllm_multiprocessing else "0"
+        if cfg.vllm_multiprocessing:
+            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         llm = load_llm(str(model_path), **{"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
                                            "max_model_len": cfg.max_total_tokens,
                                            "dtype": "bfloat16" if device.startswith("cuda") else "auto",

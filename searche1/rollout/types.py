@@ -47,6 +47,11 @@ class RolloutConfig:
     vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
     vllm_gpu_memory_utilization: float = field(default=0.35, metadata={
         "help": "vllm: fraction of GPU memory for the colocated engine (the rest is the trainer's)"})
+    vllm_multiprocessing: bool = field(default=False, metadata={
+        "help": "vllm: run vLLM's engine in its own process, so its output processing (detokenising, log-prob "
+                "objects) overlaps the GPU's work; weights are then pushed by RPC, a copy each step (sets "
+                "VLLM_ALLOW_INSECURE_SERIALIZATION=1). Default in-process: weights pushed by reference. Not yet "
+                "measured on a GPU"})
     vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
                 "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}} (no flash-attention "
