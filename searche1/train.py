@@ -276,6 +276,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     if recompute is None:
         recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
+    sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
         metrics_log.log(0, dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
     d.barrier()

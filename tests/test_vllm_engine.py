@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import types
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,6 +48,7 @@ def fake_vllm(monkeypatch):
     mod.SamplingParams = FakeSamplingParams
     mod.__version__ = "0.0-fake"
     monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setattr("searche1.rollout.factory._COLOCATED", {})  # no engine from another test's fake vLLM
     return mod
 
 
@@ -469,3 +471,64 @@ def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
     make_engine(RolloutConfig(engine="vllm", vllm_multiprocessing=True), model, tok, None, model_path=tmp_path,
                 sync_dir=tmp_path, device="cuda")
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
+
+
+class RandomLLM:
+    """A colocated ``vllm.LLM`` stand-in for a training run: each request gets seeded random tokens; the in-process
+    model (``llm_engine...model_runner.model``) records every weight push and the generate calls before it."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab, self.events = vocab, []  # ("push", {name: tensor}) | ("generate", n)
+        model = types.SimpleNamespace(load_weights=lambda w: self.events.append(
+            ("push", {k: v.detach().clone() for k, v in w})))
+        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
+            driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=model))))
+
+    def reset_prefix_cache(self) -> None:
+        pass
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        self.events.append(("generate", len(prompts)))
+        outs = []
+        for sp in sampling_params:
+            g = torch.Generator().manual_seed(sp.seed)
+            ids = torch.randint(3, self.vocab, (sp.max_tokens,), generator=g).tolist()
+            lps = [{t: Logprob(-1.0, 1)} for t in ids]
+            c = types.SimpleNamespace(token_ids=ids, logprobs=lps, finish_reason="length")
+            outs.append(types.SimpleNamespace(outputs=[c]))
+        return outs
+
+
+def test_grpo_with_colocated_vllm_reuses_the_engine_and_pushes_first(fake_vllm, tmp_path):
+    """Two GRPO runs in one process with rollout.engine: vllm (a pipeline's two GRPO phases): one engine is built;
+    each run pushes its starting weights before its first rollout (the second run starts from the model folder, not
+    from the weights the first run left in the engine) and its new weights after every step."""
+    from test_train import make_config, parity_reward, weights
+
+    from searche1.rollout import factory
+    from searche1.train import run_grpo
+
+    built = []
+
+    def LLM(**kw):  # noqa: N802  (stands for vllm.LLM)
+        built.append(kw)
+        return RandomLLM(vocab=550)
+
+    fake_vllm.LLM = LLM
+    cfg = make_config(tmp_path, steps=2)
+    cfg.rollout.engine = "vllm"
+    start = weights(Path(cfg.model.name_or_path))
+    run_grpo(cfg, tmp_path / "a", progress=False, episode_reward=parity_reward)
+    llm = next(iter(factory._COLOCATED.values()))
+    first_run = list(llm.events)
+    run_grpo(cfg, tmp_path / "b", progress=False, episode_reward=parity_reward)
+    assert len(built) == 1 and built[0]["model"] == cfg.model.name_or_path
+    second_run = llm.events[len(first_run):]
+    for events, out in ((first_run, tmp_path / "a"), (second_run, tmp_path / "b")):
+        kinds = [k for k, _ in events]
+        assert kinds[0] == "push" and kinds.count("push") == 3 and "generate" in kinds  # start + 2 steps
+        first_push, last_push = events[0][1], [e for k, e in events if k == "push"][-1]
+        assert all(torch.equal(first_push[k], start[k]) for k in start)  # both runs start from the folder
+        final = weights(sorted((out / "checkpoints").iterdir())[-1])
+        assert all(torch.equal(last_push[k], final[k]) for k in final)
+    assert not all(torch.equal(first_run[-1][1][k], start[k]) for k in start)  # the first run did train

@@ -2,21 +2,32 @@
 
 ``hf`` samples with the trainer's own model (nothing to sync), or, where bf16 is native and the trainer is fp32, with
 a bf16 copy of it (``rollout.sampler_dtype``; DESIGN §4 measured ~1.5× faster generation on a CPU with native bf16)
-whose weights are copied over after every optimizer step. ``vllm`` builds a colocated ``vllm.LLM`` on the
-policy's folder and pushes the trainer's weights into it after every optimizer step
-(:func:`searche1.rollout.vllm_engine.push_weights`): by reference in-process (the default), by RPC when
-``rollout.vllm_multiprocessing`` gives vLLM's engine its own process. ``vllm-server`` talks to a ``vllm serve`` process and, after
-every step, saves the policy to ``RUN/vllm-sync/`` (safetensors) and asks the server to reload it by path. With
-either vLLM engine the trainer re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see train.py).
+whose weights are copied over after every optimizer step. ``vllm`` builds a colocated ``vllm.LLM`` on the policy's
+folder (or reuses this process's, see ``_COLOCATED``) and pushes the trainer's weights into it after every optimizer
+step (:func:`searche1.rollout.vllm_engine.push_weights`): by reference in-process (the default), by RPC when
+``rollout.vllm_multiprocessing`` gives vLLM's engine its own process. ``vllm-server`` talks to a ``vllm serve``
+process and, after every step, saves the policy to ``RUN/vllm-sync/`` (safetensors) and asks the server to reload it
+by path. With either vLLM engine the trainer re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see
+train.py). The trainer also calls ``sync()`` once before its first rollout: a reused colocated engine or a server may
+hold another phase's weights, or a resumed run's older ones.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from searche1.rollout.types import RolloutConfig
+
+log = logging.getLogger(__name__)
+
+_COLOCATED: dict[str, Any] = {}
+"""Colocated ``vllm.LLM`` engines of this process by settings and model shape: a pipeline's later GRPO phases reuse
+the first phase's engine (vLLM frees its GPU memory unreliably, and a restart costs 30-70 s) and get their starting
+weights by the push :func:`searche1.train.run_grpo` makes before its first rollout."""
 
 
 def sampler_dtype(cfg: RolloutConfig, model: Any, device: str):
@@ -80,10 +91,17 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.vllm_multiprocessing else "0"
         if cfg.vllm_multiprocessing:
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-        llm = load_llm(str(model_path), **{"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                                           "max_model_len": cfg.max_total_tokens,
-                                           "dtype": "bfloat16" if device.startswith("cuda") else "auto",
-                                           **cfg.vllm_kwargs})
+        kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "max_model_len": cfg.max_total_tokens,
+                  "dtype": "bfloat16" if device.startswith("cuda") else "auto", **cfg.vllm_kwargs}
+        conf = getattr(model, "config", None)
+        key = json.dumps({"kwargs": kwargs, "mp": cfg.vllm_multiprocessing, "model": [getattr(conf, k, None) for k in (
+            "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")]},
+            sort_keys=True, default=str)
+        llm = _COLOCATED.get(key)
+        if llm is None:
+            llm = _COLOCATED[key] = load_llm(str(model_path), **kwargs)
+        else:
+            log.info("reusing this process's colocated vLLM engine (its weights are pushed before the first rollout)")
         return VLLMEngine(llm, tok, retriever, cfg, eos_token_ids=eos_ids), lambda: push_weights(llm, model), False
     from searche1.io import atomic_dir
     from searche1.rollout.vllm_engine import VLLMServerClient
