@@ -5,10 +5,10 @@ written to ``--out`` (``gpu_check.json``, rewritten after each stage, so a run c
 
 ``--engine vllm`` samples the GRPO phase's rollouts with a colocated vLLM engine (``rollout.engine: vllm``: weights
 pushed after every optimizer step, log-probs re-scored by the trainer); ``--vllm-kwargs`` (JSON) goes to
-``rollout.vllm_kwargs``, e.g. ``'{"enforce_eager": true}'`` (no torch.compile or CUDA graphs). The vLLM rollout measurement runs in a child process, so its
-engine gets the GPU memory the demo's engine may still hold in this one; both run vLLM's engine in-process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as training does by default, or in its own process with
-``--vllm-multiprocessing``. ``--engine vllm-server --vllm-url URL`` samples the GRPO phase from a ``vllm serve``
+``rollout.vllm_kwargs``, e.g. ``'{"enforce_eager": true}'`` (no torch.compile or CUDA graphs). The vLLM rollout
+measurement runs in a child process, so its engine gets the GPU memory the demo's engine may still hold in this one;
+both run vLLM's engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as training does by default, or in its own
+process with ``--vllm-multiprocessing``. ``--engine vllm-server --vllm-url URL`` samples the GRPO phase from a ``vllm serve``
 process instead (weights saved and reloaded by path before the first rollout and after every step).
 
     bash scripts/gpu_check.sh [--data DIR]        # installs carried wheels, then runs this with --out $OUT
@@ -51,9 +51,9 @@ def gpu_overrides(args, model_dir: Path) -> dict:
     cuda = args.device.startswith("cuda")
     over = {"model.name_or_path": str(model_dir), "model.device": args.device, "model.dtype": args.dtype,
             "warmup.device": args.device, "grpo.steps": args.steps, "grpo.save_every": args.steps,
-            "eval_limit": args.eval_limit, "rollout.engine": args.engine,
-            "rollout.vllm_kwargs": json.loads(args.vllm_kwargs), "rollout.vllm_multiprocessing": args.vllm_multiprocessing,
-            "rollout.vllm_url": args.vllm_url}
+            "eval_limit": args.eval_limit, "rollout.engine": args.engine, "rollout.vllm_url": args.vllm_url,
+            "rollout.vllm_kwargs": json.loads(args.vllm_kwargs),
+            "rollout.vllm_multiprocessing": args.vllm_multiprocessing}
     if not cuda:
         over.update({"warmup.num_examples": 8, "warmup.batch_size": 4, "grpo.questions_per_step": 2,
                      "ofsd.questions": 2, "eval_limit": 2})
@@ -135,8 +135,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--engine", choices=("hf", "vllm", "vllm-server"), default="hf",
                     help="rollout engine of the demo's GRPO phase")
-    ap.add_argument("--vllm-url", default=None, help="vllm-server: a `vllm serve` started with VLLM_SERVER_DEV_MODE=1 "
-                    "on any checkpoint of the model (the first push loads the warmed weights)")
+    ap.add_argument("--vllm-url", default=None, help="vllm-server: a `vllm serve` started with "
+                    "VLLM_SERVER_DEV_MODE=1 on any checkpoint of the model (the first push loads the warmed weights)")
     ap.add_argument("--vllm-kwargs", default="{}", help="JSON: rollout.vllm_kwargs (extra vllm.LLM keywords)")
     ap.add_argument("--vllm-multiprocessing", action="store_true",
                     help="rollout.vllm_multiprocessing: vLLM's engine in its own process (weights pushed by RPC)")

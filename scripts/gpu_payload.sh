@@ -51,7 +51,8 @@ stash)
   mkdir -p /tmp/stash && cp "$2" /tmp/stash/ && ls -la /tmp/stash ;;
 unpack)
   cat /tmp/stash/part-* > /tmp/payload.tar
-  [ "$(sha256sum /tmp/payload.tar | cut -d' ' -f1)" = "$(cat .gg/SHA256)" ] || { echo "payload sha256 mismatch"; exit 1; }
+  sum=$(sha256sum /tmp/payload.tar | cut -d' ' -f1)
+  [ "$sum" = "$(cat .gg/SHA256)" ] || { echo "payload sha256 mismatch: carry every part, then unpack"; exit 1; }
   mkdir -p /tmp/payload /tmp/site /tmp/data && tar -C /tmp/payload -xf /tmp/payload.tar
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     /tmp/payload/whl/*.whl

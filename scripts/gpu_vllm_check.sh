@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-vllm-check}
 STAGES=${STAGES:-check demo}
 mkdir -p "$OUT"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1  # no internet there: nothing may wait on the hub or usage stats
 KW=${VLLM_KWARGS:-'{}'}  # e.g. '{"enforce_eager": true}'; vllm_check.py falls back to it if vLLM does not start
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
@@ -44,7 +45,7 @@ if has demo; then
 fi
 for mode in decode decode-mp; do
   has $mode || continue
-  [ -d /tmp/gc/work/demo/index ] || { echo "$mode needs the demo's index (/tmp/gc): run the demo stage first"; continue; }
+  [ -d /tmp/gc/work/demo/index ] || { echo "$mode needs the demo stage's index (/tmp/gc) first"; continue; }
   timeout "${DECODE_LIMIT:-200}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
     --index /tmp/gc/work/demo/index --data /tmp/data/searchqa --out "$OUT/$mode.json" \
     $([ $mode = decode-mp ] && echo --vllm-multiprocessing) > "/tmp/$mode.log" 2>&1
@@ -62,7 +63,8 @@ if has server; then
     --engine vllm-server --vllm-url http://127.0.0.1:8011 --eval-limit "${EVAL_LIMIT:-30}" --batches 128 "$@" \
     > "$OUT/gpu_check_server.log" 2>&1
   echo "server gpu_check exit $?"; pkill -f "vllm.entrypoints.cli.main serve" || true
-  cp /tmp/gs/gpu_check.json "$OUT/gpu_check_server.json" 2>/dev/null; tail -20 /tmp/serve.log; tail -30 "$OUT/gpu_check_server.log"
+  cp /tmp/gs/gpu_check.json "$OUT/gpu_check_server.json" 2>/dev/null
+  tail -20 /tmp/serve.log; tail -30 "$OUT/gpu_check_server.log"
 fi
 if has projection; then
   timeout "${PLIMIT:-300}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj/projection.json \

@@ -470,7 +470,8 @@ def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
     monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
     make_engine(RolloutConfig(engine="vllm", vllm_multiprocessing=True), model, tok, None, model_path=tmp_path,
                 sync_dir=tmp_path, device="cuda")
-    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
 
 
 class RandomLLM:

@@ -20,9 +20,9 @@ def encode(tokenizer: Any, text: str) -> list[int]:
 
 def prompt_batch(make: Any, questions: Any) -> list[list[int]]:
     """``make(question)`` for each question, rendered once per distinct question (a GRPO group repeats one question
-    G times; the chat template costs ~1 ms a prompt on a CPU); every episode gets its own list."""
+    G times; the chat template costs ~1 ms a prompt on a CPU). Repeats share one list: copy before changing it."""
     memo: dict[str, list[int]] = {}
-    return [list(memo[q] if q in memo else memo.setdefault(q, make(q))) for q in questions]
+    return [memo[q] if q in memo else memo.setdefault(q, make(q)) for q in questions]
 
 
 def prompt_ids(tokenizer: Any, question: str, cfg: RolloutConfig) -> list[int]:
