@@ -235,17 +235,16 @@ class HFEngine:
                 if self.logits_hook is not None:
                     proc = self.logits_hook([(eps[r], turn_tokens[j]) for j, r in enumerate(rows)], last.clone())
                 tokens, lps = self._sample(last, proc, gens, rows, live)
-                # built on the host and moved once: per-row writes into GPU tensors cost one launch each
-                feed = torch.full((len(rows), 1), self.pad_id, dtype=torch.long)
-                feed_mask = torch.zeros((len(rows), 1), dtype=torch.long)
+                # built as host lists and moved once: per-row writes into tensors cost ~8 us each on a CPU (one
+                # launch each on a GPU), 8 ms a step at 512 rows
+                feed_ids, feed_on = [self.pad_id] * len(rows), [0] * len(rows)
                 tok_list, lp_list = tokens.tolist(), lps.tolist()
                 for j in live:
                     t = tok_list[j]
                     turn_tokens[j].append(t)
                     turn_lps[j].append(lp_list[j])
                     total_len[rows[j]] += 1
-                    feed[j, 0] = t
-                    feed_mask[j, 0] = 1
+                    feed_ids[j], feed_on[j] = t, 1
                     end = None
                     if t in self.eos_ids:
                         end = "eos"
@@ -257,6 +256,8 @@ class HFEngine:
                     if end is not None:
                         searching = self._end_turn(eps[rows[j]], turn_tokens[j], turn_lps[j], end)
                         state[j] = "search" if searching else "done"
+                feed = torch.tensor(feed_ids, dtype=torch.long).view(-1, 1)
+                feed_mask = torch.tensor(feed_on, dtype=torch.long).view(-1, 1)
                 done = [j for j in range(len(rows)) if state[j] == "done"]
                 if done and (len(done) >= max(1, len(rows) // 8) or all(x is not None for x in state)):
                     keep = [j for j in range(len(rows)) if state[j] != "done"]
