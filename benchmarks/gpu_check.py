@@ -8,8 +8,9 @@ pushed after every optimizer step, log-probs re-scored by the trainer); ``--vllm
 ``rollout.vllm_kwargs``, e.g. ``'{"enforce_eager": true}'`` (no torch.compile or CUDA graphs). The vLLM rollout
 measurement runs in a child process, so its engine gets the GPU memory the demo's engine may still hold in this one;
 both run vLLM's engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as training does by default, or in its own
-process with ``--vllm-multiprocessing``. ``--engine vllm-server --vllm-url URL`` samples the GRPO phase from a ``vllm serve``
-process instead (weights saved and reloaded by path before the first rollout and after every step).
+process with ``--vllm-multiprocessing``. ``--engine vllm-server --vllm-url URL`` samples the GRPO phase from a
+``vllm serve`` process instead (weights saved and reloaded by path before the first rollout and after every step).
+The vLLM rollouts are measured with and without sampler log-probs (``rollout.vllm_logprobs``).
 
     bash scripts/gpu_check.sh [--data DIR]        # installs carried wheels, then runs this with --out $OUT
 
@@ -53,7 +54,8 @@ def gpu_overrides(args, model_dir: Path) -> dict:
             "warmup.device": args.device, "grpo.steps": args.steps, "grpo.save_every": args.steps,
             "eval_limit": args.eval_limit, "rollout.engine": args.engine, "rollout.vllm_url": args.vllm_url,
             "rollout.vllm_kwargs": json.loads(args.vllm_kwargs),
-            "rollout.vllm_multiprocessing": args.vllm_multiprocessing}
+            "rollout.vllm_multiprocessing": args.vllm_multiprocessing,
+            "rollout.vllm_logprobs": not args.no_vllm_logprobs}
     if not cuda:
         over.update({"warmup.num_examples": 8, "warmup.batch_size": 4, "grpo.questions_per_step": 2,
                      "ofsd.questions": 2, "eval_limit": 2})
@@ -106,6 +108,8 @@ def vllm_rollouts(args) -> None:
         engine = VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b), eos_token_ids=eos)
         rollout_tps(engine, batch_of(8), seed=1)  # warm-up: first-call compilation stays out of the figure
         out["rollout_vllm"][b] = rollout_tps(engine, batch_of(b))
+        engine.cfg = replace(engine.cfg, vllm_logprobs=False)  # the same without sampler log-probs
+        out.setdefault("rollout_vllm_no_logprobs", {})[b] = rollout_tps(engine, batch_of(b))
         save()
 
 
@@ -140,6 +144,8 @@ def main() -> None:
     ap.add_argument("--vllm-kwargs", default="{}", help="JSON: rollout.vllm_kwargs (extra vllm.LLM keywords)")
     ap.add_argument("--vllm-multiprocessing", action="store_true",
                     help="rollout.vllm_multiprocessing: vLLM's engine in its own process (weights pushed by RPC)")
+    ap.add_argument("--no-vllm-logprobs", action="store_true",
+                    help="rollout.vllm_logprobs: false for the demo's GRPO phase (no sampler log-probs, no mismatch)")
     ap.add_argument("--vllm-rollouts-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -228,6 +234,9 @@ def main() -> None:
             if isinstance(res["rollout_vllm"], dict) and str(b) in res["rollout_vllm"]:
                 res.setdefault("vllm_over_hf", {})[b] = rnd(res["rollout_vllm"][str(b)]["tokens_per_s"]
                                                              / hf["tokens_per_s"], 2)
+                if str(b) in res.get("rollout_vllm_no_logprobs", {}):
+                    res.setdefault("vllm_no_logprobs_over_hf", {})[b] = rnd(
+                        res["rollout_vllm_no_logprobs"][str(b)]["tokens_per_s"] / hf["tokens_per_s"], 2)
     else:
         res["rollout_vllm"] = f"not measured: the child process exited with {done.returncode} (see the log)"
     save()

@@ -275,6 +275,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     recompute = cfg.rollout.recompute_logprobs
     if recompute is None:
         recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
+    sampler_logprobs = cfg.rollout.engine == "hf" or cfg.rollout.vllm_logprobs  # vLLM may be asked for none
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
@@ -322,8 +323,10 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 a = adv[rows]
                 a[len(keep):] = 0.0
                 if recompute and _epoch == 0:
-                    old, stats["rollout/logprob_mismatch"] = _rescore(model, ids, attn, mask, old, g.micro_batch_size,
-                                                                      cfg.rollout, device, autocast)
+                    old, gap = _rescore(model, ids, attn, mask, old, g.micro_batch_size, cfg.rollout, device,
+                                        autocast)
+                    if sampler_logprobs:  # else the "old" ones were zeros: no gap to log
+                        stats["rollout/logprob_mismatch"] = gap
             denom = max(1.0, d.sum(batch_denominator(mask[:len(keep)], g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
             for s in range(0, len(rows), g.micro_batch_size):

@@ -352,6 +352,8 @@ def mock_server(tok, scripts, with_token_ids: bool, log: list[dict]):
         if with_token_ids:
             choice["token_ids"] = list(c.token_ids)
             lp["tokens"] = [tok.decode([t]) for t in c.token_ids]
+        if body.get("logprobs") is None:  # asked for none: none come back (nor ids through them)
+            choice["logprobs"] = None
         return httpx.Response(200, json={"choices": [choice]})
 
     return httpx.MockTransport(handler)
@@ -494,7 +496,7 @@ class RandomLLM:
         for sp in sampling_params:
             g = torch.Generator().manual_seed(sp.seed)
             ids = torch.randint(3, self.vocab, (sp.max_tokens,), generator=g).tolist()
-            lps = [{t: Logprob(-1.0, 1)} for t in ids]
+            lps = None if sp.logprobs is None else [{t: Logprob(-1.0, 1)} for t in ids]  # like vLLM
             c = types.SimpleNamespace(token_ids=ids, logprobs=lps, finish_reason="length")
             outs.append(types.SimpleNamespace(outputs=[c]))
         return outs
@@ -533,3 +535,51 @@ def test_grpo_with_colocated_vllm_reuses_the_engine_and_pushes_first(fake_vllm, 
         final = weights(sorted((out / "checkpoints").iterdir())[-1])
         assert all(torch.equal(last_push[k], final[k]) for k in final)
     assert not all(torch.equal(first_run[-1][1][k], start[k]) for k in start)  # the first run did train
+
+
+@pytest.mark.parametrize("with_token_ids", [False, True])
+def test_without_vllm_logprobs_same_tokens_zero_logprobs(tok, with_token_ids):
+    """rollout.vllm_logprobs: false asks vLLM (colocated or served) for no log-probs: the same episodes, with zero
+    log-probs for the trainer to re-score; a server that cannot return token ids is refused with the fix."""
+    qs = ["What is the capital of France?", "Capital of Germany?"]
+    scripts = {qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+               qs[1]: [" <answer> Berlin </answer>"]}
+    with_lp = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs), seed=1)
+    llm = FakeLLM(tok, scripts)
+    cfg = RolloutConfig(vllm_logprobs=False)
+    without = VLLMEngine(llm, tok, OverlapRetriever(), cfg).run(examples(qs), seed=1)
+    assert all(sp.logprobs is None for *_, sp in llm.requests)
+    fields = ("response_ids", "policy_mask", "queries", "answer", "stop_reason", "turns")
+    assert [[getattr(e, f) for f in fields] for e in without] == [[getattr(e, f) for f in fields] for e in with_lp]
+    assert all(lp == 0.0 for e in without for lp in e.logprobs) and any(lp < 0 for e in with_lp for lp in e.logprobs)
+    bodies: list[dict] = []
+    client = VLLMServerClient("localhost:8000", transport=mock_server(tok, scripts, with_token_ids, bodies))
+    if not with_token_ids:
+        with pytest.raises(RuntimeError, match="vllm_logprobs: true"):
+            VLLMEngine(client, tok, OverlapRetriever(), cfg).run(examples(qs), seed=1)
+        return
+    served = VLLMEngine(client, tok, OverlapRetriever(), cfg).run(examples(qs), seed=1)
+    assert [[getattr(e, f) for f in fields + ("logprobs",)] for e in served] == \
+        [[getattr(e, f) for f in fields + ("logprobs",)] for e in without]
+    assert bodies[0]["logprobs"] is None
+
+
+def test_vllm_logprobs_config():
+    with pytest.raises(ConfigError, match="vllm_logprobs: false leaves no old log-probs"):
+        RolloutConfig(engine="vllm", vllm_logprobs=False, recompute_logprobs=False).validate()
+    RolloutConfig(engine="vllm", vllm_logprobs=False).validate()
+
+
+def test_grpo_without_vllm_logprobs_rescored_and_no_mismatch(fake_vllm, tmp_path):
+    """With no sampler log-probs the trainer re-scores the samples and logs no mismatch; with them it logs one."""
+    from test_train import make_config, parity_reward
+
+    from searche1.metrics import read_metrics
+    from searche1.train import run_grpo
+
+    fake_vllm.LLM = lambda **kw: RandomLLM(vocab=550)
+    for flag in (False, True):
+        cfg = make_config(tmp_path, steps=1)
+        cfg.rollout.engine, cfg.rollout.vllm_logprobs = "vllm", flag
+        (row,) = read_metrics(run_grpo(cfg, tmp_path / f"lp-{flag}", progress=False, episode_reward=parity_reward))
+        assert row["train/kept_rollouts"] > 0 and ("rollout/logprob_mismatch" in row) == flag

@@ -52,6 +52,11 @@ class RolloutConfig:
                 "objects) overlaps the GPU's work; weights are then pushed by RPC, a copy each step (sets "
                 "VLLM_ALLOW_INSECURE_SERIALIZATION=1). Default in-process: weights pushed by reference. Not yet "
                 "measured on a GPU"})
+    vllm_logprobs: bool = field(default=True, metadata={
+        "help": "vllm engines: ask vLLM for the sampled tokens' log-probs, to log rollout/logprob_mismatch. Its "
+                "front end then costs ~8x more CPU per token (vLLM 0.20: 52 vs 6 us on this 2-core CPU, "
+                "benchmarks/vllm_output_cost.py), which in-process runs in the trainer's thread; false: the trainer's "
+                "re-scored log-probs are the only ones (needs recompute_logprobs on) and no mismatch is logged"})
     vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
                 "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}} (no flash-attention "
@@ -72,6 +77,9 @@ class RolloutConfig:
             raise ConfigError("top_p: must be in (0, 1]")
         if self.engine == "vllm-server" and not self.vllm_url:
             raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
+        if not self.vllm_logprobs and self.recompute_logprobs is False:
+            raise ConfigError("vllm_logprobs: false leaves no old log-probs unless the trainer re-scores the samples "
+                              "(fix: recompute_logprobs: true, or leave it unset)")
         if self.engine not in ("hf", "vllm", "vllm-server"):
             raise ConfigError(f"engine: unknown '{self.engine}' (fix: use one of: hf, vllm, vllm-server)")
         for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk"):

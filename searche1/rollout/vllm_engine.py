@@ -148,7 +148,9 @@ class VLLMEngine:
             "stop_token_ids": sorted(self.eos_ids),
             "include_stop_str_in_output": True,
             "skip_special_tokens": False,
-            "logprobs": 1,  # the sampled token's log-prob (+ top-1); 0 returned nothing in early V1 releases
+            # the sampled token's log-prob (+ top-1; 0 returned nothing in early V1 releases), or none at all
+            # (rollout.vllm_logprobs: false): vLLM's per-token log-prob objects cost it ~8x the CPU of the rest
+            "logprobs": 1 if cfg.vllm_logprobs else None,
         }
 
     # ------------------------------------------------------------------------------------------------------------
@@ -266,7 +268,8 @@ def _generate_colocated(llm: Any, reqs: list[TurnRequest], shared: dict[str, Any
     for ro in outs:
         c = ro.outputs[0]
         ids = [int(t) for t in c.token_ids]
-        samples.append(TurnSample(ids, _sampled_logprobs(ids, c.logprobs), c.finish_reason))
+        lps = _sampled_logprobs(ids, c.logprobs) if shared["logprobs"] is not None else [0.0] * len(ids)
+        samples.append(TurnSample(ids, lps, c.finish_reason))
     return samples
 
 
@@ -411,6 +414,11 @@ class VLLMServerClient:
         choice = r.json()["choices"][0]
         lp = choice.get("logprobs") or {}
         ids = choice.get("token_ids")
+        if shared.get("logprobs") is None:  # rollout.vllm_logprobs: false: the ids can only come as token_ids
+            if ids is None:
+                raise RuntimeError("vLLM server returned no token_ids (too old for return_token_ids?): use "
+                                   "rollout.vllm_logprobs: true, whose log-probs also carry the ids")
+            return TurnSample([int(t) for t in ids], [0.0] * len(ids), choice.get("finish_reason"))
         if ids is None:
             toks = lp.get("tokens") or []
             if not all(isinstance(t, str) and t.startswith("token_id:") for t in toks):
