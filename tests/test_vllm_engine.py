@@ -568,6 +568,7 @@ def test_vllm_logprobs_config():
     with pytest.raises(ConfigError, match="vllm_logprobs: false leaves no old log-probs"):
         RolloutConfig(engine="vllm", vllm_logprobs=False, recompute_logprobs=False).validate()
     RolloutConfig(engine="vllm", vllm_logprobs=False).validate()
+    RolloutConfig(engine="hf", vllm_logprobs=False, recompute_logprobs=False).validate()  # no vLLM: no matter
 
 
 def test_grpo_without_vllm_logprobs_rescored_and_no_mismatch(fake_vllm, tmp_path):

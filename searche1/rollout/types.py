@@ -77,7 +77,7 @@ class RolloutConfig:
             raise ConfigError("top_p: must be in (0, 1]")
         if self.engine == "vllm-server" and not self.vllm_url:
             raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
-        if not self.vllm_logprobs and self.recompute_logprobs is False:
+        if self.engine != "hf" and not self.vllm_logprobs and self.recompute_logprobs is False:
             raise ConfigError("vllm_logprobs: false leaves no old log-probs unless the trainer re-scores the samples "
                               "(fix: recompute_logprobs: true, or leave it unset)")
         if self.engine not in ("hf", "vllm", "vllm-server"):
