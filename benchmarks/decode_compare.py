@@ -36,6 +36,7 @@ def main() -> None:
     from searche1.models import ModelConfig, load_policy, resolve_model_path
     from searche1.retrieval.config import RetrievalConfig, make_retriever
     from searche1.rollout.hf_engine import HFEngine
+    from searche1.rollout.tokens import generation_eos_ids
     from searche1.rollout.types import RolloutConfig
     from searche1.rollout.vllm_engine import VLLMEngine, load_llm
 
@@ -52,10 +53,10 @@ def main() -> None:
     rollout_tps(hf, qs[:8], seed=1)
     log("HF"); res["hf"] = rollout_tps(hf, qs)
     Path(args.out).write_text(json.dumps(res, indent=1))
-    eos = model.generation_config.eos_token_id
+    eos = generation_eos_ids(model.generation_config)
     del model, hf
     llm = load_llm(path, gpu_memory_utilization=0.4, dtype="bfloat16", max_model_len=2048)
-    v = VLLMEngine(llm, tok, retriever, cfg, eos_token_ids=eos if isinstance(eos, list) else [eos])
+    v = VLLMEngine(llm, tok, retriever, cfg, eos_token_ids=eos)
     rollout_tps(v, qs[:8], seed=1)
     log("vLLM"); res["vllm"] = rollout_tps(v, qs)
     res["vllm_over_hf"] = round(res["vllm"]["tokens_per_s"] / res["hf"]["tokens_per_s"], 2)

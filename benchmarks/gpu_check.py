@@ -102,7 +102,11 @@ def vllm_rollouts(args) -> None:
                                      "max_model_len": cfg.rollout.max_total_tokens, **cfg.rollout.vllm_kwargs})
     out.update(vllm_version=vllm.__version__, vllm_start_s=rnd(time.perf_counter() - t0, 1),
                vllm_kwargs=cfg.rollout.vllm_kwargs)
-    eos = generation_eos_ids(paths["warm"])
+    from transformers import GenerationConfig
+
+    from searche1.rollout.tokens import generation_eos_ids
+
+    eos = generation_eos_ids(GenerationConfig.from_pretrained(paths["warm"]))
     for b in [int(x) for x in args.batches.split(",")]:
         log(f"vLLM engine rollout, {b} episodes")
         engine = VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b), eos_token_ids=eos)
@@ -111,17 +115,6 @@ def vllm_rollouts(args) -> None:
         engine.cfg = replace(engine.cfg, vllm_logprobs=False)  # the same without sampler log-probs
         out.setdefault("rollout_vllm_no_logprobs", {})[b] = rollout_tps(engine, batch_of(b))
         save()
-
-
-def generation_eos_ids(path: str) -> tuple[int, ...]:
-    """The model's generation-config EOS ids (what HFEngine reads off the model)."""
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(path).eos_token_id
-    except OSError:
-        return ()
-    return tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
 
 
 def main() -> None:

@@ -448,3 +448,25 @@ def test_prompt_batch_renders_each_question_once():
     calls = []
     out = prompt_batch(lambda q: calls.append(q) or [len(q), 1], ["ab", "ab", "c", "ab"])
     assert calls == ["ab", "c"] and out == [[2, 1], [2, 1], [1, 1], [2, 1]]
+
+
+def test_stop_check_and_generation_eos_ids():
+    import types
+
+    from searche1.rollout.tokens import StopCheck, generation_eos_ids
+
+    class Tok:  # a token per character; counts decode calls
+        calls = 0
+
+        def decode(self, ids):
+            Tok.calls += 1
+            return "".join(chr(i) for i in ids)
+
+    check, ids = StopCheck(Tok()), [ord(c) for c in "ab</search>"]
+    assert [check(ids[:k]) for k in range(1, len(ids) + 1)] == [False] * (len(ids) - 1) + [True]
+    assert not check([ord(c) for c in "<search>"])  # a '>' that closes no stop string
+    calls = Tok.calls
+    check(ids[:2])  # 'b' is memoised as no stop tail: no decode at all
+    assert Tok.calls == calls
+    assert [generation_eos_ids(types.SimpleNamespace(eos_token_id=v)) for v in (None, 2, [2, 3])] == [(), (2,), (2, 3)]
+    assert generation_eos_ids(None) == ()

@@ -80,8 +80,9 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
         return HFEngine(sampler, tok, retriever, cfg), sync, dtype is None
     from searche1.rollout.vllm_engine import VLLMEngine
 
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    from searche1.rollout.tokens import generation_eos_ids
+
+    eos_ids = generation_eos_ids(getattr(model, "generation_config", None))
     if cfg.engine == "vllm":
         import os
 

@@ -77,15 +77,9 @@ class HFEngine:
         self.tok = tokenizer
         self.retriever = retriever
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if gen_eos is not None:
-            self.eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        self.eos_ids.discard(None)
-        # a stop string can only complete on a token whose text holds its last character ('>'): decoding the turn's
-        # tail is skipped for every other token (one tokenizer call per row per step otherwise)
-        self._stop_tails = {s[-1] for s in protocol.TURN_STOP_STRINGS}
-        self._tail_memo: dict[int, bool] = {}
+        gen_eos = tokens.generation_eos_ids(getattr(model, "generation_config", None))
+        self.eos_ids = {tokenizer.eos_token_id, *gen_eos} - {None}
+        self._ends_with_stop = tokens.StopCheck(tokenizer)
         import inspect
 
         # transformers >= 5 calls the KV cache argument `cache`, earlier versions `past_key_values`
@@ -146,13 +140,6 @@ class HFEngine:
         out = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True,
                          logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1]  # (B, V)
-
-    def _may_close(self, t: int) -> bool:
-        """Whether token ``t``'s text holds the last character of a stop string (memoised per token id)."""
-        hit = self._tail_memo.get(t)
-        if hit is None:
-            hit = self._tail_memo[t] = any(c in self.tok.decode([t]) for c in self._stop_tails)
-        return hit
 
     def _sample(self, raw: torch.Tensor, logits: torch.Tensor, gens, rows: list[int],
                 live: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,8 +235,7 @@ class HFEngine:
                     end = None
                     if t in self.eos_ids:
                         end = "eos"
-                    elif self._may_close(t) and any(s in self.tok.decode(turn_tokens[j][-16:])
-                                                    for s in protocol.TURN_STOP_STRINGS):
+                    elif self._ends_with_stop(turn_tokens[j]):
                         end = "stop"
                     elif total_len[rows[j]] >= cfg.max_total_tokens:
                         end = "budget"

@@ -18,6 +18,31 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def generation_eos_ids(generation_config: Any) -> tuple[int, ...]:
+    """The EOS ids of a model's generation config (an id, a list of ids, or none), as a tuple."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    return tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+
+
+class StopCheck:
+    """``check(turn_tokens)``: does the turn end with a stop string (``</search>``, ``</answer>``)? A stop string
+    can only complete on a token whose text holds its last character ('>'), so the last 16 tokens are decoded only
+    after such a token (memoised per token id): one tokenizer call per token otherwise. Both engines cut turns
+    with it."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self._tails = {s[-1] for s in protocol.TURN_STOP_STRINGS}
+        self._memo: dict[int, bool] = {}
+
+    def __call__(self, turn_tokens: list[int]) -> bool:
+        t = turn_tokens[-1]
+        hit = self._memo.get(t)
+        if hit is None:
+            hit = self._memo[t] = any(c in self.tok.decode([t]) for c in self._tails)
+        return hit and any(s in self.tok.decode(turn_tokens[-16:]) for s in protocol.TURN_STOP_STRINGS)
+
+
 def prompt_batch(make: Any, questions: Any) -> list[list[int]]:
     """``make(question)`` for each question, rendered once per distinct question (a GRPO group repeats one question
     G times; the chat template costs ~1 ms a prompt on a CPU). Repeats share one list: copy before changing it."""

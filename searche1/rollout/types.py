@@ -59,8 +59,7 @@ class RolloutConfig:
                 "re-scored log-probs are the only ones (needs recompute_logprobs on) and no mismatch is logged"})
     vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
-                "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}} (no flash-attention "
-                "kernels needed)"})
+                "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}}"})
     recompute_logprobs: bool | None = field(default=None, metadata={
         "help": "re-score sampled tokens with the trainer's model before the update (the PPO 'old' log-probs) and "
                 "log rollout/logprob_mismatch; None = on for vLLM engines, off for hf"})

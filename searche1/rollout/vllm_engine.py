@@ -53,7 +53,6 @@ from searche1.config import ConfigError
 from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
-from searche1.rollout.tokens import prompt_batch
 from searche1.rollout.hf_engine import HFEngine, _safe_search
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
@@ -109,7 +108,6 @@ class VLLMEngine:
 
     # Reused from the HF engine as is: records a turn on its episode and decides its fate (needs .cfg and .tok).
     _end_turn = HFEngine._end_turn
-    _may_close = HFEngine._may_close  # the window is decoded only after a token holding a stop string's last char
 
     def __init__(self, llm: Any, tokenizer: Any, retriever: Retriever, cfg: RolloutConfig | None = None, *,
                  eos_token_ids: Sequence[int] = (), max_batch: int | None = None) -> None:
@@ -122,8 +120,7 @@ class VLLMEngine:
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.max_batch = max_batch
-        self._stop_tails = {s[-1] for s in protocol.TURN_STOP_STRINGS}
-        self._tail_memo: dict[int, bool] = {}
+        self._ends_with_stop = tokens.StopCheck(tokenizer)  # HFEngine's stop-string rule
         # EOS: the tokenizer's plus the model's generation_config ids (pass them, as HFEngine reads them off the model)
         self.eos_ids = {tokenizer.eos_token_id, *eos_token_ids} - {None}
         mode = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "logprobs_mode", None)
@@ -167,7 +164,7 @@ class VLLMEngine:
         ``i`` is seeded by ``(seed, first_index + i, turn)`` (a data-parallel rank passes the global index of its
         first episode); ``prompts`` (token ids) replaces the agent prompt; ``progress(n)``: episodes done per turn."""
         if prompts is None:
-            prompts = prompt_batch(self.prompt_ids, [e.question for e in examples])
+            prompts = tokens.prompt_batch(self.prompt_ids, [e.question for e in examples])
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
         step = self.max_batch or max(1, len(eps))
@@ -216,7 +213,7 @@ class VLLMEngine:
             total += 1
             if t in self.eos_ids:
                 return turn_tokens, turn_lps, "eos"
-            if self._may_close(t) and any(x in self.tok.decode(turn_tokens[-16:]) for x in protocol.TURN_STOP_STRINGS):
+            if self._ends_with_stop(turn_tokens):
                 return turn_tokens, turn_lps, "stop"
             if total >= cfg.max_total_tokens or len(turn_tokens) >= cfg.max_turn_tokens:
                 return turn_tokens, turn_lps, "budget"
