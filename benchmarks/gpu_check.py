@@ -10,7 +10,8 @@ measurement runs in a child process, so its engine gets the GPU memory the demo'
 both run vLLM's engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as training does by default, or in its own
 process with ``--vllm-multiprocessing``. ``--engine vllm-server --vllm-url URL`` samples the GRPO phase from a
 ``vllm serve`` process instead (weights saved and reloaded by path before the first rollout and after every step).
-The vLLM rollouts are measured with and without sampler log-probs (``rollout.vllm_logprobs``).
+The vLLM rollouts are measured with sampler log-probs for all episodes, for 1 in 8 (the default) and for none
+(``rollout.vllm_logprobs``).
 
     bash scripts/gpu_check.sh [--data DIR]        # installs carried wheels, then runs this with --out $OUT
 
@@ -55,7 +56,7 @@ def gpu_overrides(args, model_dir: Path) -> dict:
             "eval_limit": args.eval_limit, "rollout.engine": args.engine, "rollout.vllm_url": args.vllm_url,
             "rollout.vllm_kwargs": json.loads(args.vllm_kwargs),
             "rollout.vllm_multiprocessing": args.vllm_multiprocessing,
-            "rollout.vllm_logprobs": not args.no_vllm_logprobs}
+            "rollout.vllm_logprobs": args.vllm_logprobs}
     if not cuda:
         over.update({"warmup.num_examples": 8, "warmup.batch_size": 4, "grpo.questions_per_step": 2,
                      "ofsd.questions": 2, "eval_limit": 2})
@@ -109,12 +110,15 @@ def vllm_rollouts(args) -> None:
     eos = generation_eos_ids(GenerationConfig.from_pretrained(paths["warm"]))
     for b in [int(x) for x in args.batches.split(",")]:
         log(f"vLLM engine rollout, {b} episodes")
-        engine = VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b), eos_token_ids=eos)
+        engine = VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b, vllm_logprobs=True),
+                            eos_token_ids=eos)
         rollout_tps(engine, batch_of(8), seed=1)  # warm-up: first-call compilation stays out of the figure
-        out["rollout_vllm"][b] = rollout_tps(engine, batch_of(b))
-        engine.cfg = replace(engine.cfg, vllm_logprobs=False)  # the same without sampler log-probs
-        out.setdefault("rollout_vllm_no_logprobs", {})[b] = rollout_tps(engine, batch_of(b))
-        save()
+        # sampler log-probs for every episode, for 1 in 8 (the default while the trainer re-scores), for none
+        for key, frac in (("rollout_vllm", True), ("rollout_vllm_default_logprobs", None),
+                          ("rollout_vllm_no_logprobs", False)):
+            engine.cfg = replace(engine.cfg, vllm_logprobs=frac)
+            out.setdefault(key, {})[b] = rollout_tps(engine, batch_of(b))
+            save()
 
 
 def main() -> None:
@@ -137,8 +141,9 @@ def main() -> None:
     ap.add_argument("--vllm-kwargs", default="{}", help="JSON: rollout.vllm_kwargs (extra vllm.LLM keywords)")
     ap.add_argument("--vllm-multiprocessing", action="store_true",
                     help="rollout.vllm_multiprocessing: vLLM's engine in its own process (weights pushed by RPC)")
-    ap.add_argument("--no-vllm-logprobs", action="store_true",
-                    help="rollout.vllm_logprobs: false for the demo's GRPO phase (no sampler log-probs, no mismatch)")
+    ap.add_argument("--vllm-logprobs", type=float, default=None,
+                    help="rollout.vllm_logprobs for the demo's GRPO phase: the share of episodes with sampler "
+                         "log-probs (default unset: 1 in 8; 0: none, no mismatch logged)")
     ap.add_argument("--vllm-rollouts-only", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

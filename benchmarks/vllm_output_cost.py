@@ -18,11 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, print_table, repeat_median, rnd, write_results  # noqa: E402
 
 STOPS = ["</search>", "</answer>"]
-SETTINGS = {  # name -> (stop strings, logprobs, detokenize)
-    "stop strings + logprobs=1 (rollout.vllm_logprobs: true)": (STOPS, 1, True),
-    "stop strings + logprobs=0": (STOPS, 0, True),
-    "stop strings, no logprobs (rollout.vllm_logprobs: false)": (STOPS, None, True),
-    "no stop strings, no detokenising, logprobs=1": (None, 1, False),
+SETTINGS = {  # name -> (stop strings, logprobs, detokenize, share of requests with logprobs)
+    "stop strings + logprobs=1 (rollout.vllm_logprobs: true)": (STOPS, 1, True, 1.0),
+    "stop strings + logprobs=0": (STOPS, 0, True, 1.0),
+    "stop strings + logprobs=1 on 1 request in 8 (default: rollout.vllm_logprobs unset)": (STOPS, 1, True, 0.125),
+    "stop strings, no logprobs (rollout.vllm_logprobs: false)": (STOPS, None, True, 0.0),
+    "no stop strings, no detokenising, logprobs=1": (None, 1, False, 1.0),
 }
 
 
@@ -41,16 +42,19 @@ def main() -> None:
     from vllm.v1.outputs import LogprobsLists
 
     from searche1.models import resolve_model_path
+    from searche1.rollout.types import logprobs_wanted
 
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path(args.model)))
     B, T = args.batch, args.tokens
     rng = random.Random(0)
     steps = [[rng.randrange(1000, 40000) for _ in range(B)] for _ in range(T)]  # ordinary tokens, no stop
 
-    def run(stop, logprobs, detok) -> None:
+    def run(stop, logprobs, detok, share) -> None:
         op = OutputProcessor(tok, log_stats=False)
+        wanted = [logprobs is not None and logprobs_wanted(i, share) for i in range(B)]  # as VLLMEngine picks them
         for i in range(B):
-            sp = SamplingParams(max_tokens=T, stop=stop, include_stop_str_in_output=True, logprobs=logprobs,
+            sp = SamplingParams(max_tokens=T, stop=stop, include_stop_str_in_output=True,
+                                logprobs=logprobs if wanted[i] else None,
                                 skip_special_tokens=False, detokenize=detok, output_kind=RequestOutputKind.FINAL_ONLY)
             op.add_request(EngineCoreRequest(request_id=str(i), prompt_token_ids=[1, 2, 3], mm_features=None,
                                              sampling_params=sp, pooling_params=None, arrival_time=0.0,
@@ -62,7 +66,7 @@ def main() -> None:
                 ids = np.array(toks, dtype=np.int64)[:, None].repeat(logprobs + 1, 1)
                 lp = LogprobsLists(ids, np.full(ids.shape, -0.5, dtype=np.float32), np.ones(B, dtype=np.int64))
             op.process_outputs([EngineCoreOutput(request_id=str(i), new_token_ids=[toks[i]],
-                                                 new_logprobs=None if lp is None else lp.slice_request(i, 1),
+                                                 new_logprobs=lp.slice_request(i, 1) if wanted[i] else None,
                                                  finish_reason=None if s < T - 1 else 1) for i in range(B)])
 
     rows = []

@@ -275,7 +275,6 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     recompute = cfg.rollout.recompute_logprobs
     if recompute is None:
         recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
-    sampler_logprobs = cfg.rollout.engine == "hf" or cfg.rollout.vllm_logprobs  # vLLM may be asked for none
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
@@ -310,6 +309,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         stats: dict[str, float] = {}
         skipped = 0.0
         grad_norm = float("nan")
+        gap = (0.0, 0.0)  # sampler vs trainer log-prob gap: (sum, tokens) on this rank
         kept_all = d.sum(len(keep))
         # FSDP: every rank runs as many rows as the busiest one; padded rows have an all-zero mask (no loss, no grad)
         rows = keep + [0] * (lockstep_pad(len(keep), d) if full and kept_all else 0)
@@ -323,10 +323,11 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 a = adv[rows]
                 a[len(keep):] = 0.0
                 if recompute and _epoch == 0:
+                    # the gap only where the sampler returned log-probs (vLLM: rollout.vllm_logprobs of the episodes)
+                    has = torch.tensor([eps[i].sampler_logprobs for i in rows[:len(keep)]]
+                                       + [False] * (len(rows) - len(keep)))
                     old, gap = _rescore(model, ids, attn, mask, old, g.micro_batch_size, cfg.rollout, device,
-                                        autocast)
-                    if sampler_logprobs:  # else the "old" ones were zeros: no gap to log
-                        stats["rollout/logprob_mismatch"] = gap
+                                        autocast, has)
             denom = max(1.0, d.sum(batch_denominator(mask[:len(keep)], g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
             for s in range(0, len(rows), g.micro_batch_size):
@@ -373,11 +374,14 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         local = {**rollout_metrics(eps), **adv_metrics, **{k: v for k, v in stats.items() if k != "loss/policy"},
                  "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
                  "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
-        metrics = {**merge_metrics(d.gather((local, float(len(eps))))), "grad/norm": grad_norm,
+        parts = d.gather((local, float(len(eps)), gap))
+        metrics = {**merge_metrics([(m, w) for m, w, _ in parts]), "grad/norm": grad_norm,
                    "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
                    "train/kept_rollouts": kept_all, "mem/optimizer_state_mb": optimizer_state_bytes(opt) / 2**20}
         if "loss/policy" in stats:
             metrics["loss/policy"] = stats["loss/policy"]  # already summed over ranks
+        if gap_tokens := sum(n for *_, (_, n) in parts):  # none when every "old" log-prob was a zero
+            metrics["rollout/logprob_mismatch"] = sum(s for *_, (s, _) in parts) / gap_tokens
         if dev and (step % g.eval_every == 0 or step == g.steps):
             if d.is_main:
                 metrics.update(dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
@@ -419,9 +423,10 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
 
 @torch.no_grad()
-def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, device: str, autocast: bool):
+def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, device: str, autocast: bool,
+             has_sampler: torch.Tensor):
     """The trainer's own log-probs of the sampled tokens (the PPO "old" policy) and their mean absolute gap to the
-    sampler's, over policy tokens."""
+    sampler's over the policy tokens of the rows where ``has_sampler`` (bool, per row), as (sum, tokens)."""
     from searche1.algos import token_logprobs
 
     was = model.training
@@ -433,8 +438,8 @@ def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, de
             logits = model(input_ids=ids[s:s + micro].to(device), attention_mask=attn[s:s + micro].to(device)).logits
         new[s:s + micro] = token_logprobs(logits[:, :-1], ids[s:s + micro, 1:].to(device), temperature=temp).cpu()
     model.train(was)
-    gap = float(((new - old).abs() * mask).sum() / mask.sum().clamp(min=1))
-    return new * mask, gap
+    m = mask * has_sampler[:, None].to(mask.dtype)
+    return new * mask, (float(((new - old).abs() * m).sum()), float(m.sum()))
 
 
 def _dump_grads(model, path: Path, d) -> None:

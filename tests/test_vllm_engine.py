@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import os
 import sys
 import types
@@ -20,7 +21,7 @@ from searche1 import protocol
 from searche1.config import ConfigError
 from searche1.data.types import QAExample
 from searche1.rollout.hf_engine import HFEngine
-from searche1.rollout.types import Episode, RolloutConfig, StopReason
+from searche1.rollout.types import DEFAULT_VLLM_LOGPROB_FRACTION, Episode, RolloutConfig, StopReason, logprobs_wanted
 from searche1.rollout.vllm_engine import (LOGPROBS_MODE, VLLMEngine, VLLMServerClient, load_llm, push_weights,
                                           turn_seed)
 from tiny import tiny_model, tiny_tokenizer
@@ -85,7 +86,8 @@ class FakeLLM:
                 finish = "stop"
                 break
         lps = [{t: Logprob(fake_lp(turn, k), 1), t + 1: Logprob(-9.0, 2)} for k, t in enumerate(out)]
-        return types.SimpleNamespace(token_ids=tuple(out), logprobs=lps, finish_reason=finish, stop_reason=None)
+        return types.SimpleNamespace(token_ids=tuple(out), logprobs=None if sp.logprobs is None else lps,
+                                     finish_reason=finish, stop_reason=None)
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
         self.calls += 1
@@ -106,6 +108,9 @@ class BoomRetriever(OverlapRetriever):
         return super().search(queries, topk)
 
 
+ALL_LP = RolloutConfig(vllm_logprobs=True)  # vLLM returns the sampler's log-probs for every episode
+
+
 def examples(questions: list[str]) -> list[QAExample]:
     return [QAExample(id=f"q{i}", question=q, answers=["x"], dataset="toy") for i, q in enumerate(questions)]
 
@@ -113,7 +118,7 @@ def examples(questions: list[str]) -> list[QAExample]:
 def make(tok, scripts, retriever=None, llm=None, **cfg) -> tuple[VLLMEngine, FakeLLM, OverlapRetriever]:
     llm = llm or FakeLLM(tok, scripts)
     retriever = retriever or OverlapRetriever()
-    c = RolloutConfig(**{"max_turn_tokens": 24, "max_total_tokens": 1024, **cfg})
+    c = RolloutConfig(**{"max_turn_tokens": 24, "max_total_tokens": 1024, "vllm_logprobs": True, **cfg})
     return VLLMEngine(llm, tok, retriever, c), llm, retriever
 
 
@@ -258,12 +263,13 @@ def test_progress_chunks_prompts_and_errors(tok):
     assert [(e.response_ids, e.logprobs) for e in a] == [(e.response_ids, e.logprobs) for e in b]
     assert sorted(sp.seed for *_, sp in llm_a.requests) == sorted(sp.seed for *_, sp in llm_b.requests)
     # a data-parallel rank holding episodes 2.. passes first_index=2 and draws the same seeds
-    VLLMEngine(llm_c := FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs)[2:], seed=5, first_index=2)
+    VLLMEngine(llm_c := FakeLLM(tok, scripts), tok, OverlapRetriever(), ALL_LP).run(examples(qs)[2:], seed=5,
+                                                                                      first_index=2)
     assert [sp.seed for *_, sp in llm_c.requests] == [turn_seed(5, 2, 0), turn_seed(5, 2, 1)]
     # explicit prompt ids replace the agent prompt
     prompt = encode(tok, "Question: Who wrote Hamlet? Answer:")
     llm = FakeLLM(tok, {"Who wrote Hamlet?": [" <answer> Shakespeare </answer>"]}, needle="{}")
-    (ep,) = VLLMEngine(llm, tok, OverlapRetriever()).run(examples(["ignored"]), prompts=[prompt])
+    (ep,) = VLLMEngine(llm, tok, OverlapRetriever(), ALL_LP).run(examples(["ignored"]), prompts=[prompt])
     assert ep.prompt_ids == prompt and ep.answer == "Shakespeare"
     # greedy: temperature 0; missing log-probs and constrained decoding are refused loudly
     eng, llm, _ = make(tok, scripts, greedy=True)
@@ -272,7 +278,7 @@ def test_progress_chunks_prompts_and_errors(tok):
     no_lps = FakeLLM(tok, scripts)
     no_lps.complete = lambda ids, sp, f=no_lps.complete: types.SimpleNamespace(**{**vars(f(ids, sp)), "logprobs": None})
     with pytest.raises(RuntimeError, match="no log-probs"):
-        VLLMEngine(no_lps, tok, OverlapRetriever()).run(examples(qs[:1]))
+        VLLMEngine(no_lps, tok, OverlapRetriever(), ALL_LP).run(examples(qs[:1]))
     with pytest.raises(ConfigError, match="constrained"):
         VLLMEngine(llm, tok, OverlapRetriever(), RolloutConfig(turn_start="constrained"))
 
@@ -320,7 +326,8 @@ def test_same_records_as_hf_engine(tok):
         qs[5]: [" <search> boom </search>"],
         qs[6]: [" <search> a </search>", " <search> b </search>"],
     }
-    cfg = RolloutConfig(max_turn_tokens=20, max_total_tokens=1024, max_searches=1, max_info_tokens=48, batch_size=7)
+    cfg = RolloutConfig(max_turn_tokens=20, max_total_tokens=1024, max_searches=1, max_info_tokens=48, batch_size=7,
+                        vllm_logprobs=True)
     hf = HFEngine(tiny_model(tok), tok, BoomRetriever(), cfg, logits_hook=ForceHook(tok, scripts)).run(
         examples(qs), seed=0)
     vl = VLLMEngine(FakeLLM(tok, scripts), tok, BoomRetriever(), cfg).run(examples(qs), seed=0)
@@ -344,16 +351,16 @@ def mock_server(tok, scripts, with_token_ids: bool, log: list[dict]):
             return httpx.Response(200, json={"data": [{"id": "tiny"}]})
         body = json.loads(request.content)
         log.append(body)
-        sp = FakeSamplingParams(**{k: body[k] for k in ("max_tokens", "stop", "stop_token_ids", "seed")})
+        sp = FakeSamplingParams(**{k: body[k] for k in ("max_tokens", "stop", "stop_token_ids", "seed", "logprobs")})
         c = fake.complete(body["prompt"], sp)
-        lp = {"tokens": [f"token_id:{t}" for t in c.token_ids],
-              "token_logprobs": [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)], "top_logprobs": None}
+        lp = None if c.logprobs is None else {  # asked for none: none come back (nor ids through them)
+            "tokens": [f"token_id:{t}" for t in c.token_ids],
+            "token_logprobs": [d[t].logprob for t, d in zip(c.token_ids, c.logprobs)], "top_logprobs": None}
         choice = {"index": 0, "text": tok.decode(list(c.token_ids)), "logprobs": lp, "finish_reason": c.finish_reason}
         if with_token_ids:
             choice["token_ids"] = list(c.token_ids)
-            lp["tokens"] = [tok.decode([t]) for t in c.token_ids]
-        if body.get("logprobs") is None:  # asked for none: none come back (nor ids through them)
-            choice["logprobs"] = None
+            if lp is not None:
+                lp["tokens"] = [tok.decode([t]) for t in c.token_ids]
         return httpx.Response(200, json={"choices": [choice]})
 
     return httpx.MockTransport(handler)
@@ -367,8 +374,8 @@ def test_server_client_gives_the_same_episodes(tok, with_token_ids):
     bodies: list[dict] = []
     client = VLLMServerClient("localhost:8000/v1", transport=mock_server(tok, scripts, with_token_ids, bodies),
                               concurrency=2)
-    served = VLLMEngine(client, tok, OverlapRetriever()).run(examples(qs), seed=1)
-    local = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs), seed=1)
+    served = VLLMEngine(client, tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=1)
+    local = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=1)
     fields = ("response_ids", "policy_mask", "logprobs", "queries", "answer", "stop_reason", "turns")
     assert [[getattr(e, f) for f in fields] for e in served] == [[getattr(e, f) for f in fields] for e in local]
     assert client.base_url == "http://localhost:8000" and len(bodies) == 5
@@ -544,7 +551,7 @@ def test_without_vllm_logprobs_same_tokens_zero_logprobs(tok, with_token_ids):
     qs = ["What is the capital of France?", "Capital of Germany?"]
     scripts = {qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
                qs[1]: [" <answer> Berlin </answer>"]}
-    with_lp = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs), seed=1)
+    with_lp = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=1)
     llm = FakeLLM(tok, scripts)
     cfg = RolloutConfig(vllm_logprobs=False)
     without = VLLMEngine(llm, tok, OverlapRetriever(), cfg).run(examples(qs), seed=1)
@@ -565,22 +572,99 @@ def test_without_vllm_logprobs_same_tokens_zero_logprobs(tok, with_token_ids):
 
 
 def test_vllm_logprobs_config():
-    with pytest.raises(ConfigError, match="vllm_logprobs: false leaves no old log-probs"):
-        RolloutConfig(engine="vllm", vllm_logprobs=False, recompute_logprobs=False).validate()
+    for frac in (False, 0.5):
+        with pytest.raises(ConfigError, match="leaves episodes without old log-probs"):
+            RolloutConfig(engine="vllm", vllm_logprobs=frac, recompute_logprobs=False).validate()
+    with pytest.raises(ConfigError, match="not a fraction of episodes"):
+        RolloutConfig(vllm_logprobs=1.5).validate()
     RolloutConfig(engine="vllm", vllm_logprobs=False).validate()
     RolloutConfig(engine="hf", vllm_logprobs=False, recompute_logprobs=False).validate()  # no vLLM: no matter
+    # unset: 1 in 8 while the trainer re-scores (the vLLM default), all when it does not
+    assert RolloutConfig(engine="vllm").vllm_logprob_fraction() == DEFAULT_VLLM_LOGPROB_FRACTION == 0.125
+    assert RolloutConfig(engine="vllm", recompute_logprobs=False).vllm_logprob_fraction() == 1.0
+    assert [RolloutConfig(vllm_logprobs=v).vllm_logprob_fraction() for v in (True, False, 0.25)] == [1.0, 0.0, 0.25]
+    from searche1.config import from_dict
+    assert from_dict(RolloutConfig, {"vllm_logprobs": True}).vllm_logprobs is True  # YAML true/false still read
+    assert from_dict(RolloutConfig, {"vllm_logprobs": 0.25}).vllm_logprob_fraction() == 0.25
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.125, 1 / 3, 0.5, 0.7, 1.0])
+def test_logprobs_wanted_spreads_exactly(frac):
+    """Exactly floor(n * frac) of the first n global indices, evenly: every window of k indices holds
+    floor or ceil of k * frac; a rank's episodes are chosen by global index, so any split agrees."""
+    chosen = [logprobs_wanted(i, frac) for i in range(200)]
+    for n in range(201):
+        assert sum(chosen[:n]) == int(n * frac + 1e-9)
+    for k in (5, 8):
+        assert all(abs(sum(chosen[i:i + k]) - k * frac) < 1 for i in range(200 - k))
+
+
+def test_sampled_logprobs_only_for_chosen_episodes(tok):
+    """Unset vllm_logprobs (1 in 8): vLLM (colocated or served) is asked for log-probs only for episodes 7, 15, ...
+    of the global index; their records carry them, the others zeros and sampler_logprobs False; the tokens are the
+    same as with log-probs everywhere."""
+    qs = [f"Capital of country {k}?" for k in range(16)]
+    scripts = {q: [" <search> capital </search>", " <answer> x </answer>"] for q in qs}
+    every = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=3)
+    llm = FakeLLM(tok, scripts)
+    some = VLLMEngine(llm, tok, OverlapRetriever(), RolloutConfig()).run(examples(qs), seed=3)
+    assert [e.sampler_logprobs for e in some] == [i % 8 == 7 for i in range(16)]
+    assert {(key, sp.logprobs) for key, _, _, sp in llm.requests} == \
+        {(f"Question: {q}", 1 if i % 8 == 7 else None) for i, q in enumerate(qs)}
+    for a, b in zip(every, some):
+        assert (a.response_ids, a.policy_mask, a.answer) == (b.response_ids, b.policy_mask, b.answer)
+        assert b.logprobs == (a.logprobs if b.sampler_logprobs else [0.0] * len(a.logprobs))
+    assert all(e.sampler_logprobs for e in every)
+    # a rank holding episodes 4..11 (first_index=4) chooses by global index: only episode 7
+    part = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever()).run(examples(qs)[4:12], seed=3, first_index=4)
+    assert [e.sampler_logprobs for e in part] == [i == 7 for i in range(4, 12)]
+    bodies: list[dict] = []
+    client = VLLMServerClient("localhost:8000", transport=mock_server(tok, scripts, True, bodies))
+    served = VLLMEngine(client, tok, OverlapRetriever()).run(examples(qs), seed=3)
+    assert [(e.response_ids, e.logprobs, e.sampler_logprobs) for e in served] == \
+        [(e.response_ids, e.logprobs, e.sampler_logprobs) for e in some]
+    assert sorted(b["logprobs"] is not None for b in bodies) == [False] * 28 + [True] * 4  # 2 episodes x 2 turns
+
+
+def test_rescore_gap_counts_only_sampler_rows():
+    """The mismatch is over the policy tokens of rows whose sampler returned log-probs; the re-scored log-probs are
+    the trainer's for every row."""
+    from searche1.train import _rescore
+
+    V = 7
+
+    class Uniform(torch.nn.Module):  # logits 0: every log-prob is -log V
+        def forward(self, input_ids, attention_mask):
+            return types.SimpleNamespace(logits=torch.zeros(*input_ids.shape, V))
+
+    ids = torch.randint(0, V, (3, 6))
+    attn = torch.ones_like(ids)
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0]], dtype=torch.float32)[:, 1:]
+    old = torch.tensor([[-1.0] * 5, [0.0] * 5, [-2.0] * 5]) * mask
+    has = torch.tensor([True, False, True])
+    new, (gap_sum, n) = _rescore(Uniform(), ids, attn, mask, old, 2, RolloutConfig(), "cpu", False, has)
+    lv = math.log(V)
+    assert torch.allclose(new, -lv * mask)
+    assert n == 3 + 2 and gap_sum == pytest.approx(3 * abs(lv - 1) + 2 * abs(lv - 2), rel=1e-5)
+    assert _rescore(Uniform(), ids, attn, mask, old, 2, RolloutConfig(), "cpu", False, has | True)[1][1] == 10
+    assert _rescore(Uniform(), ids, attn, mask, old, 2, RolloutConfig(), "cpu", False, has & False)[1] == (0.0, 0.0)
 
 
 def test_grpo_without_vllm_logprobs_rescored_and_no_mismatch(fake_vllm, tmp_path):
-    """With no sampler log-probs the trainer re-scores the samples and logs no mismatch; with them it logs one."""
+    """With no sampler log-probs the trainer re-scores the samples and logs no mismatch; with them (all, or half
+    the episodes) it logs one, over the episodes that have them."""
     from test_train import make_config, parity_reward
 
     from searche1.metrics import read_metrics
     from searche1.train import run_grpo
 
     fake_vllm.LLM = lambda **kw: RandomLLM(vocab=550)
-    for flag in (False, True):
+    gaps = {}
+    for flag in (False, 0.5, True):
         cfg = make_config(tmp_path, steps=1)
         cfg.rollout.engine, cfg.rollout.vllm_logprobs = "vllm", flag
         (row,) = read_metrics(run_grpo(cfg, tmp_path / f"lp-{flag}", progress=False, episode_reward=parity_reward))
-        assert row["train/kept_rollouts"] > 0 and ("rollout/logprob_mismatch" in row) == flag
+        assert row["train/kept_rollouts"] > 0 and ("rollout/logprob_mismatch" in row) == bool(flag)
+        gaps[flag] = row.get("rollout/logprob_mismatch")
+    # the fake's log-probs are all -1 and the model's far lower: the zeros of unsampled episodes would add to the gap
+    assert gaps[0.5] == pytest.approx(gaps[True], rel=0.03)  # 5.41 vs 5.44; with those zeros it would be ~5.9

@@ -52,11 +52,13 @@ class RolloutConfig:
                 "objects) overlaps the GPU's work; weights are then pushed by RPC, a copy each step (sets "
                 "VLLM_ALLOW_INSECURE_SERIALIZATION=1). Default in-process: weights pushed by reference. Not yet "
                 "measured on a GPU"})
-    vllm_logprobs: bool = field(default=True, metadata={
-        "help": "vllm engines: ask vLLM for the sampled tokens' log-probs, to log rollout/logprob_mismatch. Its "
-                "front end then costs ~8x more CPU per token (vLLM 0.20: 52 vs 6 us on this 2-core CPU, "
-                "benchmarks/vllm_output_cost.py), which in-process runs in the trainer's thread; false: the trainer's "
-                "re-scored log-probs are the only ones (needs recompute_logprobs on) and no mismatch is logged"})
+    vllm_logprobs: bool | float | None = field(default=None, metadata={
+        "help": "vllm engines: the fraction of episodes for which vLLM returns the sampled tokens' log-probs (true = "
+                "1, false = 0), spread evenly over episode indices; they serve only to log rollout/logprob_mismatch "
+                "when the trainer re-scores the samples. Each such token costs vLLM's front end ~8x the CPU of one "
+                "without (vLLM 0.20: 52 vs 6 us on this 2-core CPU, benchmarks/vllm_output_cost.py), in the "
+                "trainer's thread when in-process. None = 1/8 when recompute_logprobs is on (the vLLM default), "
+                "all when it is off (then they are the PPO old log-probs, and anything below 1 is an error)"})
     vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
                 "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}}"})
@@ -76,14 +78,35 @@ class RolloutConfig:
             raise ConfigError("top_p: must be in (0, 1]")
         if self.engine == "vllm-server" and not self.vllm_url:
             raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
-        if self.engine != "hf" and not self.vllm_logprobs and self.recompute_logprobs is False:
-            raise ConfigError("vllm_logprobs: false leaves no old log-probs unless the trainer re-scores the samples "
-                              "(fix: recompute_logprobs: true, or leave it unset)")
+        if not isinstance(self.vllm_logprobs, bool) and self.vllm_logprobs is not None \
+                and not 0 <= self.vllm_logprobs <= 1:
+            raise ConfigError(f"vllm_logprobs: {self.vllm_logprobs} is not a fraction of episodes (fix: a number in "
+                              "[0, 1], true or false)")
+        if self.engine != "hf" and self.vllm_logprob_fraction() < 1 and self.recompute_logprobs is False:
+            raise ConfigError(f"vllm_logprobs: {self.vllm_logprobs} leaves episodes without old log-probs unless the "
+                              "trainer re-scores the samples (fix: recompute_logprobs: true, or leave it unset, or "
+                              "vllm_logprobs: true)")
         if self.engine not in ("hf", "vllm", "vllm-server"):
             raise ConfigError(f"engine: unknown '{self.engine}' (fix: use one of: hf, vllm, vllm-server)")
         for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
+
+    def vllm_logprob_fraction(self) -> float:
+        """The share of episodes a vLLM engine asks for sampler log-probs (``vllm_logprobs`` resolved)."""
+        if self.vllm_logprobs is None:
+            return 1.0 if self.recompute_logprobs is False else DEFAULT_VLLM_LOGPROB_FRACTION
+        return float(self.vllm_logprobs)
+
+
+DEFAULT_VLLM_LOGPROB_FRACTION = 0.125
+"""``rollout.vllm_logprobs`` when the trainer re-scores: enough episodes (1 in 8) to estimate the mismatch."""
+
+
+def logprobs_wanted(index: int, fraction: float) -> bool:
+    """Whether global episode ``index`` is one of the ``fraction`` whose sampler log-probs are asked for: exactly
+    ``floor(n * fraction)`` of any first ``n`` indices, evenly spread, the same on every rank split."""
+    return int((index + 1) * fraction + 1e-9) > int(index * fraction + 1e-9)  # 1e-9: 90 * 0.7 is 62.99999...
 
 
 @dataclass
@@ -97,6 +120,7 @@ class Episode:
     response_ids: list[int] = field(default_factory=list)
     policy_mask: list[int] = field(default_factory=list)  # per response token: 1 sampled by the policy, 0 inserted
     logprobs: list[float] = field(default_factory=list)  # per response token: sampler log-prob (0.0 where mask 0)
+    sampler_logprobs: bool = True  # False: the sampler returned none (vLLM, rollout.vllm_logprobs), logprobs are 0
     turns: int = 0
     queries: list[str] = field(default_factory=list)
     answer: str | None = None

@@ -26,7 +26,9 @@ How it departs from the HF engine:
 * **Sampler log-probs are vLLM's, not the trainer's.** They come from vLLM's kernels (bf16 weights, other attention
   and matmul kernels, batch-dependent reductions), so they differ slightly from what the trainer computes for the
   same tokens. The trainer should recompute the log-probs of the sampled tokens with its own model and log the gap
-  as ``rollout/logprob_mismatch``; the recorded ones are only the behaviour policy's estimate.
+  as ``rollout/logprob_mismatch``; the recorded ones are only the behaviour policy's estimate. So by default only
+  1 episode in 8 asks vLLM for them (``rollout.vllm_logprobs``; ``Episode.sampler_logprobs`` says which): the gap
+  is estimated on those, and vLLM's front end skips its costly per-token log-prob objects for the rest.
 * **Which distribution.** We ask for ``logprobs_mode="processed_logprobs"`` (:func:`load_llm`, or ``vllm serve
   --logprobs-mode processed_logprobs``; the flag exists since vLLM 0.10.0, and after vllm PR 22387 (TRL requires
   0.10.2 for it) means log-softmax after temperature *and* top-k/top-p). With ``top_p == 1`` (training) that equals
@@ -54,7 +56,7 @@ from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
 from searche1.rollout.hf_engine import HFEngine, _safe_search
-from searche1.rollout.types import Episode, RolloutConfig, StopReason
+from searche1.rollout.types import Episode, RolloutConfig, StopReason, logprobs_wanted
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +68,13 @@ LOGPROBS_MODE = "processed_logprobs"
 
 @dataclass(frozen=True, slots=True)
 class TurnRequest:
-    """One generation request: continue ``prompt_ids`` for at most ``max_tokens`` tokens with ``seed``."""
+    """One generation request: continue ``prompt_ids`` for at most ``max_tokens`` tokens with ``seed``; ``logprobs``:
+    return the sampled tokens' log-probs (else they are recorded as 0)."""
 
     prompt_ids: list[int]
     max_tokens: int
     seed: int | None
+    logprobs: bool = True
 
 
 @dataclass(slots=True)
@@ -135,7 +139,8 @@ class VLLMEngine:
         return tokens.info_ids(self.tok, hits, self.cfg)
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        """Settings shared by every request (``SamplingParams`` keywords, also valid ``/v1/completions`` fields)."""
+        """Settings shared by every request (``SamplingParams`` keywords, also valid ``/v1/completions`` fields);
+        ``logprobs`` is set per request (:func:`request_logprobs`)."""
         cfg = self.cfg
         return {
             "n": 1,
@@ -145,9 +150,6 @@ class VLLMEngine:
             "stop_token_ids": sorted(self.eos_ids),
             "include_stop_str_in_output": True,
             "skip_special_tokens": False,
-            # the sampled token's log-prob (+ top-1; 0 returned nothing in early V1 releases), or none at all
-            # (rollout.vllm_logprobs: false): vLLM's per-token log-prob objects cost it ~8x the CPU of the rest
-            "logprobs": 1 if cfg.vllm_logprobs else None,
         }
 
     # ------------------------------------------------------------------------------------------------------------
@@ -165,8 +167,10 @@ class VLLMEngine:
         first episode); ``prompts`` (token ids) replaces the agent prompt; ``progress(n)``: episodes done per turn."""
         if prompts is None:
             prompts = tokens.prompt_batch(self.prompt_ids, [e.question for e in examples])
+        frac = self.cfg.vllm_logprob_fraction()
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
-                       prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
+                       prompt_ids=list(prompts[k]), sampler_logprobs=logprobs_wanted(first_index + k, frac))
+               for k, e in enumerate(examples)]
         step = self.max_batch or max(1, len(eps))
         for start in range(0, len(eps), step):
             self._run_chunk(eps, list(range(start, min(start + step, len(eps)))), seed, first_index, progress)
@@ -182,7 +186,8 @@ class VLLMEngine:
         while live:
             reqs = [TurnRequest(eps[i].prompt_ids + eps[i].response_ids,
                                 max(1, min(cfg.max_turn_tokens, cfg.max_total_tokens - total[i])),
-                                turn_seed(seed, first_index + i, eps[i].turns)) for i in live]
+                                turn_seed(seed, first_index + i, eps[i].turns), eps[i].sampler_logprobs)
+                    for i in live]
             samples = self._generate(reqs)
             if len(samples) != len(reqs):
                 raise RuntimeError(f"vLLM returned {len(samples)} outputs for {len(reqs)} requests")
@@ -256,16 +261,24 @@ def _sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
     return out
 
 
+def request_logprobs(req: TurnRequest) -> int | None:
+    """``SamplingParams.logprobs`` / ``/v1/completions`` ``logprobs`` for one request: 1 (the sampled token's log-prob
+    and the top-1; 0 returned nothing in early V1 releases) or None (no log-prob objects: vLLM's front end then does
+    ~8x less per token, see rollout.vllm_logprobs)."""
+    return 1 if req.logprobs else None
+
+
 def _generate_colocated(llm: Any, reqs: list[TurnRequest], shared: dict[str, Any]) -> list[TurnSample]:
     from vllm import SamplingParams
 
-    params = [SamplingParams(**shared, max_tokens=r.max_tokens, seed=r.seed) for r in reqs]
+    params = [SamplingParams(**shared, max_tokens=r.max_tokens, seed=r.seed, logprobs=request_logprobs(r))
+              for r in reqs]
     outs = llm.generate([{"prompt_token_ids": r.prompt_ids} for r in reqs], sampling_params=params, use_tqdm=False)
     samples = []
-    for ro in outs:
+    for r, ro in zip(reqs, outs):
         c = ro.outputs[0]
         ids = [int(t) for t in c.token_ids]
-        lps = _sampled_logprobs(ids, c.logprobs) if shared["logprobs"] is not None else [0.0] * len(ids)
+        lps = _sampled_logprobs(ids, c.logprobs) if r.logprobs else [0.0] * len(ids)
         samples.append(TurnSample(ids, lps, c.finish_reason))
     return samples
 
@@ -354,7 +367,7 @@ class VLLMServerClient:
     """Thin client for a ``vllm serve`` OpenAI-compatible server; pass it as ``llm`` to :class:`VLLMEngine`.
 
     Each request is one ``POST /v1/completions`` with ``prompt`` = token ids, ``max_tokens``, ``seed``, ``stop``,
-    ``logprobs: 1`` and ``return_tokens_as_token_ids`` / ``return_token_ids`` (sampled ids come back exactly, never
+    ``logprobs: 1`` (or none, see :func:`request_logprobs`) and ``return_tokens_as_token_ids`` / ``return_token_ids`` (sampled ids come back exactly, never
     re-tokenised); requests of a turn run ``concurrency`` at a time (one seed per request, so no batching by prompt
     list). Start the server with ``--logprobs-mode processed_logprobs`` (see the module docstring).
 
@@ -404,14 +417,15 @@ class VLLMServerClient:
 
     def _complete(self, req: TurnRequest, shared: dict[str, Any]) -> TurnSample:
         body = {**shared, "model": self._model_name(), "prompt": req.prompt_ids, "max_tokens": req.max_tokens,
-                "seed": req.seed, "return_tokens_as_token_ids": True, "return_token_ids": True}
+                "seed": req.seed, "logprobs": request_logprobs(req), "return_tokens_as_token_ids": True,
+                "return_token_ids": True}
         r = self._post("/v1/completions", body)
         if r.status_code != 200:
             raise RuntimeError(f"vLLM server {self.base_url}/v1/completions answered {r.status_code}: {r.text:.500}")
         choice = r.json()["choices"][0]
         lp = choice.get("logprobs") or {}
         ids = choice.get("token_ids")
-        if shared.get("logprobs") is None:  # rollout.vllm_logprobs: false: the ids can only come as token_ids
+        if not req.logprobs:  # not asked for (rollout.vllm_logprobs < 1): the ids can only come as token_ids
             if ids is None:
                 raise RuntimeError("vLLM server returned no token_ids (too old for return_token_ids?): use "
                                    "rollout.vllm_logprobs: true, whose log-probs also carry the ids")
