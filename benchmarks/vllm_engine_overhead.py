@@ -1,6 +1,7 @@
 """Our vLLM engine's own CPU work per token (issue 7), with vLLM replaced by a stub that answers at once: what is left
 of a rollout's time when generation costs nothing (prompt rendering, cutting turns, log-prob bookkeeping, decoding
-the responses). Compare with the H100 figure in benchmarks/results/decode_compare_h100.json (512 episodes of ~117
+the responses). The stub's tokens are drawn before timing (drawing them inside, as the first version did, charged
+~0.2 s of random numbers to the engine). Compare with the H100 figure in benchmarks/results/decode_compare_h100.json (512 episodes of ~117
 tokens, the same shape as here) to see how much of that run was vLLM's.
 
     python benchmarks/vllm_engine_overhead.py [--episodes 512] [--tokens 117] [--model smollm2-135m-instruct]
@@ -35,10 +36,13 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(resolve_model_path(args.model)))
     rng = random.Random(0)
 
+    pool = [rng.randrange(1000, 40000) for _ in range(args.episodes * args.tokens)]
+    lps = [-0.5] * len(pool)
+
     class StubEngine(VLLMEngine):
-        def _generate(self, reqs):  # random ordinary tokens at once, as if the GPU took no time
-            return [TurnSample([rng.randrange(1000, 40000) for _ in range(r.max_tokens)], [-0.5] * r.max_tokens,
-                               "length") for r in reqs]
+        def _generate(self, reqs):  # ordinary tokens drawn beforehand, at once, as if the GPU took no time
+            return [TurnSample(pool[k * r.max_tokens:(k + 1) * r.max_tokens], lps[:r.max_tokens], "length")
+                    for k, r in enumerate(reqs)]
 
     cfg = RolloutConfig(max_turn_tokens=args.tokens, max_total_tokens=2048, max_searches=0)
     engine = StubEngine(types.SimpleNamespace(), tok, None, cfg)

@@ -668,3 +668,41 @@ def test_grpo_without_vllm_logprobs_rescored_and_no_mismatch(fake_vllm, tmp_path
         gaps[flag] = row.get("rollout/logprob_mismatch")
     # the fake's log-probs are all -1 and the model's far lower: the zeros of unsampled episodes would add to the gap
     assert gaps[0.5] == pytest.approx(gaps[True], rel=0.03)  # 5.41 vs 5.44; with those zeros it would be ~5.9
+
+
+def test_cut_turn_matches_the_token_by_token_rule(tok):
+    """The vLLM engine cuts a whole turn at once (``StopCheck.first_end``); it must agree with the per-token rule the
+    HF engine applies as tokens stream (EOS, then a stop string, then the total budget, then the turn budget)."""
+    import random
+
+    from searche1.rollout.tokens import StopCheck
+    from searche1.rollout.vllm_engine import TurnSample
+
+    def reference(sample, total, cfg, eos, check):
+        turn, lps = [], []
+        for t, lp in zip(sample.token_ids, sample.logprobs):
+            turn.append(t)
+            lps.append(lp)
+            total += 1
+            if t in eos:
+                return turn, lps, "eos"
+            if check(turn):
+                return turn, lps, "stop"
+            if total >= cfg.max_total_tokens or len(turn) >= cfg.max_turn_tokens:
+                return turn, lps, "budget"
+        return turn, lps, "stop" if sample.finish_reason == "stop" else "budget"
+
+    rng = random.Random(0)
+    pieces = [encode(tok, t) for t in (" <search> a b </search>", " </answer>", " words here", "> >", " <answer> x")]
+    pieces += [[tok.eos_token_id], [rng.randrange(3, len(tok)) for _ in range(5)]]
+    ends = collections.Counter()
+    for _ in range(400):
+        ids = [t for _ in range(rng.randrange(0, 6)) for t in rng.choice(pieces)]
+        cfg = RolloutConfig(max_turn_tokens=rng.randrange(1, 40), max_total_tokens=rng.randrange(20, 80))
+        eng = VLLMEngine(FakeLLM(tok, {}), tok, OverlapRetriever(), cfg)
+        s = TurnSample(ids, [-0.1 * k for k in range(len(ids))], rng.choice(["stop", "length"]))
+        total = rng.randrange(0, 85)
+        want = reference(s, total, cfg, eng.eos_ids, StopCheck(tok))
+        assert eng._cut_turn(s, total) == want, (ids, total, cfg.max_turn_tokens, cfg.max_total_tokens)
+        ends[want[2]] += 1
+    assert set(ends) == {"eos", "stop", "budget"}  # every way out was exercised

@@ -36,11 +36,30 @@ class StopCheck:
         self._memo: dict[int, bool] = {}
 
     def __call__(self, turn_tokens: list[int]) -> bool:
-        t = turn_tokens[-1]
+        return self._may_end(turn_tokens[-1]) and self._window_stops(turn_tokens)
+
+    def _may_end(self, t: int) -> bool:
         hit = self._memo.get(t)
         if hit is None:
             hit = self._memo[t] = any(c in self.tok.decode([t]) for c in self._tails)
-        return hit and any(s in self.tok.decode(turn_tokens[-16:]) for s in protocol.TURN_STOP_STRINGS)
+        return hit
+
+    def _window_stops(self, turn_tokens: list[int]) -> bool:
+        return any(s in self.tok.decode(turn_tokens[-16:]) for s in protocol.TURN_STOP_STRINGS)
+
+    def first_end(self, ids: list[int], limit: int, eos_ids: set[int]) -> tuple[int, str] | None:
+        """A whole turn at once (the vLLM engine): ``(k, "eos" | "stop")`` for the first of ``ids[:limit]`` that is an
+        EOS id or completes a stop string (per token, EOS first: the rule of ``__call__`` token by token), else None.
+        One dict lookup per token; the window is decoded only after a possible stop tail."""
+        memo = self._memo
+        for k in range(min(limit, len(ids))):
+            t = ids[k]
+            if t in eos_ids:
+                return k, "eos"
+            hit = memo.get(t)
+            if (hit or (hit is None and self._may_end(t))) and self._window_stops(ids[:k + 1]):
+                return k, "stop"
+        return None
 
 
 def prompt_batch(make: Any, questions: Any) -> list[list[int]]:

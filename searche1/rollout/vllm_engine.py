@@ -210,20 +210,18 @@ class VLLMEngine:
     def _cut_turn(self, s: TurnSample, total: int) -> tuple[list[int], list[float], str]:
         """The turn's tokens cut by HFEngine's per-token rule, and how it ended (eos | stop | budget)."""
         cfg = self.cfg
-        turn_tokens: list[int] = []
-        turn_lps: list[float] = []
-        for t, lp in zip(s.token_ids, s.logprobs):
-            turn_tokens.append(t)
-            turn_lps.append(lp)
-            total += 1
-            if t in self.eos_ids:
-                return turn_tokens, turn_lps, "eos"
-            if self._ends_with_stop(turn_tokens):
-                return turn_tokens, turn_lps, "stop"
-            if total >= cfg.max_total_tokens or len(turn_tokens) >= cfg.max_turn_tokens:
-                return turn_tokens, turn_lps, "budget"
+        ids, lps = s.token_ids, s.logprobs
+        # per token, in order: EOS, then a stop string, then the budget (total length, then turn length), which
+        # ends the turn at token `budget` (the first, when the total budget is already spent)
+        budget = max(0, min(cfg.max_total_tokens - total, cfg.max_turn_tokens) - 1)
+        hit = self._ends_with_stop.first_end(ids, budget + 1, self.eos_ids)
+        if hit is not None:
+            k, end = hit
+            return ids[:k + 1], lps[:k + 1], end
+        if budget < len(ids):
+            return ids[:budget + 1], lps[:budget + 1], "budget"
         # vLLM saw a stop string our 16-token window did not (very long stop tokens), or it ran out of max_tokens
-        return turn_tokens, turn_lps, "stop" if s.finish_reason == "stop" else "budget"
+        return list(ids), list(lps), "stop" if s.finish_reason == "stop" else "budget"
 
     def _attach_blocks(self, eps: list[Episode], pending: list[int], total: dict[int, int]) -> list[int]:
         """One batched retrieval for the turn's searches; append each block (mask 0). Returns the episodes that go
