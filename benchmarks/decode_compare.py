@@ -1,8 +1,11 @@
 """HF vs vLLM engine on long, decode-bound episodes (issue 7): the same questions, batch and rollout settings, with
 turns of up to ``--turn-tokens`` tokens, so per-turn work (retrieval, tokenising blocks) weighs little.
 
-    python benchmarks/decode_compare.py --model DIR --index DIR --data DIR --out FILE.json [--batch 512]
+    python benchmarks/decode_compare.py --model DIR --data DIR --out FILE.json [--index DIR] [--batch 512]
                                         [--vllm-multiprocessing]
+
+Without ``--index`` a BM25 index of ``DATA/corpus.jsonl`` is built first (6 s for the searchqa corpus on a 2-core
+CPU), so this needs nothing from an earlier run.
 
 vLLM runs in-process by default (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the colocated training engine must, to push
 weights by reference); ``--vllm-multiprocessing`` gives it its own engine process (vLLM's default), so that its
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,11 +29,13 @@ from gpu_check import rollout_tps  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for a in ("--model", "--index", "--data", "--out"):
+    for a in ("--model", "--data", "--out"):
         ap.add_argument(a, required=True)
+    ap.add_argument("--index", default=None, help="a searche1 index folder (default: BM25 of DATA/corpus.jsonl)")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--turn-tokens", type=int, default=256)
     ap.add_argument("--vllm-multiprocessing", action="store_true", help="vLLM's engine in its own process")
+    ap.add_argument("--device", default="cuda", help="of the HF engine (cpu: a smoke test of this script)")
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.vllm_multiprocessing else "0"
     from searche1.data.qa import load_qa_files
@@ -43,12 +49,18 @@ def main() -> None:
     path = str(resolve_model_path(args.model))
     cfg = RolloutConfig(max_turn_tokens=args.turn_tokens, max_total_tokens=2048, max_searches=4, topk=3,
                         max_doc_tokens=64, batch_size=args.batch)
-    retriever = make_retriever(RetrievalConfig(index=Path(args.index)))
+    index = Path(args.index) if args.index else Path(tempfile.mkdtemp(prefix="decode-compare-")) / "index"
+    if not args.index:
+        from searche1.retrieval.index import build_index
+
+        log("BM25 index of the corpus"); build_index(Path(args.data) / "corpus.jsonl", index, overwrite=True,
+                                                     show_progress=False)
+    retriever = make_retriever(RetrievalConfig(index=index))
     pool = [q for exs in load_qa_files(sorted((Path(args.data) / "dev").glob("*.jsonl"))).values() for q in exs]
     qs = (pool * (args.batch // len(pool) + 1))[:args.batch]
     res = {"model": args.model, "batch": args.batch, "turn_tokens": args.turn_tokens,
            "vllm_multiprocessing": args.vllm_multiprocessing}
-    model, tok = load_policy(ModelConfig(name_or_path=path, device="cuda", dtype="bfloat16"))
+    model, tok = load_policy(ModelConfig(name_or_path=path, device=args.device, dtype="bfloat16"))
     hf = HFEngine(model, tok, retriever, cfg)
     rollout_tps(hf, qs[:8], seed=1)
     log("HF"); res["hf"] = rollout_tps(hf, qs)
@@ -59,10 +71,12 @@ def main() -> None:
     v = VLLMEngine(llm, tok, retriever, replace(cfg, vllm_logprobs=True), eos_token_ids=eos)
     rollout_tps(v, qs[:8], seed=1)
     # sampler log-probs for every episode (as measured in session 5), for 1 in 8 (the default while the trainer
-    # re-scores), for none: vLLM's front end does ~8x less per token without them
-    for key, frac in (("vllm", True), ("vllm_default_logprobs", None), ("vllm_no_logprobs", False)):
-        v.cfg = replace(cfg, vllm_logprobs=frac)
-        log(f"vLLM, rollout.vllm_logprobs={frac}"); res[key] = rollout_tps(v, qs)
+    # re-scores), for none: vLLM's front end does ~8x less per token without them; then the default without
+    # per-request seeds (vLLM's sampler loops over seeded requests, one kernel launch each, every step)
+    for key, frac, seeds in (("vllm", True, True), ("vllm_default_logprobs", None, True),
+                             ("vllm_no_logprobs", False, True), ("vllm_default_logprobs_no_request_seeds", None, False)):
+        v.cfg = replace(cfg, vllm_logprobs=frac, vllm_request_seeds=seeds)
+        log(f"vLLM, rollout.vllm_logprobs={frac}, vllm_request_seeds={seeds}"); res[key] = rollout_tps(v, qs)
         res[f"{key}_over_hf"] = round(res[key]["tokens_per_s"] / res["hf"]["tokens_per_s"], 2)
         Path(args.out).write_text(json.dumps(res, indent=1))
     Path(args.out).write_text(json.dumps(res, indent=1))

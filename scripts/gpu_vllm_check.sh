@@ -7,7 +7,9 @@
 #               log-prob gap to HF (~90 s with the first torch.compile)
 #   demo        benchmarks/gpu_check.py --engine vllm: the demo with vLLM GRPO rollouts, then HF vs vLLM rollout
 #               tokens/s on the warmed model (~270 s; needs `check` first for its kwargs)
-#   decode      benchmarks/decode_compare.py: HF vs in-process vLLM on 512 long, decode-bound episodes (~85 s)
+#   decode      benchmarks/decode_compare.py: HF vs in-process vLLM on 512 long, decode-bound episodes, vLLM with
+#               sampler log-probs for all / 1 in 8 / no episodes, and without per-request seeds (~85 s with two
+#               vLLM settings; needs no other stage)
 #   decode-mp   the same with vLLM in its own engine process (not yet run)
 #   server      `vllm serve` on the base model (VLLM_SERVER_DEV_MODE=1, port 8011), then gpu_check.py --engine
 #               vllm-server: GRPO rollouts from the server, weights reloaded by path (not yet run; needs the
@@ -45,9 +47,9 @@ if has demo; then
 fi
 for mode in decode decode-mp; do
   has $mode || continue
-  [ -d /tmp/gc/work/demo/index ] || { echo "$mode needs the demo stage's index (/tmp/gc) first"; continue; }
-  timeout "${DECODE_LIMIT:-200}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
-    --index /tmp/gc/work/demo/index --data /tmp/data/searchqa --out "$OUT/$mode.json" \
+  idx=(); [ -d /tmp/gc/work/demo/index ] && idx=(--index /tmp/gc/work/demo/index)  # else it builds one (~6 s)
+  timeout "${DECODE_LIMIT:-240}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
+    "${idx[@]}" --data /tmp/data/searchqa --out "$OUT/$mode.json" \
     $([ $mode = decode-mp ] && echo --vllm-multiprocessing) > "/tmp/$mode.log" 2>&1
   echo "$mode exit $?"; tail -22 "/tmp/$mode.log"
 done

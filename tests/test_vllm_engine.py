@@ -706,3 +706,19 @@ def test_cut_turn_matches_the_token_by_token_rule(tok):
         assert eng._cut_turn(s, total) == want, (ids, total, cfg.max_turn_tokens, cfg.max_total_tokens)
         ends[want[2]] += 1
     assert set(ends) == {"eos", "stop", "budget"}  # every way out was exercised
+
+
+def test_without_request_seeds_vllm_draws(tok):
+    """rollout.vllm_request_seeds: false sends no seeds (vLLM's own generator samples); the episodes are otherwise
+    run the same way."""
+    qs = ["What is the capital of France?", "Capital of Germany?"]
+    scripts = {qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+               qs[1]: [" <answer> Berlin </answer>"]}
+    seeded_llm, free_llm = FakeLLM(tok, scripts), FakeLLM(tok, scripts)
+    seeded = VLLMEngine(seeded_llm, tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=1)
+    free = VLLMEngine(free_llm, tok, OverlapRetriever(),
+                      RolloutConfig(vllm_logprobs=True, vllm_request_seeds=False)).run(examples(qs), seed=1)
+    assert [sp.seed for *_, sp in free_llm.requests] == [None] * 3
+    assert [sp.seed for *_, sp in seeded_llm.requests] == [turn_seed(1, 0, 0), turn_seed(1, 1, 0), turn_seed(1, 0, 1)]
+    assert [(e.response_ids, e.logprobs, e.answer) for e in free] == [(e.response_ids, e.logprobs, e.answer)
+                                                                      for e in seeded]

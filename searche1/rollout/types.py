@@ -59,6 +59,12 @@ class RolloutConfig:
                 "without (vLLM 0.20: 52 vs 6 us on this 2-core CPU, benchmarks/vllm_output_cost.py), in the "
                 "trainer's thread when in-process. None = 1/8 when recompute_logprobs is on (the vLLM default), "
                 "all when it is off (then they are the PPO old log-probs, and anything below 1 is an error)"})
+    vllm_request_seeds: bool = field(default=True, metadata={
+        "help": "vllm engines: one seed per request (episode and turn), so an episode's tokens do not depend on its "
+                "batch mates, vLLM's scheduling, the rank split or a resume; false: vLLM's own generator, which "
+                "skips a per-request loop in its sampler (vLLM 0.20 draws each seeded request's noise with its own "
+                "kernel launch, every decode step) but reproduces a rollout only with identical batches. Speed-up "
+                "not yet measured on a GPU"})
     vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
                 "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}}"})

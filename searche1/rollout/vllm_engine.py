@@ -37,6 +37,8 @@ How it departs from the HF engine:
   1); V1 releases before 0.10 only had raw log-probs. Greedy (temperature 0) gives temperature-1 log-probs, like HF.
 * Per-request seeds (:func:`turn_seed`) make an episode's tokens independent of its batch mates, vLLM's scheduling
   and the rank split, as HF's per-episode generators do, but the streams differ: same seed, other samples than HF.
+  ``rollout.vllm_request_seeds: false`` leaves sampling to vLLM's own generator instead (no per-request loop in
+  its sampler; reproducible only with identical batches).
 * ``cfg.batch_size`` is not used (vLLM schedules its own batches); ``max_batch`` optionally caps episodes in flight.
   ``turn_start: constrained`` (a logits hook) is HF-only and rejected here.
 """
@@ -186,7 +188,8 @@ class VLLMEngine:
         while live:
             reqs = [TurnRequest(eps[i].prompt_ids + eps[i].response_ids,
                                 max(1, min(cfg.max_turn_tokens, cfg.max_total_tokens - total[i])),
-                                turn_seed(seed, first_index + i, eps[i].turns), eps[i].sampler_logprobs)
+                                turn_seed(seed, first_index + i, eps[i].turns) if cfg.vllm_request_seeds else None,
+                                eps[i].sampler_logprobs)
                     for i in live]
             samples = self._generate(reqs)
             if len(samples) != len(reqs):
