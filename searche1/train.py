@@ -246,7 +246,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     retriever = make_retriever(cfg.retrieval)
     engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,
                                                        model_path=resolve_model_path(model_cfg.name_or_path),
-                                                       sync_dir=out / f"vllm-sync-rank{d.rank}", copy=full)
+                                                       sync_dir=out / f"vllm-sync-rank{d.rank}", copy=full,
+                                                       seed=g.seed * 1000 + d.rank)  # vLLM's own generator
     if full:
         shard_model(model, d, device)
     eval_model = getattr(engine, "model", model) if full else model  # rank 0's dev evals: unsharded weights

@@ -483,6 +483,22 @@ def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
     assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
 
 
+def test_make_engine_seeds_a_new_vllm_engine_only(fake_vllm, tok, tmp_path):
+    """The run's seed reaches vllm.LLM (its own generator samples requests without seeds); a later phase with
+    another seed reuses the engine (the seed is not part of its shape); vllm_kwargs may override it."""
+    from searche1.rollout.factory import make_engine
+
+    made: list[dict] = []
+    fake_vllm.LLM = lambda **kw: made.append(kw) or types.SimpleNamespace()
+    model = types.SimpleNamespace(generation_config=None)
+    kw = dict(model_path=tmp_path, sync_dir=tmp_path, device="cuda")
+    make_engine(RolloutConfig(engine="vllm"), model, tok, None, seed=5001, **kw)
+    make_engine(RolloutConfig(engine="vllm"), model, tok, None, seed=7000, **kw)
+    make_engine(RolloutConfig(engine="vllm", vllm_kwargs={"seed": 3, "enforce_eager": True}), model, tok, None,
+                seed=7000, **kw)
+    assert [m["seed"] for m in made] == [5001, 3]
+
+
 class RandomLLM:
     """A colocated ``vllm.LLM`` stand-in for a training run: each request gets seeded random tokens; the in-process
     model (``llm_engine...model_runner.model``) records every weight push and the generate calls before it."""

@@ -48,12 +48,15 @@ def sampler_dtype(cfg: RolloutConfig, model: Any, device: str):
 
 
 def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, model_path: str | Path,
-                sync_dir: Path, device: str, copy: bool = False) -> tuple[Any, Callable[[], None], bool]:
+                sync_dir: Path, device: str, copy: bool = False,
+                seed: int | None = None) -> tuple[Any, Callable[[], None], bool]:
     """``(engine, sync, exact)``: call ``sync()`` after each optimizer step so the sampler uses the new weights;
     ``exact`` is False when the sampler's log-probs are not the trainer's (a bf16 copy, vLLM), so the trainer
     re-scores the sampled tokens. ``copy`` forces the HF engine onto its own copy of the weights even in the same
     dtype (FSDP: the trainer's model is about to be sharded); ``sync`` then gathers the shards (every rank calls
-    it)."""
+    it). ``seed`` seeds a new colocated vLLM engine's own generator (``vllm.LLM(seed=...)``; it samples requests
+    without a seed, ``rollout.vllm_request_seeds: false``; in-process vLLM also reseeds the process's global RNGs
+    with it); a reused engine keeps its first seed and stream."""
     if cfg.engine == "hf":
         from searche1.rollout.hf_engine import HFEngine
 
@@ -93,9 +96,11 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
         if cfg.vllm_multiprocessing:
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "max_model_len": cfg.max_total_tokens,
-                  "dtype": "bfloat16" if device.startswith("cuda") else "auto", **cfg.vllm_kwargs}
+                  "dtype": "bfloat16" if device.startswith("cuda") else "auto",
+                  **({"seed": seed} if seed is not None else {}), **cfg.vllm_kwargs}
         conf = getattr(model, "config", None)
-        key = json.dumps({"kwargs": kwargs, "mp": cfg.vllm_multiprocessing, "model": [getattr(conf, k, None) for k in (
+        shape = {k: v for k, v in kwargs.items() if k != "seed"}  # another seed alone does not need a new engine
+        key = json.dumps({"kwargs": shape, "mp": cfg.vllm_multiprocessing, "model": [getattr(conf, k, None) for k in (
             "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")]},
             sort_keys=True, default=str)
         llm = _COLOCATED.get(key)

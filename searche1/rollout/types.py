@@ -61,7 +61,8 @@ class RolloutConfig:
                 "all when it is off (then they are the PPO old log-probs, and anything below 1 is an error)"})
     vllm_request_seeds: bool = field(default=True, metadata={
         "help": "vllm engines: one seed per request (episode and turn), so an episode's tokens do not depend on its "
-                "batch mates, vLLM's scheduling, the rank split or a resume; false: vLLM's own generator, which "
+                "batch mates, vLLM's scheduling, the rank split or a resume; false: vLLM's own generator (seeded "
+                "with the run's seed and rank when GRPO builds the engine), which "
                 "skips a per-request loop in its sampler (vLLM 0.20 draws each seeded request's noise with its own "
                 "kernel launch, every decode step) but reproduces a rollout only with identical batches. Speed-up "
                 "not yet measured on a GPU"})
