@@ -7,6 +7,11 @@ turns of up to ``--turn-tokens`` tokens, so per-turn work (retrieval, tokenising
 Without ``--index`` a BM25 index of ``DATA/corpus.jsonl`` is built first (6 s for the searchqa corpus on a 2-core
 CPU), so this needs nothing from an earlier run.
 
+``--shape qwen2.5-3b`` runs both engines on a model of that shape (benchmarks/projection.py's ``SHAPES``) with random
+weights and ``--model``'s tokenizer (its vocabulary replaces the shape's: 2.8B parameters with SmolLM2's 49,152
+tokens), where the GPU's work, not the host's per-token work, sets the pace. A random model never writes a stop
+string, so every episode is one turn of ``--turn-tokens`` tokens.
+
 vLLM runs in-process by default (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the colocated training engine must, to push
 weights by reference); ``--vllm-multiprocessing`` gives it its own engine process (vLLM's default), so that its
 output processing (detokenising, log-prob objects) overlaps the GPU's work.
@@ -36,6 +41,7 @@ def main() -> None:
     ap.add_argument("--turn-tokens", type=int, default=256)
     ap.add_argument("--vllm-multiprocessing", action="store_true", help="vLLM's engine in its own process")
     ap.add_argument("--device", default="cuda", help="of the HF engine (cpu: a smoke test of this script)")
+    ap.add_argument("--shape", default=None, help="random-weight model of this shape (e.g. qwen2.5-3b, tiny)")
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.vllm_multiprocessing else "0"
     from searche1.data.qa import load_qa_files
@@ -47,6 +53,17 @@ def main() -> None:
     from searche1.rollout.vllm_engine import VLLMEngine, load_llm
 
     path = str(resolve_model_path(args.model))
+    if args.shape:  # a random-weight body of that shape, with the model's tokenizer (saved: vLLM loads from disk)
+        from projection import build_model
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        path = tempfile.mkdtemp(prefix=f"decode-compare-{args.shape}-")
+        log(f"a random {args.shape} model with {args.model}'s tokenizer in {path}")
+        body = build_model(args.shape, args.device, Path(path), vocab_size=len(tok))
+        shape_params = sum(p.numel() for p in body.parameters())
+        del body  # loaded again from the folder below, as the HF engine of a real run would
+        tok.save_pretrained(path)
     cfg = RolloutConfig(max_turn_tokens=args.turn_tokens, max_total_tokens=2048, max_searches=4, topk=3,
                         max_doc_tokens=64, batch_size=args.batch)
     index = Path(args.index) if args.index else Path(tempfile.mkdtemp(prefix="decode-compare-")) / "index"
@@ -60,6 +77,8 @@ def main() -> None:
     qs = (pool * (args.batch // len(pool) + 1))[:args.batch]
     res = {"model": args.model, "batch": args.batch, "turn_tokens": args.turn_tokens,
            "vllm_multiprocessing": args.vllm_multiprocessing}
+    if args.shape:
+        res.update(shape=args.shape, shape_params=shape_params, weights="random")
     model, tok = load_policy(ModelConfig(name_or_path=path, device=args.device, dtype="bfloat16"))
     hf = HFEngine(model, tok, retriever, cfg)
     rollout_tps(hf, qs[:8], seed=1)
@@ -67,6 +86,13 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(res, indent=1))
     eos = generation_eos_ids(model.generation_config)
     del model, hf
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the HF engine's blocks back to the GPU before vLLM measures free memory
     llm = load_llm(path, gpu_memory_utilization=0.4, dtype="bfloat16", max_model_len=2048)
     v = VLLMEngine(llm, tok, retriever, replace(cfg, vllm_logprobs=True), eos_token_ids=eos)
     rollout_tps(v, qs[:8], seed=1)

@@ -119,11 +119,15 @@ def _median(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def build_model(shape: str, device: str, folder: Path | None = None):
+def build_model(shape: str, device: str, folder: Path | None = None, vocab_size: int | None = None):
+    """A ``shape`` model with random weights (seeded), bf16 on a GPU; saved to ``folder`` if given. ``vocab_size``
+    replaces the shape's (to pair the body with another tokenizer: benchmarks/decode_compare.py --shape)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     kw = {k: v for k, v in SHAPES[shape].items() if k != "arch"}
+    if vocab_size is not None:
+        kw["vocab_size"] = vocab_size
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with torch.device(device):

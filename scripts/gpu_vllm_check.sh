@@ -11,6 +11,8 @@
 #               sampler log-probs for all / 1 in 8 / no episodes, and without per-request seeds (~85 s with two
 #               vLLM settings; needs no other stage)
 #   decode-mp   the same with vLLM in its own engine process (not yet run)
+#   decode-3b   the same (in-process) on a Qwen2.5-3B-shaped model with random weights and SmolLM2's tokenizer,
+#               256 episodes: where the GPU, not the host, sets the pace (not yet run; ~4 min estimated)
 #   server      `vllm serve` on the base model (VLLM_SERVER_DEV_MODE=1, port 8011), then gpu_check.py --engine
 #               vllm-server: GRPO rollouts from the server, weights reloaded by path (not yet run; needs the
 #               server wheels gpu_payload.sh now carries)
@@ -45,12 +47,13 @@ if has demo; then
   cp /tmp/gc/work/demo/run/phase-00-grpo/metrics.jsonl "$OUT/grpo_metrics.jsonl" 2>/dev/null
   tail -45 "$OUT/gpu_check.log"
 fi
-for mode in decode decode-mp; do
+for mode in decode decode-mp decode-3b; do
   has $mode || continue
   idx=(); [ -d /tmp/gc/work/demo/index ] && idx=(--index /tmp/gc/work/demo/index)  # else it builds one (~6 s)
-  timeout "${DECODE_LIMIT:-240}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
-    "${idx[@]}" --data /tmp/data/searchqa --out "$OUT/$mode.json" \
-    $([ $mode = decode-mp ] && echo --vllm-multiprocessing) > "/tmp/$mode.log" 2>&1
+  extra=(); [ $mode = decode-mp ] && extra=(--vllm-multiprocessing)
+  [ $mode = decode-3b ] && extra=(--shape qwen2.5-3b --batch 256)
+  timeout "${DECODE_LIMIT:-420}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
+    "${idx[@]}" --data /tmp/data/searchqa --out "$OUT/$mode.json" "${extra[@]}" > "/tmp/$mode.log" 2>&1
   echo "$mode exit $?"; tail -22 "/tmp/$mode.log"
 done
 if has server; then
