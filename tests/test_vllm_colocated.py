@@ -1,0 +1,129 @@
+"""The colocated vLLM engine without vLLM: ``push_weights`` on fake engines, ``load_llm`` and ``make_engine``
+settings, and GRPO runs through a random fake ``vllm.LLM`` (one engine per process, a push before the first
+rollout and after every step)."""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from searche1.rollout.types import RolloutConfig
+from searche1.rollout.vllm_engine import LOGPROBS_MODE, load_llm, push_weights
+
+from vllm_fakes import fake_colocated, RandomLLM
+from vllm_fakes import fake_vllm, tok  # noqa: F401 (fixtures; fake_vllm is autouse)
+
+
+def test_push_weights_paths(fake_vllm):
+    model = torch.nn.Linear(3, 2)
+    compiled = types.SimpleNamespace(_orig_mod=model, state_dict=lambda: {"wrapped": torch.zeros(1)})
+    # in-process model (V0, V1 without multiprocessing), behind a torch.compile wrapper
+    llm, loaded = fake_colocated(llm_engine=lambda m: types.SimpleNamespace(model_executor=types.SimpleNamespace(
+        driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=m)))))
+    assert push_weights(llm, compiled) == 2 and llm.resets == 1
+    assert set(loaded) == {"weight", "bias"} and torch.equal(loaded["weight"], model.weight)
+    # apply_model (newer vLLM); collective_rpc with a function of the worker
+    for methods in ({"apply_model": lambda m: lambda fn: [fn(m)]},
+                    {"collective_rpc": lambda m: lambda fn: [fn(types.SimpleNamespace(get_model=lambda: m))]}):
+        llm, loaded = fake_colocated(**methods)
+        push_weights(llm, model)
+        assert set(loaded) == {"weight", "bias"} and llm.resets == 1
+    with pytest.raises(RuntimeError, match=r"vllm 0\.0-fake"):
+        push_weights(fake_colocated()[0], model)
+
+
+def test_load_llm_requests_processed_logprobs(fake_vllm):
+    made: list[dict] = []
+
+    class LLM:
+        def __init__(self, **kw):
+            if fake_vllm.old and "logprobs_mode" in kw:
+                raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'logprobs_mode'")
+            made.append(kw)
+
+    fake_vllm.LLM, fake_vllm.old = LLM, False
+    load_llm("m", gpu_memory_utilization=0.3)
+    assert made[-1] == {"model": "m", "gpu_memory_utilization": 0.3, "logprobs_mode": LOGPROBS_MODE,
+                        "enable_prefix_caching": True}
+    fake_vllm.old = True
+    load_llm("m")
+    assert "logprobs_mode" not in made[-1]
+
+
+def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
+    """rollout.vllm_kwargs reach vllm.LLM and may override the defaults; the colocated engine runs in process."""
+    from searche1.rollout.factory import make_engine
+
+    made: list[dict] = []
+    fake_vllm.LLM = lambda **kw: made.append(kw) or types.SimpleNamespace()
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the config decides, not a stale export
+    model = types.SimpleNamespace(generation_config=types.SimpleNamespace(eos_token_id=[7, 8]))
+    cfg = RolloutConfig(engine="vllm", max_total_tokens=512,
+                        vllm_kwargs={"enforce_eager": True, "attention_config": {"backend": "TRITON_ATTN"},
+                                     "gpu_memory_utilization": 0.2})
+    engine, sync, exact = make_engine(cfg, model, tok, None, model_path=tmp_path, sync_dir=tmp_path, device="cuda")
+    assert made == [{"model": str(tmp_path), "gpu_memory_utilization": 0.2, "max_model_len": 512,
+                     "dtype": "bfloat16", "enforce_eager": True, "attention_config": {"backend": "TRITON_ATTN"},
+                     "logprobs_mode": LOGPROBS_MODE, "enable_prefix_caching": True}]
+    assert not exact and {7, 8} <= engine.eos_ids and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    # vLLM's engine in its own process: weights then go by RPC, which needs pickled functions
+    monkeypatch.delenv("VLLM_ALLOW_INSECURE_SERIALIZATION", raising=False)
+    make_engine(RolloutConfig(engine="vllm", vllm_multiprocessing=True), model, tok, None, model_path=tmp_path,
+                sync_dir=tmp_path, device="cuda")
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
+
+
+def test_make_engine_seeds_a_new_vllm_engine_only(fake_vllm, tok, tmp_path):
+    """The run's seed reaches vllm.LLM (its own generator samples requests without seeds); a later phase with
+    another seed reuses the engine (the seed is not part of its shape); vllm_kwargs may override it."""
+    from searche1.rollout.factory import make_engine
+
+    made: list[dict] = []
+    fake_vllm.LLM = lambda **kw: made.append(kw) or types.SimpleNamespace()
+    model = types.SimpleNamespace(generation_config=None)
+    kw = dict(model_path=tmp_path, sync_dir=tmp_path, device="cuda")
+    make_engine(RolloutConfig(engine="vllm"), model, tok, None, seed=5001, **kw)
+    make_engine(RolloutConfig(engine="vllm"), model, tok, None, seed=7000, **kw)
+    make_engine(RolloutConfig(engine="vllm", vllm_kwargs={"seed": 3, "enforce_eager": True}), model, tok, None,
+                seed=7000, **kw)
+    assert [m["seed"] for m in made] == [5001, 3]
+
+
+def test_grpo_with_colocated_vllm_reuses_the_engine_and_pushes_first(fake_vllm, tmp_path):
+    """Two GRPO runs in one process with rollout.engine: vllm (a pipeline's two GRPO phases): one engine is built;
+    each run pushes its starting weights before its first rollout (the second run starts from the model folder, not
+    from the weights the first run left in the engine) and its new weights after every step."""
+    from test_train import make_config, parity_reward, weights
+
+    from searche1.rollout import factory
+    from searche1.train import run_grpo
+
+    built = []
+
+    def LLM(**kw):  # noqa: N802  (stands for vllm.LLM)
+        built.append(kw)
+        return RandomLLM(vocab=550)
+
+    fake_vllm.LLM = LLM
+    cfg = make_config(tmp_path, steps=2)
+    cfg.rollout.engine = "vllm"
+    start = weights(Path(cfg.model.name_or_path))
+    run_grpo(cfg, tmp_path / "a", progress=False, episode_reward=parity_reward)
+    llm = next(iter(factory._COLOCATED.values()))
+    first_run = list(llm.events)
+    run_grpo(cfg, tmp_path / "b", progress=False, episode_reward=parity_reward)
+    assert len(built) == 1 and built[0]["model"] == cfg.model.name_or_path
+    second_run = llm.events[len(first_run):]
+    for events, out in ((first_run, tmp_path / "a"), (second_run, tmp_path / "b")):
+        kinds = [k for k, _ in events]
+        assert kinds[0] == "push" and kinds.count("push") == 3 and "generate" in kinds  # start + 2 steps
+        first_push, last_push = events[0][1], [e for k, e in events if k == "push"][-1]
+        assert all(torch.equal(first_push[k], start[k]) for k in start)  # both runs start from the folder
+        final = weights(sorted((out / "checkpoints").iterdir())[-1])
+        assert all(torch.equal(last_push[k], final[k]) for k in final)
+    assert not all(torch.equal(first_run[-1][1][k], start[k]) for k in start)  # the first run did train

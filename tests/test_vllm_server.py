@@ -1,0 +1,59 @@
+"""VLLMServerClient on ``httpx.MockTransport`` (a mock ``vllm serve``): the same episodes as the colocated engine,
+request bodies, weight reloads by path."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from searche1.rollout.vllm_engine import VLLMEngine, VLLMServerClient, turn_seed
+
+from toy_retriever import OverlapRetriever
+from vllm_fakes import FakeLLM, ALL_LP, examples, mock_server
+from vllm_fakes import fake_vllm, tok  # noqa: F401 (fixtures; fake_vllm is autouse)
+
+
+@pytest.mark.parametrize("with_token_ids", [False, True])
+def test_server_client_gives_the_same_episodes(tok, with_token_ids):
+    qs = ["What is the capital of France?", "Capital of Germany?", "Danube?"]
+    scripts = {qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+               qs[1]: [" <answer> Berlin </answer>"], qs[2]: [" <search> Danube </search>", " no idea<|im_end|>"]}
+    bodies: list[dict] = []
+    client = VLLMServerClient("localhost:8000/v1", transport=mock_server(tok, scripts, with_token_ids, bodies),
+                              concurrency=2)
+    served = VLLMEngine(client, tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=1)
+    local = VLLMEngine(FakeLLM(tok, scripts), tok, OverlapRetriever(), ALL_LP).run(examples(qs), seed=1)
+    fields = ("response_ids", "policy_mask", "logprobs", "queries", "answer", "stop_reason", "turns")
+    assert [[getattr(e, f) for f in fields] for e in served] == [[getattr(e, f) for f in fields] for e in local]
+    assert client.base_url == "http://localhost:8000" and len(bodies) == 5
+    b = bodies[0]
+    assert b["model"] == "tiny" and isinstance(b["prompt"], list) and all(isinstance(t, int) for t in b["prompt"])
+    assert b["logprobs"] == 1 and b["return_tokens_as_token_ids"] and b["stop"] == ["</search>", "</answer>"]
+    assert {x["seed"] for x in bodies} == {turn_seed(1, i, t) for i, t in [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]}
+
+
+def test_server_reload_weights(tok):
+    def client(answers: dict[str, int]) -> tuple[VLLMServerClient, list]:
+        calls: list = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            body = json.loads(request.content) if request.content else None
+            calls.append((request.url.path, body))
+            key = request.url.path + ("" if body is None else f":{body['method']}" + (":kw" * ("kwargs" in body)))
+            return httpx.Response(answers.get(key, 200), text="nope")
+
+        return VLLMServerClient("http://h:1", model="m", transport=httpx.MockTransport(handler), retries=0), calls
+
+    c, calls = client({})
+    c.reload_weights("/ckpt/step10")
+    assert calls == [("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": "/ckpt/step10"}}),
+                     ("/reset_prefix_cache", None)]
+    c, calls = client({"/collective_rpc:reload_weights:kw": 500})  # older vLLM: reload_weights() takes no path
+    c.reload_weights("/ckpt/step10")
+    assert [b and b["method"] for _, b in calls] == ["reload_weights", "update_config", "reload_weights", None]
+    assert calls[1][1]["args"] == [{"model_config": {"model": "/ckpt/step10"}}]
+    c, _ = client({"/collective_rpc:reload_weights:kw": 404})
+    with pytest.raises(RuntimeError, match="VLLM_SERVER_DEV_MODE=1"):
+        c.reload_weights("/ckpt")
