@@ -100,7 +100,8 @@ def main() -> None:
     # re-scores), for none: vLLM's front end does ~8x less per token without them; then the default without
     # per-request seeds (vLLM's sampler loops over seeded requests, one kernel launch each, every step)
     for key, frac, seeds in (("vllm", True, True), ("vllm_default_logprobs", None, True),
-                             ("vllm_no_logprobs", False, True), ("vllm_default_logprobs_no_request_seeds", None, False)):
+                             ("vllm_no_logprobs", False, True),
+                             ("vllm_default_logprobs_no_request_seeds", None, False)):
         v.cfg = replace(cfg, vllm_logprobs=frac, vllm_request_seeds=seeds)
         log(f"vLLM, rollout.vllm_logprobs={frac}, vllm_request_seeds={seeds}"); res[key] = rollout_tps(v, qs)
         res[f"{key}_over_hf"] = round(res[key]["tokens_per_s"] / res["hf"]["tokens_per_s"], 2)

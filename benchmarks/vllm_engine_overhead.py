@@ -1,8 +1,8 @@
 """Our vLLM engine's own CPU work per token (issue 7), with vLLM replaced by a stub that answers at once: what is left
 of a rollout's time when generation costs nothing (prompt rendering, cutting turns, log-prob bookkeeping, decoding
 the responses). The stub's tokens are drawn before timing (drawing them inside, as the first version did, charged
-~0.2 s of random numbers to the engine). Compare with the H100 figure in benchmarks/results/decode_compare_h100.json (512 episodes of ~117
-tokens, the same shape as here) to see how much of that run was vLLM's.
+~0.2 s of random numbers to the engine). Compare with the H100 figure in benchmarks/results/decode_compare_h100.json
+(512 episodes of ~117 tokens, the same shape as here) to see how much of that run was vLLM's.
 
     python benchmarks/vllm_engine_overhead.py [--episodes 512] [--tokens 117] [--model smollm2-135m-instruct]
 """
