@@ -370,7 +370,8 @@ class VLLMServerClient:
     Each request is one ``POST /v1/completions`` with ``prompt`` = token ids, ``max_tokens``, ``seed``, ``stop``,
     ``logprobs: 1`` (or none, see :func:`request_logprobs`) and ``return_tokens_as_token_ids`` /
     ``return_token_ids`` (sampled ids come back exactly, never re-tokenised); requests of a turn run
-    ``concurrency`` at a time (one seed per request, so no batching by prompt list). Start the server with ``--logprobs-mode processed_logprobs`` (see the module docstring).
+    ``concurrency`` at a time (one seed per request, so no batching by prompt list). Start the server with
+    ``--logprobs-mode processed_logprobs`` (see the module docstring).
 
     Weights are reloaded **by path** (:meth:`reload_weights`): the trainer saves an HF checkpoint
     (``save_pretrained``, safetensors) to a directory the server can read, then calls ``reload_weights(dir)``. This
