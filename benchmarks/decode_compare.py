@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log  # noqa: E402
+from common import host_profile, log  # noqa: E402
 from gpu_check import rollout_tps  # noqa: E402
 
 
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--vllm-multiprocessing", action="store_true", help="vLLM's engine in its own process")
     ap.add_argument("--device", default="cuda", help="of the HF engine (cpu: a smoke test of this script)")
     ap.add_argument("--shape", default=None, help="random-weight model of this shape (e.g. qwen2.5-3b, tiny)")
+    ap.add_argument("--profile", action="store_true", help="a host (cProfile) table of one more vLLM run, default "
+                    "settings, to OUT.profile.txt")
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if args.vllm_multiprocessing else "0"
     from searche1.data.qa import load_qa_files
@@ -106,6 +108,9 @@ def main() -> None:
         log(f"vLLM, rollout.vllm_logprobs={frac}, vllm_request_seeds={seeds}"); res[key] = rollout_tps(v, qs)
         res[f"{key}_over_hf"] = round(res[key]["tokens_per_s"] / res["hf"]["tokens_per_s"], 2)
         Path(args.out).write_text(json.dumps(res, indent=1))
+    if args.profile:
+        v.cfg = replace(cfg, vllm_logprobs=None)
+        host_profile(lambda: v.run(qs, seed=3), Path(args.out).with_suffix(".profile.txt"))
     Path(args.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

@@ -36,7 +36,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, log, rnd  # noqa: E402
+from common import REPO_ROOT, host_profile, log, rnd  # noqa: E402
 
 
 def rollout_tps(engine, questions, seed: int = 0) -> dict:
@@ -119,6 +119,9 @@ def vllm_rollouts(args) -> None:
             engine.cfg = replace(engine.cfg, vllm_logprobs=frac)
             out.setdefault(key, {})[b] = rollout_tps(engine, batch_of(b))
             save()
+    if args.profile:  # where the host's time goes in one vLLM rollout of the last batch size, default settings
+        engine.cfg = replace(engine.cfg, vllm_logprobs=None)
+        host_profile(lambda: engine.run(batch_of(b), seed=2), args.out / "rollout_vllm_profile.txt")
 
 
 def main() -> None:
@@ -130,7 +133,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="GRPO steps (32 questions × G=5 each on a GPU)")
     ap.add_argument("--eval-limit", type=int, default=40, help="dev questions per dataset in the table")
     ap.add_argument("--batches", default="128,512", help="episodes per rollout-throughput measurement")
-    ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one HF rollout")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one HF rollout, and a host "
+                    "(cProfile) table of one vLLM rollout")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--device", default="cuda", help="cpu runs a smoke test of this script")
     ap.add_argument("--dtype", default="bfloat16")
@@ -228,13 +232,11 @@ def main() -> None:
     vres = args.out / "rollout_vllm.json"
     if vres.is_file():
         res.update(json.loads(vres.read_text()))
-        for b, hf in res["rollout_hf"].items():
-            if isinstance(res["rollout_vllm"], dict) and str(b) in res["rollout_vllm"]:
-                res.setdefault("vllm_over_hf", {})[b] = rnd(res["rollout_vllm"][str(b)]["tokens_per_s"]
-                                                             / hf["tokens_per_s"], 2)
-                if str(b) in res.get("rollout_vllm_no_logprobs", {}):
-                    res.setdefault("vllm_no_logprobs_over_hf", {})[b] = rnd(
-                        res["rollout_vllm_no_logprobs"][str(b)]["tokens_per_s"] / hf["tokens_per_s"], 2)
+        for key in [k for k, v in res.items() if k.startswith("rollout_vllm") and isinstance(v, dict)]:
+            for b, hf in res["rollout_hf"].items():  # e.g. vllm_default_logprobs_over_hf
+                if str(b) in res[key]:
+                    res.setdefault(key.removeprefix("rollout_") + "_over_hf", {})[b] = rnd(
+                        res[key][str(b)]["tokens_per_s"] / hf["tokens_per_s"], 2)
     else:
         res["rollout_vllm"] = f"not measured: the child process exited with {done.returncode} (see the log)"
     save()

@@ -13,6 +13,7 @@
 #   decode-mp   the same with vLLM in its own engine process (not yet run)
 #   decode-3b   the same (in-process) on a Qwen2.5-3B-shaped model with random weights and SmolLM2's tokenizer,
 #               256 episodes: where the GPU, not the host, sets the pace (not yet run; ~4 min estimated)
+#               (the decode stages also write a host cProfile table of one more vLLM run: $OUT/<stage>.profile.txt)
 #   server      `vllm serve` on the base model (VLLM_SERVER_DEV_MODE=1, port 8011), then gpu_check.py --engine
 #               vllm-server: GRPO rollouts from the server, weights reloaded by path (not yet run; needs the
 #               server wheels gpu_payload.sh now carries)
@@ -40,10 +41,10 @@ if has check; then
 fi
 if has demo; then
   timeout "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gc --data /tmp/data/searchqa --engine vllm \
-    --vllm-kwargs "$(cat /tmp/vc/vllm_kwargs.json 2>/dev/null || echo "$KW")" --eval-limit "${EVAL_LIMIT:-30}" "$@" \
-    > "$OUT/gpu_check.log" 2>&1
+    --vllm-kwargs "$(cat /tmp/vc/vllm_kwargs.json 2>/dev/null || echo "$KW")" --eval-limit "${EVAL_LIMIT:-30}" \
+    --profile "$@" > "$OUT/gpu_check.log" 2>&1
   echo "gpu_check exit $?"
-  cp /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json "$OUT/" 2>/dev/null
+  cp /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json /tmp/gc/rollout_vllm_profile.txt "$OUT/" 2>/dev/null
   cp /tmp/gc/work/demo/run/phase-00-grpo/metrics.jsonl "$OUT/grpo_metrics.jsonl" 2>/dev/null
   tail -45 "$OUT/gpu_check.log"
 fi
@@ -53,7 +54,7 @@ for mode in decode decode-mp decode-3b; do
   extra=(); [ $mode = decode-mp ] && extra=(--vllm-multiprocessing)
   [ $mode = decode-3b ] && extra=(--shape qwen2.5-3b --batch 256)
   timeout "${DECODE_LIMIT:-420}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
-    "${idx[@]}" --data /tmp/data/searchqa --out "$OUT/$mode.json" "${extra[@]}" > "/tmp/$mode.log" 2>&1
+    "${idx[@]}" --data /tmp/data/searchqa --out "$OUT/$mode.json" "${extra[@]}" --profile > "/tmp/$mode.log" 2>&1
   echo "$mode exit $?"; tail -22 "/tmp/$mode.log"
 done
 if has server; then
