@@ -4,6 +4,10 @@ the responses). The stub's tokens are drawn before timing (drawing them inside, 
 ~0.2 s of random numbers to the engine). Compare with the H100 figure in benchmarks/results/decode_compare_h100.json
 (512 episodes of ~117 tokens, the same shape as here) to see how much of that run was vLLM's.
 
+With the searchqa data (``--data``, default ../shared/data/searchqa) a third row times search episodes, the shape of
+the H100's "512 search episodes" row (HF 3,139 vs vLLM 3,451 tokens/s): each of 512 dev questions searches once
+(BM25 top-3 over the corpus, 64-token passages: retrieval and its blocks' tokens) and then answers.
+
     python benchmarks/vllm_engine_overhead.py [--episodes 512] [--tokens 117] [--model smollm2-135m-instruct]
 """
 
@@ -16,7 +20,42 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, print_table, repeat_median, rnd, write_results  # noqa: E402
+from common import REPO_ROOT, RESULTS_DIR, print_table, repeat_median, rnd, write_results  # noqa: E402
+
+
+def search_row(tok, data: Path, n: int) -> dict:
+    """Episodes that search once, then answer: the stub writes a fixed search turn, then a fixed answer turn."""
+    import tempfile
+
+    from searche1.data.qa import load_qa_files
+    from searche1.retrieval.config import RetrievalConfig, make_retriever
+    from searche1.retrieval.index import build_index
+    from searche1.rollout.tokens import encode
+    from searche1.rollout.types import RolloutConfig
+    from searche1.rollout.vllm_engine import TurnSample, VLLMEngine
+
+    index = build_index(data / "corpus.jsonl", Path(tempfile.mkdtemp()) / "index", show_progress=False)
+    pool = [q for exs in load_qa_files(sorted((data / "dev").glob("*.jsonl"))).values() for q in exs]
+    qs = (pool * (n // len(pool) + 1))[:n]
+    turns = [encode(tok, " <search> who wrote the famous novel </search>"), encode(tok, " <answer> x </answer>")]
+
+    class SearchThenAnswer(VLLMEngine):
+        calls = 0
+
+        def _generate(self, reqs):  # every live episode is at the same turn: search first, then answer
+            ids = turns[SearchThenAnswer.calls % 2]
+            SearchThenAnswer.calls += 1
+            return [TurnSample(ids, [-0.5] * len(ids), "stop") for _ in reqs]
+
+    cfg = RolloutConfig(max_turn_tokens=64, max_total_tokens=2048, max_searches=4, topk=3, max_doc_tokens=64)
+    engine = SearchThenAnswer(types.SimpleNamespace(), tok, make_retriever(RetrievalConfig(index=index)), cfg)
+    engine.run(qs[:8], seed=0)
+    sec, _ = repeat_median(lambda: engine.run(qs, seed=0), repeats=3)
+    eps = engine.run(qs[:8], seed=0)
+    assert all(e.searches == 1 and e.answer == "x" for e in eps), "the stub's episodes did not search, then answer"
+    tokens = n * sum(len(t) for t in turns)
+    return {"distinct_questions": len(set(q.question for q in qs)), "episodes": n, "tokens": tokens,
+            "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2), "shape": "search once, then answer"}
 
 
 def main() -> None:
@@ -24,6 +63,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=117, help="tokens per episode (one turn, no stop string)")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="its tokenizer is used")
+    ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "searchqa",
+                    help="searchqa folder for the search-episode row (skipped if absent)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "vllm_engine_overhead.json")
     args = ap.parse_args()
     from transformers import AutoTokenizer
@@ -55,8 +96,11 @@ def main() -> None:
         tokens = args.episodes * args.tokens
         rows.append({"distinct_questions": distinct, "episodes": args.episodes, "tokens": tokens,
                      "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2)})
+    if (args.data / "corpus.jsonl").is_file():
+        rows.append(search_row(tok, args.data, args.episodes))
     print_table("vLLM engine without vLLM (stub generation), median of 3",
-                ["distinct questions", "episodes", "tokens", "s", "µs / token"], [list(r.values()) for r in rows])
+                ["distinct questions", "episodes", "tokens", "s", "µs / token"],
+                [[r[k] for k in ("distinct_questions", "episodes", "tokens", "seconds", "us_per_token")] for r in rows])
     write_results(args.out, {"rows": rows, "model_tokenizer": args.model}, packages=("transformers", "tokenizers"))
 
 

@@ -29,6 +29,7 @@ from searche1.data.types import QAExample
 from searche1.errors import ConfigError
 from searche1.rewards import exact_match, f1_score
 from searche1.rollout.types import Episode, RolloutConfig
+from searche1.rollout.tokens import encode_batch
 
 Mode = Literal["agent", "naive-rag", "direct"]
 MODES = ("agent", "naive-rag", "direct")
@@ -110,9 +111,10 @@ def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], 
             passages = [None] * len(exs)
             if cfg.mode == "naive-rag":
                 hits = retriever.search([e.question for e in exs], cfg.topk)
-                passages = [protocol.format_information(h, tokenizer, cfg.max_doc_tokens) for h in hits]
-            prompts = [tokenizer(protocol.build_baseline_prompt(e.question, tokenizer, passages=p, chat=rcfg.chat),
-                                 add_special_tokens=False)["input_ids"] for e, p in zip(exs, passages)]
+                passages = protocol.format_information_batch(hits, tokenizer, cfg.max_doc_tokens)
+            prompts = encode_batch(tokenizer, [protocol.build_baseline_prompt(e.question, tokenizer, passages=p,
+                                                                              chat=rcfg.chat)
+                                               for e, p in zip(exs, passages)])
         eps = engine.run(exs, prompts=prompts, progress=bar.update)
         for ep in eps:
             clean = tokenizer.decode(ep.response_ids, skip_special_tokens=True)

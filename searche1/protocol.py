@@ -55,6 +55,7 @@ __all__ = [
     "count_searches",
     "extract_answer",
     "format_information",
+    "format_information_batch",
     "instruction",
     "is_valid_format",
     "lenient_answer",
@@ -310,16 +311,22 @@ def is_valid_format(response: str, *, max_searches: int | None = None) -> bool:
 # ---------------------------------------------------------------------------------------------------- information
 
 
-def _truncate(text: str, max_tokens: int | None, tokenizer: Any) -> str:
+def _truncate_all(texts: list[str], max_tokens: int | None, tokenizer: Any) -> list[str]:
+    """Each text cut to ``max_tokens`` tokens (encoded without special tokens, cut, decoded), or words without a
+    tokenizer. A callable (HF) tokenizer encodes all texts in one call: a fast tokenizer spreads them over the CPU's
+    cores, ~2x faster per text than one call each on 2 cores."""
     if max_tokens is None or max_tokens <= 0:
-        return text
+        return list(texts)
     if tokenizer is None:
-        words = text.split()
-        return " ".join(words[:max_tokens])
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) <= max_tokens:
-        return text
-    return tokenizer.decode(list(ids[:max_tokens]), skip_special_tokens=True)
+        return [" ".join(t.split()[:max_tokens]) for t in texts]
+    if not texts:
+        return []
+    if callable(tokenizer):
+        encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    else:
+        encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    return [t if len(ids) <= max_tokens else tokenizer.decode(list(ids[:max_tokens]), skip_special_tokens=True)
+            for t, ids in zip(texts, encoded)]
 
 
 def _clean(text: str) -> str:
@@ -334,11 +341,21 @@ def format_information(hits: Sequence[Hit], tokenizer: Any = None, max_doc_token
     cut, decoded) or, without a tokenizer, to that many whitespace-separated words; ``None`` or ``<= 0`` keeps it
     whole. No hits gives an information block that says so.
     """
-    lines = []
-    for i, hit in enumerate(hits, start=1):
-        title = _clean(hit.title)
-        text = _clean(_truncate(_clean(hit.text), max_doc_tokens, tokenizer))
-        head = f"Doc {i} (Title: {title})" if title else f"Doc {i}"
-        lines.append(f"{head} {text}" if text else head)
-    body = "\n".join(lines) if lines else NO_RESULTS
-    return f"\n\n{INFO_OPEN}{body}{INFO_CLOSE}\n\n"
+    return format_information_batch([hits], tokenizer, max_doc_tokens)[0]
+
+
+def format_information_batch(hit_lists: Sequence[Sequence[Hit]], tokenizer: Any = None,
+                             max_doc_tokens: int | None = 128) -> list[str]:
+    """:func:`format_information` of each hit list, with every document of every list truncated in one batch."""
+    cut = iter(_truncate_all([_clean(h.text) for hits in hit_lists for h in hits], max_doc_tokens, tokenizer))
+    blocks = []
+    for hits in hit_lists:
+        lines = []
+        for i, hit in enumerate(hits, start=1):
+            title = _clean(hit.title)
+            text = _clean(next(cut))
+            head = f"Doc {i} (Title: {title})" if title else f"Doc {i}"
+            lines.append(f"{head} {text}" if text else head)
+        body = "\n".join(lines) if lines else NO_RESULTS
+        blocks.append(f"\n\n{INFO_OPEN}{body}{INFO_CLOSE}\n\n")
+    return blocks

@@ -442,12 +442,35 @@ def test_explicit_prompt_ids_replace_agent_prompt(model, tok):
     assert_logprobs_match(model, eps)
 
 
-def test_prompt_batch_renders_each_question_once():
-    from searche1.rollout.tokens import prompt_batch
+def test_prompt_batch_renders_each_question_once(tok, monkeypatch):
+    """One render per distinct question, one batched encode: the same ids as prompt_ids one by one."""
+    from searche1 import protocol
+    from searche1.rollout import tokens
 
-    calls = []
-    out = prompt_batch(lambda q: calls.append(q) or [len(q), 1], ["ab", "ab", "c", "ab"])
-    assert calls == ["ab", "c"] and out == [[2, 1], [2, 1], [1, 1], [2, 1]]
+    cfg = RolloutConfig()
+    qs = ["Who wrote Hamlet?", "Who wrote Hamlet?", "Capital of France?", "Who wrote Hamlet?"]
+    want = [tokens.prompt_ids(tok, q, cfg) for q in qs]
+    rendered, build = [], protocol.build_prompt
+    monkeypatch.setattr(protocol, "build_prompt", lambda q, *a, **k: rendered.append(q) or build(q, *a, **k))
+    out = tokens.prompt_batch(tok, qs, cfg)
+    assert out == want and rendered == ["Who wrote Hamlet?", "Capital of France?"] and out[0] is out[1]
+
+
+def test_info_blocks_batch_equals_one_by_one(tok):
+    """A turn's blocks encoded in one batch are the blocks one by one (passages cut by max_doc_tokens, blocks by
+    max_info_tokens with the closing tag kept); a failed search stays an exception."""
+    from searche1.retrieval.base import Hit
+    from searche1.rollout import tokens
+
+    long = " ".join(f"word{i}" for i in range(300))
+    lists = [[Hit("1", f'"T"\n{long}'), Hit("2", '"U"\nshort text')], [], [Hit("3", "Paris is in France")]]
+    for cfg in (RolloutConfig(max_doc_tokens=20, max_info_tokens=400), RolloutConfig(max_doc_tokens=200,
+                                                                                       max_info_tokens=60)):
+        one = [tokens.info_ids(tok, h, cfg) for h in lists]
+        assert tokens.info_ids_batch(tok, lists, cfg) == one
+        boom = RuntimeError("down")
+        assert tokens.info_blocks(tok, [lists[0], boom, lists[2]], cfg) == [one[0], boom, one[2]]
+    assert len(one[0]) == 60 and tok.decode(one[0]).endswith("</information>\n\n")  # cut, still closed
 
 
 def test_stop_check_and_generation_eos_ids():

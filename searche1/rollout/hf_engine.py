@@ -29,7 +29,7 @@ from searche1 import protocol
 from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
-from searche1.rollout.tokens import prompt_batch
+from searche1.rollout.tokens import info_blocks, prompt_batch
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class HFEngine:
     def _run_batch(self, examples: Sequence[QAExample], gens, prompts: Sequence[list[int]] | None) -> list[Episode]:
         cfg, dev = self.cfg, self._device
         if prompts is None:
-            prompts = prompt_batch(self.prompt_ids, [e.question for e in examples])
+            prompts = prompt_batch(self.tok, [e.question for e in examples], self.cfg)
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
         # ---- prefill the left-padded prompts
@@ -270,13 +270,12 @@ class HFEngine:
             infos: dict[int, list[int]] = {}
             if pending:
                 results = _safe_search(self.retriever, [eps[rows[j]].queries[-1] for j in pending], cfg.topk)
-                for j, res in zip(pending, results):
+                for j, res, block in zip(pending, results, info_blocks(self.tok, results, cfg)):
                     ep = eps[rows[j]]
                     if isinstance(res, Exception):
                         ep.stop_reason = StopReason.RETRIEVAL_ERROR
                         ep.metrics["retrieval_error"] = str(res)
                         continue
-                    block = self.info_ids(res)
                     if total_len[rows[j]] + len(block) + 1 >= cfg.max_total_tokens:
                         ep.stop_reason = StopReason.MAX_TOKENS
                         continue

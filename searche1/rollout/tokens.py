@@ -18,6 +18,12 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def encode_batch(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """:func:`encode` of many texts in one tokenizer call: a fast tokenizer encodes them in parallel (on a 2-core
+    CPU ~2x faster per text than one call each: its BPE costs ~3 us a token)."""
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+
+
 def generation_eos_ids(generation_config: Any) -> tuple[int, ...]:
     """The EOS ids of a model's generation config (an id, a list of ids, or none), as a tuple."""
     eos = getattr(generation_config, "eos_token_id", None)
@@ -62,11 +68,14 @@ class StopCheck:
         return None
 
 
-def prompt_batch(make: Any, questions: Any) -> list[list[int]]:
-    """``make(question)`` for each question, rendered once per distinct question (a GRPO group repeats one question
-    G times; the chat template costs ~1 ms a prompt on a CPU). Repeats share one list: copy before changing it."""
-    memo: dict[str, list[int]] = {}
-    return [memo[q] if q in memo else memo.setdefault(q, make(q)) for q in questions]
+def prompt_batch(tokenizer: Any, questions: Sequence[str], cfg: RolloutConfig) -> list[list[int]]:
+    """:func:`prompt_ids` of each question, rendered once per distinct question (a GRPO group repeats one question
+    G times; the chat template and the encoding cost ~1 ms a prompt on a CPU) and encoded in one batch. Repeats
+    share one list: copy before changing it."""
+    distinct = list(dict.fromkeys(questions))
+    texts = [protocol.build_prompt(q, tokenizer, chat=cfg.chat, max_searches=cfg.max_searches) for q in distinct]
+    ids = dict(zip(distinct, encode_batch(tokenizer, texts)))
+    return [ids[q] for q in questions]
 
 
 def prompt_ids(tokenizer: Any, question: str, cfg: RolloutConfig) -> list[int]:
@@ -77,8 +86,25 @@ def prompt_ids(tokenizer: Any, question: str, cfg: RolloutConfig) -> list[int]:
 def info_ids(tokenizer: Any, hits: Sequence[Hit], cfg: RolloutConfig) -> list[int]:
     """The formatted ``<information>`` block; over ``max_info_tokens`` ids the passages are cut, never the closing
     tag, so the block has exactly ``max_info_tokens`` ids and stays closed."""
-    ids = encode(tokenizer, protocol.format_information(hits, tokenizer, max_doc_tokens=cfg.max_doc_tokens))
-    if len(ids) > cfg.max_info_tokens:
-        tail = encode(tokenizer, protocol.INFO_CLOSE + "\n\n")
-        ids = ids[: max(0, cfg.max_info_tokens - len(tail))] + tail
-    return ids
+    return info_ids_batch(tokenizer, [hits], cfg)[0]
+
+
+def info_ids_batch(tokenizer: Any, hit_lists: Sequence[Sequence[Hit]], cfg: RolloutConfig) -> list[list[int]]:
+    """:func:`info_ids` of each hit list (a turn's searches), every passage and block encoded in one batch."""
+    blocks = encode_batch(tokenizer, protocol.format_information_batch(hit_lists, tokenizer, cfg.max_doc_tokens))
+    tail = None
+    for k, ids in enumerate(blocks):
+        if len(ids) > cfg.max_info_tokens:
+            tail = tail or encode(tokenizer, protocol.INFO_CLOSE + "\n\n")
+            blocks[k] = ids[: max(0, cfg.max_info_tokens - len(tail))] + tail
+    return blocks
+
+
+def info_blocks(tokenizer: Any, results: Sequence[Any], cfg: RolloutConfig) -> list[Any]:
+    """A turn's retrieval results (hit lists, or the exception of a failed search) as their blocks' ids, all encoded
+    in one batch; an exception stays as it is."""
+    ok = [k for k, r in enumerate(results) if not isinstance(r, Exception)]
+    out = list(results)
+    for k, ids in zip(ok, info_ids_batch(tokenizer, [results[k] for k in ok], cfg)):
+        out[k] = ids
+    return out

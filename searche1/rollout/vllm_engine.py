@@ -168,7 +168,7 @@ class VLLMEngine:
         ``i`` is seeded by ``(seed, first_index + i, turn)`` (a data-parallel rank passes the global index of its
         first episode); ``prompts`` (token ids) replaces the agent prompt; ``progress(n)``: episodes done per turn."""
         if prompts is None:
-            prompts = tokens.prompt_batch(self.prompt_ids, [e.question for e in examples])
+            prompts = tokens.prompt_batch(self.tok, [e.question for e in examples], self.cfg)
         frac = self.cfg.vllm_logprob_fraction()
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k]), sampler_logprobs=logprobs_wanted(first_index + k, frac))
@@ -233,13 +233,12 @@ class VLLMEngine:
             return []
         results = _safe_search(self.retriever, [eps[i].queries[-1] for i in pending], self.cfg.topk)
         nxt = []
-        for i, res in zip(pending, results):
+        for i, res, block in zip(pending, results, tokens.info_blocks(self.tok, results, self.cfg)):
             ep = eps[i]
             if isinstance(res, Exception):
                 ep.stop_reason = StopReason.RETRIEVAL_ERROR
                 ep.metrics["retrieval_error"] = str(res)
                 continue
-            block = self.info_ids(res)
             if total[i] + len(block) + 1 >= self.cfg.max_total_tokens:
                 ep.stop_reason = StopReason.MAX_TOKENS
                 continue
