@@ -11,7 +11,7 @@ both run vLLM's engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), as tra
 process with ``--vllm-multiprocessing``. ``--engine vllm-server --vllm-url URL`` samples the GRPO phase from a
 ``vllm serve`` process instead (weights saved and reloaded by path before the first rollout and after every step).
 The vLLM rollouts are measured with sampler log-probs for all episodes, for 1 in 8 (the default) and for none
-(``rollout.vllm_logprobs``).
+(``rollout.vllm_logprobs``), and with streamed turns (``rollout.vllm_stream_turns``).
 
     bash scripts/gpu_check.sh [--data DIR]        # installs carried wheels, then runs this with --out $OUT
 
@@ -113,14 +113,16 @@ def vllm_rollouts(args) -> None:
         engine = VLLMEngine(llm, tok, retriever, replace(cfg.rollout, batch_size=b, vllm_logprobs=True),
                             eos_token_ids=eos)
         rollout_tps(engine, batch_of(8), seed=1)  # warm-up: first-call compilation stays out of the figure
-        # sampler log-probs for every episode, for 1 in 8 (the default while the trainer re-scores), for none
-        for key, frac in (("rollout_vllm", True), ("rollout_vllm_default_logprobs", None),
-                          ("rollout_vllm_no_logprobs", False)):
-            engine.cfg = replace(engine.cfg, vllm_logprobs=frac)
+        # sampler log-probs for every episode, for 1 in 8 (the default while the trainer re-scores), for none; then
+        # the default with streamed turns (no per-turn barrier: a turn goes in as soon as its search returns)
+        for key, frac, stream in (("rollout_vllm", True, False), ("rollout_vllm_default_logprobs", None, False),
+                                  ("rollout_vllm_no_logprobs", False, False),
+                                  ("rollout_vllm_stream_turns", None, True)):
+            engine.cfg = replace(engine.cfg, vllm_logprobs=frac, vllm_stream_turns=stream)
             out.setdefault(key, {})[b] = rollout_tps(engine, batch_of(b))
             save()
     if args.profile:  # where the host's time goes in one vLLM rollout of the last batch size, default settings
-        engine.cfg = replace(engine.cfg, vllm_logprobs=None)
+        engine.cfg = replace(engine.cfg, vllm_logprobs=None, vllm_stream_turns=False)
         host_profile(lambda: engine.run(batch_of(b), seed=2), args.out / "rollout_vllm_profile.txt")
 
 

@@ -14,6 +14,7 @@ the H100's "512 search episodes" row (HF 3,139 vs vLLM 3,451 tokens/s): each of 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import random
 import sys
 import types
@@ -23,8 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, RESULTS_DIR, print_table, repeat_median, rnd, write_results  # noqa: E402
 
 
-def search_row(tok, data: Path, n: int) -> dict:
-    """Episodes that search once, then answer: the stub writes a fixed search turn, then a fixed answer turn."""
+def search_rows(tok, data: Path, n: int) -> list[dict]:
+    """Episodes that search once, then answer: the stub writes a fixed search turn, then a fixed answer turn; once
+    with per-turn batches, once with streamed turns (``rollout.vllm_stream_turns``; the stub's ``llm_engine``
+    finishes a seeded quarter of its requests per step, so searches go out in smaller batches)."""
+    import random
+    import sys
     import tempfile
 
     from searche1.data.qa import load_qa_files
@@ -47,15 +52,40 @@ def search_row(tok, data: Path, n: int) -> dict:
             SearchThenAnswer.calls += 1
             return [TurnSample(ids, [-0.5] * len(ids), "stop") for _ in reqs]
 
-    cfg = RolloutConfig(max_turn_tokens=64, max_total_tokens=2048, max_searches=4, topk=3, max_doc_tokens=64)
-    engine = SearchThenAnswer(types.SimpleNamespace(), tok, make_retriever(RetrievalConfig(index=index)), cfg)
-    engine.run(qs[:8], seed=0)
-    sec, _ = repeat_median(lambda: engine.run(qs, seed=0), repeats=3)
-    eps = engine.run(qs[:8], seed=0)
-    assert all(e.searches == 1 and e.answer == "x" for e in eps), "the stub's episodes did not search, then answer"
-    tokens = n * sum(len(t) for t in turns)
-    return {"distinct_questions": len(set(q.question for q in qs)), "episodes": n, "tokens": tokens,
-            "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2), "shape": "search once, then answer"}
+    class StubEngine:  # llm_engine for streamed turns: request ids end in the turn index
+        def __init__(self) -> None:
+            self.queue, self.rng = {}, random.Random(0)
+
+        def add_request(self, rid, prompt, params) -> None:
+            self.queue[rid] = turns[int(rid.rsplit("-", 1)[1])]
+
+        def has_unfinished_requests(self) -> bool:
+            return bool(self.queue)
+
+        def step(self):
+            done = [r for r in self.queue if self.rng.random() < 0.25]
+            return [types.SimpleNamespace(request_id=r, finished=True, outputs=[types.SimpleNamespace(
+                token_ids=self.queue.pop(r), logprobs=None, finish_reason="stop")]) for r in done]
+
+    # a stand-in vllm module for SamplingParams (the stub engine ignores them)
+    sys.modules.setdefault("vllm", types.SimpleNamespace(SamplingParams=lambda **kw: types.SimpleNamespace(**kw)))
+    sys.modules.setdefault("vllm.sampling_params", types.SimpleNamespace(
+        RequestOutputKind=types.SimpleNamespace(FINAL_ONLY="final_only")))
+    retriever = make_retriever(RetrievalConfig(index=index))
+    cfg = RolloutConfig(max_turn_tokens=64, max_total_tokens=2048, max_searches=4, topk=3, max_doc_tokens=64,
+                        vllm_logprobs=False)
+    rows = []
+    for shape, stream in (("search once, then answer", False), ("the same, streamed turns", True)):
+        make = (lambda: SearchThenAnswer(types.SimpleNamespace(llm_engine=StubEngine()), tok, retriever,
+                                         replace(cfg, vllm_stream_turns=stream)))
+        make().run(qs[:8], seed=0)
+        sec, _ = repeat_median(lambda: make().run(qs, seed=0), repeats=3)
+        eps = make().run(qs[:8], seed=0)
+        assert all(e.searches == 1 and e.answer == "x" for e in eps), "the stub's episodes did not search, then answer"
+        tokens = n * sum(len(t) for t in turns)
+        rows.append({"distinct_questions": len(set(q.question for q in qs)), "episodes": n, "tokens": tokens,
+                     "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2), "shape": shape})
+    return rows
 
 
 def main() -> None:
@@ -95,12 +125,14 @@ def main() -> None:
         sec, _ = repeat_median(lambda: engine.run(qs, seed=0), repeats=3)
         tokens = args.episodes * args.tokens
         rows.append({"distinct_questions": distinct, "episodes": args.episodes, "tokens": tokens,
-                     "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2)})
+                     "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2),
+                     "shape": f"one {args.tokens}-token turn, no search"})
     if (args.data / "corpus.jsonl").is_file():
-        rows.append(search_row(tok, args.data, args.episodes))
+        rows.extend(search_rows(tok, args.data, args.episodes))
     print_table("vLLM engine without vLLM (stub generation), median of 3",
-                ["distinct questions", "episodes", "tokens", "s", "µs / token"],
-                [[r[k] for k in ("distinct_questions", "episodes", "tokens", "seconds", "us_per_token")] for r in rows])
+                ["episodes", "shape", "distinct questions", "tokens", "s", "µs / token"],
+                [[r[k] for k in ("episodes", "shape", "distinct_questions", "tokens", "seconds", "us_per_token")]
+                 for r in rows])
     write_results(args.out, {"rows": rows, "model_tokenizer": args.model}, packages=("transformers", "tokenizers"))
 
 

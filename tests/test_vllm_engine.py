@@ -274,3 +274,44 @@ def test_without_request_seeds_vllm_draws(tok):
     assert [sp.seed for *_, sp in seeded_llm.requests] == [turn_seed(1, 0, 0), turn_seed(1, 1, 0), turn_seed(1, 0, 1)]
     assert [(e.response_ids, e.logprobs, e.answer) for e in free] == [(e.response_ids, e.logprobs, e.answer)
                                                                       for e in seeded]
+
+
+def test_streamed_turns_give_the_same_episodes(tok):
+    """rollout.vllm_stream_turns: requests go in one by one and come back as they finish (the fake engine finishes a
+    random share per step), so later turns of some episodes run while others are still on their first; every stop
+    reason still comes out as with per-turn batches, with the same records; max_batch caps the episodes in flight;
+    an error mid-rollout aborts what is still running."""
+    qs = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",
+          "Python?", "Empty query?", "Boom?", "Too many searches?"]
+    scripts = {
+        qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+        qs[1]: [" <think> easy </think> <answer> Berlin </answer>"],
+        qs[2]: [" <search> Eiffel Tower </search>", " More. <search> Paris France </search>", " <answer> Paris"],
+        qs[3]: [" <search> Danube </search>", " I give up<|im_end|>"],
+        qs[4]: [" <answer> a language"],
+        qs[5]: [" <search> </search>"],
+        qs[6]: [" <search> boom boom </search>", " <answer> never </answer>"],
+        qs[7]: [" <search> a </search>", " <search> b </search>", " <search> c </search>"],
+    }
+    fields = ("response_ids", "policy_mask", "logprobs", "queries", "answer", "stop_reason", "turns", "response_text",
+              "metrics", "sampler_logprobs")
+    batched, _, _ = make(tok, scripts, retriever=BoomRetriever(), max_searches=2)
+    want = [[getattr(e, f) for f in fields] for e in batched.run(examples(qs), seed=3)]
+    for max_batch in (None, 3):
+        eng, llm, ret = make(tok, scripts, retriever=BoomRetriever(), max_searches=2, vllm_stream_turns=True)
+        eng.max_batch = max_batch
+        seen: list[int] = []
+        got = eng.run(examples(qs), seed=3, progress=seen.append)
+        assert [[getattr(e, f) for f in fields] for e in got] == want
+        assert llm.calls == 0 and sum(seen) == len(qs) and not llm.llm_engine.queue  # all through llm_engine
+        assert llm.llm_engine.max_queued == (max_batch or len(qs))
+        turns = [int(rid.rsplit("-", 1)[1]) for rid in llm.llm_engine.added]
+        assert turns != sorted(turns)  # a later turn went in before an earlier turn of another episode
+        assert len(ret.batches) > 3  # searches go out as turns finish, not once per turn
+    # a failure mid-rollout: nothing of ours stays queued in the (reused) engine
+    eng, llm, _ = make(tok, scripts, retriever=BoomRetriever(), max_searches=2, vllm_stream_turns=True)
+    step = llm.llm_engine.step
+    llm.llm_engine.step = lambda: step() if llm.llm_engine.steps < 2 else (_ for _ in ()).throw(RuntimeError("gpu"))
+    with pytest.raises(RuntimeError, match="gpu"):
+        eng.run(examples(qs), seed=3)
+    assert llm.llm_engine.aborted and not llm.llm_engine.queue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import random
 import sys
 import types
 
@@ -44,7 +45,10 @@ def fake_vllm(monkeypatch):
     mod = types.ModuleType("vllm")
     mod.SamplingParams = FakeSamplingParams
     mod.__version__ = "0.0-fake"
+    mod.sampling_params = types.ModuleType("vllm.sampling_params")
+    mod.sampling_params.RequestOutputKind = types.SimpleNamespace(FINAL_ONLY="final_only")
     monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", mod.sampling_params)
     monkeypatch.setattr("searche1.rollout.factory._COLOCATED", {})  # no engine from another test's fake vLLM
     return mod
 
@@ -54,6 +58,39 @@ Logprob = collections.namedtuple("Logprob", "logprob rank decoded_token", defaul
 
 def fake_lp(turn: int, k: int) -> float:
     return -(0.5 + 0.1 * turn + 0.01 * k)
+
+
+class FakeEngine:
+    """``FakeLLM.llm_engine`` for streamed turns (``rollout.vllm_stream_turns``): ``add_request`` queues a request;
+    each ``step()`` finishes a seeded random ~40% of the queue (FakeLLM.complete), in queue order, so requests
+    submitted together come back at different steps, as vLLM's do."""
+
+    def __init__(self, llm: FakeLLM, seed: int = 0) -> None:
+        self.llm, self.rng = llm, random.Random(seed)
+        self.queue: dict[str, tuple[list[int], object]] = {}
+        self.added: list[str] = []
+        self.aborted: list[str] = []
+        self.max_queued = self.steps = 0
+
+    def add_request(self, request_id: str, prompt: dict, params) -> None:
+        assert request_id not in self.queue and params.output_kind == "final_only"
+        self.queue[request_id] = (list(prompt["prompt_token_ids"]), params)
+        self.added.append(request_id)
+        self.max_queued = max(self.max_queued, len(self.queue))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.queue)
+
+    def step(self) -> list[types.SimpleNamespace]:
+        self.steps += 1
+        done = [rid for rid in self.queue if self.rng.random() < 0.4]
+        return [types.SimpleNamespace(request_id=rid, finished=True, outputs=[self.llm.complete(*self.queue.pop(rid))])
+                for rid in done]
+
+    def abort_request(self, request_ids: list[str]) -> None:
+        self.aborted.extend(request_ids)
+        for rid in request_ids:
+            self.queue.pop(rid, None)
 
 
 class FakeLLM:
@@ -68,6 +105,7 @@ class FakeLLM:
         self.filler = encode(tok, FILLER)[-1]
         self.requests: list[tuple[str, int, list[int], FakeSamplingParams]] = []  # (key, turn, prompt ids, params)
         self.calls = 0
+        self.llm_engine = FakeEngine(self)
 
     def complete(self, ids: list[int], sp) -> types.SimpleNamespace:
         text = self.tok.decode(ids)

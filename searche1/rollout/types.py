@@ -66,6 +66,11 @@ class RolloutConfig:
                 "skips a per-request loop in its sampler (vLLM 0.20 draws each seeded request's noise with its own "
                 "kernel launch, every decode step) but reproduces a rollout only with identical batches. Speed-up "
                 "not yet measured on a GPU"})
+    vllm_stream_turns: bool = field(default=False, metadata={
+        "help": "vllm (colocated): submit each request on its own and take it back when it finishes, so an episode's "
+                "next turn starts as soon as its search returns while the others keep decoding (no wait for a "
+                "turn's slowest episode); false: each turn is one llm.generate call for every live episode. The "
+                "same episodes either way (tested); the speed-up is not yet measured on a GPU"})
     vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
                 "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}}"})
@@ -93,6 +98,9 @@ class RolloutConfig:
             raise ConfigError(f"vllm_logprobs: {self.vllm_logprobs} leaves episodes without old log-probs unless the "
                               "trainer re-scores the samples (fix: recompute_logprobs: true, or leave it unset, or "
                               "vllm_logprobs: true)")
+        if self.vllm_stream_turns and self.engine != "vllm":
+            raise ConfigError(f"vllm_stream_turns: only the colocated engine streams turns, not engine '{self.engine}' "
+                              "(fix: engine: vllm, or vllm_stream_turns: false)")
         if self.engine not in ("hf", "vllm", "vllm-server"):
             raise ConfigError(f"engine: unknown '{self.engine}' (fix: use one of: hf, vllm, vllm-server)")
         for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk"):

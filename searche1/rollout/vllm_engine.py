@@ -45,7 +45,9 @@ How it departs from the HF engine:
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +65,11 @@ from searche1.rollout.types import Episode, RolloutConfig, StopReason, logprobs_
 log = logging.getLogger(__name__)
 
 __all__ = ["LOGPROBS_MODE", "VLLMEngine", "VLLMServerClient", "turn_seed", "load_llm", "push_weights"]
+
+_STREAM_RUNS = itertools.count()  # request ids of streamed rollouts: searche1-RUN-EPISODE-TURN, unique per process
+STREAM_SEARCH_BATCH = 32
+"""Streamed turns: finished searches wait until this many are ready (or as many as are decoding) and go to the
+retriever in one batch; one call per engine step cost ~50% more CPU on 512 search episodes (this 2-core CPU)."""
 
 LOGPROBS_MODE = "processed_logprobs"
 """vLLM ``logprobs_mode`` we request: log-softmax of the temperature-scaled (and top-k/top-p filtered) logits."""
@@ -173,9 +180,13 @@ class VLLMEngine:
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k]), sampler_logprobs=logprobs_wanted(first_index + k, frac))
                for k, e in enumerate(examples)]
-        step = self.max_batch or max(1, len(eps))
-        for start in range(0, len(eps), step):
-            self._run_chunk(eps, list(range(start, min(start + step, len(eps)))), seed, first_index, progress)
+        if self.cfg.vllm_stream_turns and callable(getattr(getattr(self.llm, "llm_engine", None), "add_request",
+                                                          None)):
+            self._run_streaming(eps, seed, first_index, progress)
+        else:
+            step = self.max_batch or max(1, len(eps))
+            for start in range(0, len(eps), step):
+                self._run_chunk(eps, list(range(start, min(start + step, len(eps)))), seed, first_index, progress)
         for ep in eps:
             ep.response_text = self.tok.decode(ep.response_ids, skip_special_tokens=False)
             ep.answer = protocol.extract_answer(ep.response_text) if ep.stop_reason == StopReason.ANSWERED else None
@@ -186,11 +197,7 @@ class VLLMEngine:
         cfg = self.cfg
         total = {i: len(eps[i].prompt_ids) for i in live}
         while live:
-            reqs = [TurnRequest(eps[i].prompt_ids + eps[i].response_ids,
-                                max(1, min(cfg.max_turn_tokens, cfg.max_total_tokens - total[i])),
-                                turn_seed(seed, first_index + i, eps[i].turns) if cfg.vllm_request_seeds else None,
-                                eps[i].sampler_logprobs)
-                    for i in live]
+            reqs = [self._request(eps[i], total[i], seed, first_index + i) for i in live]
             samples = self._generate(reqs)
             if len(samples) != len(reqs):
                 raise RuntimeError(f"vLLM returned {len(samples)} outputs for {len(reqs)} requests")
@@ -204,6 +211,74 @@ class VLLMEngine:
             if progress:
                 progress(len(live) - len(nxt))
             live = nxt
+
+    def _request(self, ep: Episode, total: int, seed: int | None, index: int) -> TurnRequest:
+        """The request for ``ep``'s next turn (``total``: its length so far; ``index``: its global index)."""
+        cfg = self.cfg
+        return TurnRequest(ep.prompt_ids + ep.response_ids,
+                           max(1, min(cfg.max_turn_tokens, cfg.max_total_tokens - total)),
+                           turn_seed(seed, index, ep.turns) if cfg.vllm_request_seeds else None, ep.sampler_logprobs)
+
+    def _run_streaming(self, eps: list[Episode], seed: int | None, first_index: int,
+                       progress: Callable[[int], None] | None) -> None:
+        """``rollout.vllm_stream_turns``: the colocated engine's requests go in one by one
+        (``llm_engine.add_request``) and come back as they finish (``llm_engine.step()``), so an episode's next
+        turn is submitted as soon as its search returns while the others keep decoding; with ``max_batch`` a new
+        episode starts as soon as one ends. Finished searches go to the retriever in batches
+        (:data:`STREAM_SEARCH_BATCH`). Episodes are the same as with the per-turn batches: requests are seeded per episode
+        and turn (:func:`turn_seed`), and turns are cut and judged by the same code."""
+        engine = self.llm.llm_engine
+        shared = self.sampling_kwargs()
+        waiting = collections.deque(range(len(eps)))
+        cap = self.max_batch or len(eps)
+        total: dict[int, int] = {}
+        inflight: dict[str, tuple[int, TurnRequest]] = {}
+        searching: list[int] = []  # episodes whose search waits to go out with others
+        run = next(_STREAM_RUNS)
+
+        def submit(i: int) -> None:
+            r = self._request(eps[i], total[i], seed, first_index + i)
+            rid = f"searche1-{run}-{i}-{eps[i].turns}"
+            engine.add_request(rid, {"prompt_token_ids": r.prompt_ids}, _sampling_params(shared, r, final_only=True))
+            inflight[rid] = (i, r)
+
+        def fill() -> None:  # episodes in flight or waiting for a search count against max_batch
+            while waiting and len(inflight) + len(searching) < cap:
+                i = waiting.popleft()
+                total[i] = len(eps[i].prompt_ids)
+                submit(i)
+
+        try:
+            fill()
+            while inflight or searching:
+                ended = 0
+                if inflight:
+                    if not engine.has_unfinished_requests():
+                        raise RuntimeError(f"vLLM has no unfinished requests, but {len(inflight)} of ours never "
+                                           "finished (were they aborted elsewhere?)")
+                    for out in engine.step():
+                        if not out.finished or out.request_id not in inflight:
+                            continue
+                        i, r = inflight.pop(out.request_id)
+                        turn_tokens, turn_lps, end = self._cut_turn(_turn_sample(r, out.outputs[0]), total[i])
+                        total[i] += len(turn_tokens)
+                        if self._end_turn(eps[i], turn_tokens, turn_lps, end):
+                            searching.append(i)
+                        else:
+                            ended += 1
+                # searches go out together once there are enough of them, or once as many wait as decode
+                if searching and (len(searching) >= STREAM_SEARCH_BATCH or len(searching) >= len(inflight)):
+                    nxt = self._attach_blocks(eps, searching, total)
+                    ended += len(searching) - len(nxt)
+                    searching = []
+                    for i in nxt:
+                        submit(i)
+                fill()
+                if progress and ended:
+                    progress(ended)
+        finally:
+            if inflight:  # an error mid-rollout: leave nothing of ours running in a reused engine
+                engine.abort_request(list(inflight))
 
     def _generate(self, reqs: list[TurnRequest]) -> list[TurnSample]:
         if isinstance(self.llm, VLLMServerClient):
@@ -268,19 +343,27 @@ def request_logprobs(req: TurnRequest) -> int | None:
     return 1 if req.logprobs else None
 
 
-def _generate_colocated(llm: Any, reqs: list[TurnRequest], shared: dict[str, Any]) -> list[TurnSample]:
+def _sampling_params(shared: dict[str, Any], r: TurnRequest, final_only: bool = False) -> Any:
     from vllm import SamplingParams
 
-    params = [SamplingParams(**shared, max_tokens=r.max_tokens, seed=r.seed, logprobs=request_logprobs(r))
-              for r in reqs]
+    sp = SamplingParams(**shared, max_tokens=r.max_tokens, seed=r.seed, logprobs=request_logprobs(r))
+    if final_only:  # llm_engine.add_request: one output per request, when it finishes (LLM.generate sets this too)
+        from vllm.sampling_params import RequestOutputKind
+
+        sp.output_kind = RequestOutputKind.FINAL_ONLY
+    return sp
+
+
+def _turn_sample(r: TurnRequest, c: Any) -> TurnSample:
+    """A vLLM ``CompletionOutput`` as a :class:`TurnSample` (log-probs 0 when the request asked for none)."""
+    ids = [int(t) for t in c.token_ids]
+    return TurnSample(ids, _sampled_logprobs(ids, c.logprobs) if r.logprobs else [0.0] * len(ids), c.finish_reason)
+
+
+def _generate_colocated(llm: Any, reqs: list[TurnRequest], shared: dict[str, Any]) -> list[TurnSample]:
+    params = [_sampling_params(shared, r) for r in reqs]
     outs = llm.generate([{"prompt_token_ids": r.prompt_ids} for r in reqs], sampling_params=params, use_tqdm=False)
-    samples = []
-    for r, ro in zip(reqs, outs):
-        c = ro.outputs[0]
-        ids = [int(t) for t in c.token_ids]
-        lps = _sampled_logprobs(ids, c.logprobs) if r.logprobs else [0.0] * len(ids)
-        samples.append(TurnSample(ids, lps, c.finish_reason))
-    return samples
+    return [_turn_sample(r, ro.outputs[0]) for r, ro in zip(reqs, outs)]
 
 
 # ------------------------------------------------------------------------------------------------------ colocated
