@@ -17,6 +17,10 @@ stop_reason, response_text, turns) with the same protocol. Per turn:
    here (a dozen lines, :meth:`VLLMEngine._attach_blocks`); ``tests/test_vllm_engine.py`` checks the two engines
    produce identical records on the same scripted turns.
 
+With ``rollout.vllm_stream_turns`` the colocated engine drops the per-turn barrier: requests go in one by one and
+come back as they finish (:meth:`VLLMEngine._run_streaming`), so an episode's next turn starts while the others
+are still decoding; the episodes are the same.
+
 Two backends: a colocated ``vllm.LLM`` (``llm.generate`` with one ``SamplingParams`` per request), or a
 ``vllm serve`` OpenAI-compatible server through :class:`VLLMServerClient` (``/v1/completions`` with ``prompt`` as a
 token id list, ``return_tokens_as_token_ids``). vLLM is imported lazily, only inside the functions that need it.
