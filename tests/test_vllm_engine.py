@@ -47,19 +47,23 @@ def test_search_then_answer(tok):
     assert sp0.include_stop_str_in_output is True and sp0.skip_special_tokens is False
 
 
+STOP_REASON_QS = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",
+                  "Python?", "Empty query?", "Boom?", "Too many searches?"]
+STOP_REASON_SCRIPTS = {  # with max_searches 2 and BoomRetriever: every stop reason in one batch
+    STOP_REASON_QS[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
+    STOP_REASON_QS[1]: [" <think> easy </think> <answer> Berlin </answer>"],
+    STOP_REASON_QS[2]: [" <search> Eiffel Tower </search>", " More. <search> Paris France </search>",
+                        " <answer> Paris"],
+    STOP_REASON_QS[3]: [" <search> Danube </search>", " I give up<|im_end|>"],
+    STOP_REASON_QS[4]: [" <answer> a language"],  # never closes -> turn budget
+    STOP_REASON_QS[5]: [" <search> </search>"],  # stop string without a usable action
+    STOP_REASON_QS[6]: [" <search> boom boom </search>", " <answer> never </answer>"],
+    STOP_REASON_QS[7]: [" <search> a </search>", " <search> b </search>", " <search> c </search>"],
+}
+
+
 def test_every_stop_reason_in_one_batch(tok):
-    qs = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",
-          "Python?", "Empty query?", "Boom?", "Too many searches?"]
-    scripts = {
-        qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
-        qs[1]: [" <think> easy </think> <answer> Berlin </answer>"],
-        qs[2]: [" <search> Eiffel Tower </search>", " More. <search> Paris France </search>", " <answer> Paris"],
-        qs[3]: [" <search> Danube </search>", " I give up<|im_end|>"],
-        qs[4]: [" <answer> a language"],  # never closes -> turn budget
-        qs[5]: [" <search> </search>"],  # stop string without a usable action
-        qs[6]: [" <search> boom boom </search>", " <answer> never </answer>"],
-        qs[7]: [" <search> a </search>", " <search> b </search>", " <search> c </search>"],
-    }
+    qs, scripts = STOP_REASON_QS, STOP_REASON_SCRIPTS
     eng, llm, ret = make(tok, scripts, retriever=BoomRetriever(), max_searches=2)
     eps = eng.run(examples(qs), seed=3)
     expected = [  # (stop reason, queries, answer, turns)
@@ -281,18 +285,7 @@ def test_streamed_turns_give_the_same_episodes(tok):
     random share per step), so later turns of some episodes run while others are still on their first; every stop
     reason still comes out as with per-turn batches, with the same records; max_batch caps the episodes in flight;
     an error mid-rollout aborts what is still running."""
-    qs = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",
-          "Python?", "Empty query?", "Boom?", "Too many searches?"]
-    scripts = {
-        qs[0]: [" <search> capital of France </search>", " <answer> Paris </answer>"],
-        qs[1]: [" <think> easy </think> <answer> Berlin </answer>"],
-        qs[2]: [" <search> Eiffel Tower </search>", " More. <search> Paris France </search>", " <answer> Paris"],
-        qs[3]: [" <search> Danube </search>", " I give up<|im_end|>"],
-        qs[4]: [" <answer> a language"],
-        qs[5]: [" <search> </search>"],
-        qs[6]: [" <search> boom boom </search>", " <answer> never </answer>"],
-        qs[7]: [" <search> a </search>", " <search> b </search>", " <search> c </search>"],
-    }
+    qs, scripts = STOP_REASON_QS, STOP_REASON_SCRIPTS
     fields = ("response_ids", "policy_mask", "logprobs", "queries", "answer", "stop_reason", "turns", "response_text",
               "metrics", "sampler_logprobs")
     batched, _, _ = make(tok, scripts, retriever=BoomRetriever(), max_searches=2)
