@@ -9,7 +9,9 @@ runs 2 rounds) — each phase in its own folder, checkpointed and resumable.
 A phase is finished when its output is recorded in ``pipeline.json`` (written atomically after the phase's model is
 saved). ``--resume`` skips finished phases, continues an interrupted GRPO phase from its newest checkpoint, and
 restarts an interrupted OFSD phase from its beginning (an OFSD phase is short and its only state is the model).
-Each phase starts from the previous phase's output; the first from ``model.name_or_path``.
+Each phase starts from the previous phase's output; the first from ``model.name_or_path``. With a vLLM rollout
+engine (``rollout.engine``) the OFSD phases sample their groups with it too: the process's colocated engine is
+reused and gets the phase's starting weights pushed first (a server reloads them by path).
 
 Under a launcher (``accelerate launch`` / ``torchrun``, :mod:`searche1.distributed`) every phase runs data-parallel
 on all ranks; rank 0 writes ``pipeline.json``, the configs and the phase models, the other ranks wait at barriers
@@ -109,8 +111,18 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
     retriever = make_retriever(cfg.retrieval)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     pdir.mkdir(parents=True, exist_ok=True)
+    engine = None
+    if cfg.rollout.engine != "hf":  # the run's vLLM engine samples the groups too, with this phase's weights
+        from searche1.models import resolve_model_path
+        from searche1.rollout.factory import make_engine
+
+        engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
+                                      model_path=resolve_model_path(model_cfg.name_or_path),
+                                      sync_dir=pdir / f"vllm-sync-rank{dist.rank}", device=str(model_cfg.device),
+                                      seed=seed * 1000 + dist.rank)
+        sync()  # a reused colocated engine (or a server) holds the previous phase's weights
     metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
-                             progress=progress, episode_reward=episode_reward, dist=dist)
+                             progress=progress, episode_reward=episode_reward, dist=dist, engine=engine)
     if dist.is_main:
         with atomic_dir(pdir / "model", overwrite=True) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)

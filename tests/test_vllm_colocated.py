@@ -127,3 +127,29 @@ def test_grpo_with_colocated_vllm_reuses_the_engine_and_pushes_first(fake_vllm, 
         final = weights(sorted((out / "checkpoints").iterdir())[-1])
         assert all(torch.equal(last_push[k], final[k]) for k in final)
     assert not all(torch.equal(first_run[-1][1][k], start[k]) for k in start)  # the first run did train
+
+
+def test_pipeline_ofsd_samples_with_the_runs_vllm_engine(fake_vllm, tmp_path):
+    """A grpo → ofsd schedule with rollout.engine: vllm: the OFSD phase samples its groups through the same
+    colocated engine (one engine in the process), after a push of the weights it starts from (the GRPO output)."""
+    import json
+
+    from test_pipeline import final_weights, pipeline_config
+    from test_train import parity_reward
+
+    from searche1.pipeline import run_pipeline
+    from searche1.rollout import factory
+
+    built: list[dict] = []
+    fake_vllm.LLM = lambda **kw: built.append(kw) or RandomLLM(vocab=550)
+    cfg = pipeline_config(tmp_path)
+    cfg.schedule, cfg.rollout.engine = ["grpo", "ofsd"], "vllm"
+    run_pipeline(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    (llm,) = factory._COLOCATED.values()
+    assert len(built) == 1
+    kinds = [k for k, _ in llm.events]
+    last_push = max(i for i, k in enumerate(kinds) if k == "push")
+    assert "generate" in kinds[last_push:]  # the OFSD phase sampled after its push
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    grpo_out = final_weights(state["phases"][0]["model"])
+    assert all(torch.equal(llm.events[last_push][1][k], v) for k, v in grpo_out.items())

@@ -294,9 +294,11 @@ def _adapter_is_fresh(model: Any) -> bool:
 
 def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
                   rollout_cfg: RolloutConfig, *, seed: int = 0,
-                  episode_reward: EpisodeReward | None = None,
-                  dist: Dist | None = None) -> tuple[list[list[Episode]], dict]:
-    """K scored rollouts for each of ``cfg.questions`` seeded-sampled questions, grouped per question.
+                  episode_reward: EpisodeReward | None = None, dist: Dist | None = None,
+                  engine: Any = None) -> tuple[list[list[Episode]], dict]:
+    """K scored rollouts for each of ``cfg.questions`` seeded-sampled questions, grouped per question, sampled by
+    ``engine`` (anything with the rollout engines' ``run``, e.g. the run's vLLM engine) or else an HF engine on
+    ``model``.
 
     With ``dist``, each rank samples its contiguous share of the questions and the scored groups are gathered, so
     every rank returns all groups (in question order) and the same statistics."""
@@ -312,8 +314,8 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
     was = model.training
     model.eval()
     try:
-        eps = HFEngine(model, tokenizer, retriever, rollout_cfg).run([q for q in qs[lo:hi] for _ in range(K)],
-                                                                     seed=seed, first_index=lo * K)
+        sampler = engine if engine is not None else HFEngine(model, tokenizer, retriever, rollout_cfg)
+        eps = sampler.run([q for q in qs[lo:hi] for _ in range(K)], seed=seed, first_index=lo * K)
     finally:
         model.train(was)
     reward_fn = get_reward(cfg.reward)
@@ -512,14 +514,16 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
 def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
                    rollout_cfg: RolloutConfig, work_dir: str | Path, *, seed: int = 0, progress: bool = True,
                    episode_reward: EpisodeReward | None = None,
-                   context: str | ContextFn | None = None, dist: Dist | None = None) -> dict[str, float]:
+                   context: str | ContextFn | None = None, dist: Dist | None = None,
+                   engine: Any = None) -> dict[str, float]:
     """One OFSD phase on ``model`` (trained in place); returns the phase's metrics (module docstring).
 
     ``questions`` are :class:`searche1.data.types.QAExample`; ``rollout_cfg`` is the GRPO rollout configuration
     (temperature, chat, max_searches are reused for sampling and for the teacher prompt). ``work_dir`` receives the
     top-k teacher cache (``teacher/``) in topk mode. ``episode_reward`` replaces the registered reward ``cfg.reward``;
     ``context`` (a registered name or a ``ContextFn``) replaces ``cfg.context``. ``dist`` runs the phase
-    data-parallel (module docstring): call it on every rank with the same arguments.
+    data-parallel (module docstring): call it on every rank with the same arguments. ``engine`` samples the groups
+    instead of an HF engine on ``model`` (it must hold ``model``'s weights: the pipeline pushes them first).
     """
     cfg.validate()
     t0 = time.perf_counter()
@@ -527,7 +531,7 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     was_training = model.training
     d = dist or Dist()
     groups, roll_stats = sample_groups(model, tokenizer, retriever, questions, cfg, rollout_cfg, seed=seed,
-                                       episode_reward=episode_reward, dist=d)
+                                       episode_reward=episode_reward, dist=d, engine=engine)
     pairs, pair_stats = mine_pairs(groups, student=cfg.student, reference=cfg.reference,  # type: ignore[arg-type]
                                    correct_threshold=cfg.correct_threshold)
     t_roll = time.perf_counter() - t0
