@@ -229,8 +229,8 @@ class VLLMEngine:
         (``llm_engine.add_request``) and come back as they finish (``llm_engine.step()``), so an episode's next
         turn is submitted as soon as its search returns while the others keep decoding; with ``max_batch`` a new
         episode starts as soon as one ends. Finished searches go to the retriever in batches
-        (:data:`STREAM_SEARCH_BATCH`). Episodes are the same as with the per-turn batches: requests are seeded per episode
-        and turn (:func:`turn_seed`), and turns are cut and judged by the same code."""
+        (:data:`STREAM_SEARCH_BATCH`). Episodes are the same as with the per-turn batches: requests are seeded per
+        episode and turn (:func:`turn_seed`), and turns are cut and judged by the same code."""
         engine = self.llm.llm_engine
         shared = self.sampling_kwargs()
         waiting = collections.deque(range(len(eps)))
