@@ -4,10 +4,12 @@ request bodies, weight reloads by path."""
 from __future__ import annotations
 
 import json
+import types
 
 import httpx
 import pytest
 
+from searche1.rollout.types import RolloutConfig
 from searche1.rollout.vllm_engine import VLLMEngine, VLLMServerClient, turn_seed
 
 from toy_retriever import OverlapRetriever
@@ -57,3 +59,36 @@ def test_server_reload_weights(tok):
     c, _ = client({"/collective_rpc:reload_weights:kw": 404})
     with pytest.raises(RuntimeError, match="VLLM_SERVER_DEV_MODE=1"):
         c.reload_weights("/ckpt")
+
+
+def test_server_client_keeps_its_concurrency_in_flight(tok, tmp_path):
+    """rollout.vllm_server_concurrency requests are in flight at once (the server batches what is in flight), more
+    than 100; make_engine passes the setting on. (A mock transport has no connection pool: the client's pool, sized
+    to match since httpx's default holds 100, is not exercised here.)"""
+    import threading
+    import time
+
+    from searche1.rollout.factory import make_engine
+    from searche1.rollout.vllm_engine import TurnRequest
+
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "tiny"}]})
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.05)
+        with lock:
+            now[0] -= 1
+        return httpx.Response(200, json={"choices": [{"token_ids": [5, 6], "logprobs": None, "finish_reason": "stop"}]})
+
+    client = VLLMServerClient("localhost:8000", transport=httpx.MockTransport(handler), concurrency=150)
+    out = client.generate([TurnRequest([1, 2], 4, k, logprobs=False) for k in range(300)], {})
+    assert len(out) == 300 and all(s.token_ids == [5, 6] for s in out)
+    assert 100 < peak[0] <= 150
+    cfg = RolloutConfig(engine="vllm-server", vllm_url="http://127.0.0.1:1", vllm_server_concurrency=300)
+    engine, _, _ = make_engine(cfg, types.SimpleNamespace(generation_config=None), tok, None, model_path=tmp_path,
+                               sync_dir=tmp_path, device="cpu")
+    assert engine.llm.concurrency == 300

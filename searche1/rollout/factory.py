@@ -112,7 +112,7 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
     from searche1.io import atomic_dir
     from searche1.rollout.vllm_engine import VLLMServerClient
 
-    client = VLLMServerClient(cfg.vllm_url)
+    client = VLLMServerClient(cfg.vllm_url, concurrency=cfg.vllm_server_concurrency)
 
     def sync() -> None:
         with atomic_dir(sync_dir, overwrite=True) as tmp:

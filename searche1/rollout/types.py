@@ -45,6 +45,9 @@ class RolloutConfig:
                 "= bfloat16 where it is native (GPU, or a CPU with AVX512-BF16/AMX) and the trainer is not already "
                 "bf16, else no copy (same)"})
     vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
+    vllm_server_concurrency: int = field(default=256, metadata={
+        "help": "vllm-server: requests in flight at once, one per episode's turn (the server batches what is in "
+                "flight: below the episodes of a turn it decodes in smaller batches)"})
     vllm_gpu_memory_utilization: float = field(default=0.35, metadata={
         "help": "vllm: fraction of GPU memory for the colocated engine (the rest is the trainer's)"})
     vllm_multiprocessing: bool = field(default=False, metadata={
@@ -103,7 +106,7 @@ class RolloutConfig:
                               "(fix: engine: vllm, or vllm_stream_turns: false)")
         if self.engine not in ("hf", "vllm", "vllm-server"):
             raise ConfigError(f"engine: unknown '{self.engine}' (fix: use one of: hf, vllm, vllm-server)")
-        for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk"):
+        for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk", "vllm_server_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
 

@@ -456,7 +456,8 @@ class VLLMServerClient:
     Each request is one ``POST /v1/completions`` with ``prompt`` = token ids, ``max_tokens``, ``seed``, ``stop``,
     ``logprobs: 1`` (or none, see :func:`request_logprobs`) and ``return_tokens_as_token_ids`` /
     ``return_token_ids`` (sampled ids come back exactly, never re-tokenised); requests of a turn run
-    ``concurrency`` at a time (one seed per request, so no batching by prompt list). Start the server with
+    ``concurrency`` at a time (one seed per request, so no batching by prompt list; the server batches the requests
+    in flight, so fewer than a turn's episodes leave it a smaller batch). Start the server with
     ``--logprobs-mode processed_logprobs`` (see the module docstring).
 
     Weights are reloaded **by path** (:meth:`reload_weights`): the trainer saves an HF checkpoint
@@ -465,7 +466,7 @@ class VLLMServerClient:
     server: ``/collective_rpc`` runs worker methods). Without them, restart the server on the new checkpoint.
     """
 
-    def __init__(self, base_url: str, model: str | None = None, *, timeout: float = 600.0, concurrency: int = 64,
+    def __init__(self, base_url: str, model: str | None = None, *, timeout: float = 600.0, concurrency: int = 256,
                  retries: int = 2, api_key: str | None = None, transport: Any = None) -> None:
         import httpx
 
@@ -475,7 +476,9 @@ class VLLMServerClient:
         self.concurrency = max(1, concurrency)
         self.retries = retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout), transport=transport, headers=headers)
+        # as many connections as requests in flight (httpx's default pool holds 100)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), transport=transport, headers=headers, limits=limits)
 
     def close(self) -> None:
         self._http.close()
