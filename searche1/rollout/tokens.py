@@ -15,7 +15,7 @@ from searche1.rollout.types import RolloutConfig
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return encode_batch(tokenizer, [text])[0]
 
 
 def encode_batch(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -62,8 +62,10 @@ class StopCheck:
             t = ids[k]
             if t in eos_ids:
                 return k, "eos"
-            hit = memo.get(t)
-            if (hit or (hit is None and self._may_end(t))) and self._window_stops(ids[:k + 1]):
+            hit = memo.get(t)  # inline: a method call per token would cost more than the lookup
+            if hit is None:
+                hit = self._may_end(t)
+            if hit and self._window_stops(ids[:k + 1]):
                 return k, "stop"
         return None
 
@@ -80,7 +82,7 @@ def prompt_batch(tokenizer: Any, questions: Sequence[str], cfg: RolloutConfig) -
 
 def prompt_ids(tokenizer: Any, question: str, cfg: RolloutConfig) -> list[int]:
     """The agent's inference prompt (chat template when the tokenizer has one, unless ``cfg.chat`` is False)."""
-    return encode(tokenizer, protocol.build_prompt(question, tokenizer, chat=cfg.chat, max_searches=cfg.max_searches))
+    return prompt_batch(tokenizer, [question], cfg)[0]
 
 
 def info_ids(tokenizer: Any, hits: Sequence[Hit], cfg: RolloutConfig) -> list[int]:

@@ -272,9 +272,10 @@ class VLLMEngine:
                             ended += 1
                 # searches go out together once there are enough of them, or once as many wait as decode
                 if searching and (len(searching) >= STREAM_SEARCH_BATCH or len(searching) >= len(inflight)):
-                    nxt = self._attach_blocks(eps, searching, total)
-                    ended += len(searching) - len(nxt)
-                    searching = []
+                    batch = searching[:]
+                    searching.clear()
+                    nxt = self._attach_blocks(eps, batch, total)
+                    ended += len(batch) - len(nxt)
                     for i in nxt:
                         submit(i)
                 fill()
