@@ -20,7 +20,9 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[bold red]error:[/] {e}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(e))}")  # a message's [brackets] are text, not markup
     raise typer.Exit(2)
 
 
@@ -265,26 +267,47 @@ def eval_cmd(
     topk: Annotated[int, typer.Option(help="passages per search")] = 3,
     max_doc_tokens: Annotated[int, typer.Option(help="tokens kept of each passage")] = 96,
     turn_start: Annotated[str, typer.Option(help="free | constrained (agent mode: turns open only with a tag)")] = "free",
+    engine: Annotated[str, typer.Option(help="hf | vllm (a vLLM engine on the model folder, GPU) | vllm-server")] = "hf",
+    vllm_url: Annotated[Optional[str], typer.Option(help="vllm-server: the `vllm serve` of this model")] = None,
+    vllm_gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: share of GPU memory")] = 0.85,
+    vllm_kwargs: Annotated[str, typer.Option(help="vllm: JSON object of extra vllm.LLM keywords")] = "{}",
     out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl)")] = None,
 ) -> None:
     """Greedy evaluation: EM/F1, searches, valid format per dataset and the average; markdown table on stdout."""
     from searche1.config import from_dict
     from searche1.data.qa import load_qa_files
     from searche1.evaluate import EvalConfig, evaluate, markdown_table
-    from searche1.models import ModelConfig, load_policy
+    from searche1.models import ModelConfig, load_policy, load_tokenizer, resolve_model_path
 
     try:
+        import json
+
+        try:
+            extra = json.loads(vllm_kwargs)
+        except json.JSONDecodeError as e:
+            raise SearchE1Error(f"--vllm-kwargs: not JSON ({e}); fix: an object such as '{{\"enforce_eager\": true}}'")
         cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "offset": offset, "batch_size": batch_size,
                                      "max_turn_tokens": max_turn_tokens, "max_searches": max_searches,
-                                     "topk": topk, "max_doc_tokens": max_doc_tokens, "turn_start": turn_start})
+                                     "topk": topk, "max_doc_tokens": max_doc_tokens, "turn_start": turn_start,
+                                     "engine": engine, "vllm_url": vllm_url,
+                                     "vllm_gpu_memory_utilization": vllm_gpu_memory_utilization,
+                                     "vllm_kwargs": extra})
         if mode != "direct" and index is None and retriever_url is None:
             raise SearchE1Error("--index or --retriever-url is required for modes agent and naive-rag")
         retriever = _retriever(index, retriever_url) if mode != "direct" else None
         datasets = load_qa_files(data)
-        policy, tok = load_policy(ModelConfig(name_or_path=model))
+        if cfg.engine == "hf":
+            policy, tok = load_policy(ModelConfig(name_or_path=model))
+            sampler = None
+        else:  # no HF model: vLLM loads the folder itself
+            from searche1.rollout.factory import saved_model_engine
+
+            path = resolve_model_path(model)
+            policy, tok = None, load_tokenizer(path)
+            sampler = saved_model_engine(cfg.rollout(), path, tok, retriever)
     except (SearchE1Error, ValueError) as e:
         _fail(e)
-    results = evaluate(policy, tok, retriever, datasets, cfg,
+    results = evaluate(policy, tok, retriever, datasets, cfg, engine=sampler,
                        samples_out=out.with_suffix(".samples.jsonl") if out else None)
     results["settings"]["model"] = model
     typer.echo(markdown_table(results))

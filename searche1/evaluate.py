@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from searche1 import protocol
 from searche1.data.types import QAExample
@@ -48,18 +48,33 @@ class EvalConfig:
     max_doc_tokens: int = field(default=96, metadata={"help": "tokens kept of each passage"})
     turn_start: Literal["free", "constrained"] = field(default="free", metadata={
         "help": "constrained: turns may only open with <search>/<answer>/<think> (agent mode)"})
+    engine: Literal["hf", "vllm", "vllm-server"] = field(default="hf", metadata={
+        "help": "hf: our batched decoding loop on the HF model; vllm: a vLLM engine built on the model folder (GPU); "
+                "vllm-server: a `vllm serve` of the same model at vllm_url"})
+    vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
+    vllm_gpu_memory_utilization: float = field(default=0.85, metadata={
+        "help": "vllm: fraction of GPU memory for the engine (nothing else shares the GPU in an evaluation)"})
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true}"})
 
     def validate(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ConfigError("limit: must be >= 1 or null")
         if self.offset < 0:
             raise ConfigError("offset: must be >= 0")
+        if self.engine != "hf" and self.turn_start == "constrained":
+            raise ConfigError("turn_start: 'constrained' needs the hf engine's logits hook (fix: engine: hf, or "
+                              "turn_start: free)")
+        self.rollout().validate()
 
     def rollout(self) -> RolloutConfig:
+        """The rollout settings of this evaluation: greedy, no sampler log-probs asked of vLLM (nothing uses them)."""
         return RolloutConfig(greedy=True, batch_size=self.batch_size, max_turn_tokens=self.max_turn_tokens,
                              max_searches=self.max_searches if self.mode == "agent" else 0, topk=self.topk,
                              max_doc_tokens=self.max_doc_tokens,
-                             turn_start=self.turn_start if self.mode == "agent" else "free")
+                             turn_start=self.turn_start if self.mode == "agent" else "free", engine=self.engine,
+                             vllm_url=self.vllm_url, vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                             vllm_kwargs=dict(self.vllm_kwargs), vllm_logprobs=False)
 
 
 def score_episode(ep: Episode, mode: str, clean_text: str) -> tuple[str | None, float, float]:
@@ -87,14 +102,17 @@ def summarize(episodes: list[Episode], mode: str, tokenizer) -> dict:
 
 
 def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], cfg: EvalConfig,
-             *, progress: bool = True, samples_out: Path | None = None) -> dict:
-    """Run ``cfg.mode`` on every dataset and return the results dict (see module docstring)."""
+             *, progress: bool = True, samples_out: Path | None = None, engine=None) -> dict:
+    """Run ``cfg.mode`` on every dataset and return the results dict (see module docstring). ``engine``: a rollout
+    engine built with ``cfg.rollout()`` (a vLLM one: ``factory.saved_model_engine``, or a run's engine
+    ``.with_config``); by default our HF engine on ``model``."""
     from tqdm.auto import tqdm
 
     from searche1.rollout.hf_engine import HFEngine
 
     rcfg = cfg.rollout()
-    engine = HFEngine(model, tokenizer, retriever, rcfg)
+    if engine is None:
+        engine = HFEngine(model, tokenizer, retriever, rcfg)
     t0 = time.perf_counter()
     results: dict[str, dict] = {}
     samples = []

@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Literal
@@ -239,9 +239,6 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         if cfg.model.lora_r > 0 or cfg.rollout.engine == "vllm-server":
             raise ConfigError("grpo.sharding: full does not combine with LoRA or rollout.engine: vllm-server (fix: "
                               "sharding: optimizer)")
-        if cfg.rollout.engine == "vllm" and g.eval_every:
-            raise ConfigError("grpo.sharding: full with rollout.engine: vllm has no unsharded model for dev evals (fix: "
-                              "eval_every: 0, and evaluate checkpoints with `searche1 eval`)")
     # the sampler first: under FSDP it must copy the weights before they are sharded
     retriever = make_retriever(cfg.retrieval)
     engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,
@@ -279,7 +276,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
-        metrics_log.log(0, dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / "step-0.json"))
+        metrics_log.log(0, dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / "step-0.json", engine))
     d.barrier()
     bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress or not d.is_main, unit="step")
     done_here = 0
@@ -385,7 +382,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             metrics["rollout/logprob_mismatch"] = sum(s for *_, (s, _) in parts) / gap_tokens
         if dev and (step % g.eval_every == 0 or step == g.steps):
             if d.is_main:
-                metrics.update(dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json"))
+                metrics.update(dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json",
+                                        engine))
             metrics = d.gather(metrics)[0]  # every rank takes rank 0's view (collapse decisions agree)
         collapsed = health.update(metrics)
         if collapsed:
@@ -456,19 +454,26 @@ def _dump_grads(model, path: Path, d) -> None:
         save_file(grads, str(path))
 
 
-def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None) -> dict:
+def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None,
+             engine=None) -> dict:
     """Greedy agent evaluation on the dev sets with the run's search settings; the full ``searche1 eval`` JSON is
     written to ``save_to`` (``evals/step-N.json``, per-question outcomes in ``step-N.samples.jsonl`` for paired
-    comparisons: ``searche1 compare``) and the namespaced summary is returned for the metrics log."""
+    comparisons: ``searche1 compare``) and the namespaced summary is returned for the metrics log. With the run's
+    ``engine`` a vLLM one (its weights are the trainer's: pushed after every step), the evaluation decodes with it
+    (``searche1 eval --engine vllm`` gives the same decoding); else with our HF engine on ``model``."""
     from searche1.evaluate import EvalConfig, evaluate
     from searche1.io import write_json
 
     model.eval()
     r = cfg.rollout
+    vllm = callable(getattr(engine, "with_config", None))
     ecfg = EvalConfig(mode="agent", limit=cfg.data.dev_limit, max_searches=r.max_searches, topk=r.topk,
-                      max_doc_tokens=r.max_doc_tokens, max_turn_tokens=r.max_turn_tokens, batch_size=r.batch_size)
+                      max_doc_tokens=r.max_doc_tokens, max_turn_tokens=r.max_turn_tokens, batch_size=r.batch_size,
+                      engine=r.engine if vllm else "hf", vllm_url=r.vllm_url)
     res = evaluate(model, tok, retriever, dev, ecfg, progress=False,
-                   samples_out=save_to.with_suffix(".samples.jsonl") if save_to is not None else None)
+                   samples_out=save_to.with_suffix(".samples.jsonl") if save_to is not None else None,
+                   engine=engine.with_config(replace(ecfg.rollout(), vllm_stream_turns=r.vllm_stream_turns))
+                   if vllm else None)
     if save_to is not None:
         write_json(save_to, res)
     out = {f"dev/{name}/em": d["em"] for name, d in res["datasets"].items()}

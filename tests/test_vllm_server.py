@@ -66,12 +66,11 @@ def test_server_client_keeps_its_concurrency_in_flight(tok, tmp_path):
     than 100; make_engine passes the setting on. (A mock transport has no connection pool: the client's pool, sized
     to match since httpx's default holds 100, is not exercised here.)"""
     import threading
-    import time
 
     from searche1.rollout.factory import make_engine
     from searche1.rollout.vllm_engine import TurnRequest
 
-    lock, now, peak = threading.Lock(), [0], [0]
+    lock, now, peak, enough = threading.Lock(), [0], [0], threading.Event()
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
@@ -79,7 +78,11 @@ def test_server_client_keeps_its_concurrency_in_flight(tok, tmp_path):
         with lock:
             now[0] += 1
             peak[0] = max(peak[0], now[0])
-        time.sleep(0.05)
+            if now[0] > 100:
+                enough.set()
+        # hold each request until more than 100 are in flight at once (a timed sleep let a loaded machine start
+        # its threads too slowly to get there); a client capped lower gives up here after 2 s a request
+        enough.wait(timeout=2)
         with lock:
             now[0] -= 1
         return httpx.Response(200, json={"choices": [{"token_ids": [5, 6], "logprobs": None, "finish_reason": "stop"}]})

@@ -212,6 +212,7 @@ class RandomLLM:
 
     def __init__(self, vocab: int) -> None:
         self.vocab, self.events = vocab, []  # ("push", {name: tensor}) | ("generate", n)
+        self.params: list[list] = []  # the SamplingParams of each generate call
         model = types.SimpleNamespace(load_weights=lambda w: self.events.append(
             ("push", {k: v.detach().clone() for k, v in w})))
         self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
@@ -222,9 +223,10 @@ class RandomLLM:
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
         self.events.append(("generate", len(prompts)))
+        self.params.append(list(sampling_params))
         outs = []
         for sp in sampling_params:
-            g = torch.Generator().manual_seed(sp.seed)
+            g = torch.Generator().manual_seed(sp.seed if sp.seed is not None else 0)
             ids = torch.randint(3, self.vocab, (sp.max_tokens,), generator=g).tolist()
             lps = None if sp.logprobs is None else [{t: Logprob(-1.0, 1)} for t in ids]  # like vLLM
             c = types.SimpleNamespace(token_ids=ids, logprobs=lps, finish_reason="length")

@@ -81,38 +81,17 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
                 dst.copy_(full_tensor(src))
 
         return HFEngine(sampler, tok, retriever, cfg), sync, dtype is None
-    from searche1.rollout.vllm_engine import VLLMEngine
-
     from searche1.rollout.tokens import generation_eos_ids
 
     eos_ids = generation_eos_ids(getattr(model, "generation_config", None))
     if cfg.engine == "vllm":
-        import os
+        from searche1.rollout.vllm_engine import push_weights
 
-        from searche1.rollout.vllm_engine import load_llm, push_weights
-
-        # in-process: push_weights reaches the model by reference; else by RPC (pickled functions and tensors)
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.vllm_multiprocessing else "0"
-        if cfg.vllm_multiprocessing:
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-        kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "max_model_len": cfg.max_total_tokens,
-                  "dtype": "bfloat16" if device.startswith("cuda") else "auto",
-                  **({"seed": seed} if seed is not None else {}), **cfg.vllm_kwargs}
-        conf = getattr(model, "config", None)
-        shape = {k: v for k, v in kwargs.items() if k != "seed"}  # another seed alone does not need a new engine
-        key = json.dumps({"kwargs": shape, "mp": cfg.vllm_multiprocessing, "model": [getattr(conf, k, None) for k in (
-            "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")]},
-            sort_keys=True, default=str)
-        llm = _COLOCATED.get(key)
-        if llm is None:
-            llm = _COLOCATED[key] = load_llm(str(model_path), **kwargs)
-        else:
-            log.info("reusing this process's colocated vLLM engine (its weights are pushed before the first rollout)")
-        return VLLMEngine(llm, tok, retriever, cfg, eos_token_ids=eos_ids), lambda: push_weights(llm, model), False
+        llm = colocated_llm(cfg, model_path, getattr(model, "config", None), device, seed)
+        return _vllm_engine(llm, tok, retriever, cfg, eos_ids), lambda: push_weights(llm, model), False
     from searche1.io import atomic_dir
-    from searche1.rollout.vllm_engine import VLLMServerClient
 
-    client = VLLMServerClient(cfg.vllm_url, concurrency=cfg.vllm_server_concurrency)
+    client = _server_client(cfg)
 
     def sync() -> None:
         with atomic_dir(sync_dir, overwrite=True) as tmp:
@@ -120,4 +99,71 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
             tok.save_pretrained(tmp)
         client.reload_weights(str(sync_dir.resolve()))
 
-    return VLLMEngine(client, tok, retriever, cfg, eos_token_ids=eos_ids), sync, False
+    return _vllm_engine(client, tok, retriever, cfg, eos_ids), sync, False
+
+
+def colocated_llm(cfg: RolloutConfig, model_path: str | Path, model_config: Any, device: str,
+                  seed: int | None = None, *, key_extra: str = "") -> Any:
+    """This process's colocated ``vllm.LLM`` for these settings and model shape (built on ``model_path`` the first
+    time, reused after: see ``_COLOCATED``); ``key_extra`` keeps engines apart that must not share weights."""
+    import os
+
+    from searche1.rollout.vllm_engine import load_llm
+
+    # in-process: push_weights reaches the model by reference; else by RPC (pickled functions and tensors)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.vllm_multiprocessing else "0"
+    if cfg.vllm_multiprocessing:
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+    kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "max_model_len": cfg.max_total_tokens,
+              "dtype": "bfloat16" if device.startswith("cuda") else "auto",
+              **({"seed": seed} if seed is not None else {}), **cfg.vllm_kwargs}
+    shape = {k: v for k, v in kwargs.items() if k != "seed"}  # another seed alone does not need a new engine
+    key = json.dumps({"kwargs": shape, "mp": cfg.vllm_multiprocessing, "extra": key_extra, "model": [
+        getattr(model_config, k, None) for k in (
+            "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")]},
+        sort_keys=True, default=str)
+    llm = _COLOCATED.get(key)
+    if llm is None:
+        llm = _COLOCATED[key] = load_llm(str(model_path), **kwargs)
+    else:
+        log.info("reusing this process's colocated vLLM engine (its weights are pushed before the first rollout)")
+    return llm
+
+
+def _server_client(cfg: RolloutConfig) -> Any:
+    from searche1.rollout.vllm_engine import VLLMServerClient
+
+    return VLLMServerClient(cfg.vllm_url, concurrency=cfg.vllm_server_concurrency)
+
+
+def _vllm_engine(backend: Any, tok: Any, retriever: Any, cfg: RolloutConfig, eos_ids: Any) -> Any:
+    from searche1.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(backend, tok, retriever, cfg, eos_token_ids=eos_ids)
+
+
+def saved_model_engine(cfg: RolloutConfig, model_path: str | Path, tok: Any, retriever: Any,
+                       device: str = "auto") -> Any:
+    """A vLLM engine (``cfg.engine``: vllm or vllm-server) sampling a saved model folder, with nothing to sync: for
+    ``searche1 eval --engine vllm``. No HF model is loaded; the EOS ids come from the folder's generation config.
+    The colocated engine is built on the folder (one per folder in this process); a ``vllm serve`` must already
+    serve that model, nothing checks it is the same."""
+    from searche1.models import resolve_device
+    from searche1.rollout.tokens import generation_eos_ids
+
+    if cfg.engine not in ("vllm", "vllm-server"):
+        raise ValueError(f"saved_model_engine: engine {cfg.engine!r} is not a vLLM engine")
+    path = Path(model_path)
+    try:
+        from transformers import GenerationConfig
+
+        eos_ids = generation_eos_ids(GenerationConfig.from_pretrained(str(path)))
+    except OSError:  # no generation_config.json: the tokenizer's EOS only
+        eos_ids = ()
+    if cfg.engine == "vllm-server":
+        return _vllm_engine(_server_client(cfg), tok, retriever, cfg, eos_ids)
+    from transformers import AutoConfig
+
+    llm = colocated_llm(cfg, path, AutoConfig.from_pretrained(str(path)), resolve_device(device),
+                        key_extra=str(path.resolve()))
+    return _vllm_engine(llm, tok, retriever, cfg, eos_ids)

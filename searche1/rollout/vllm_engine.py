@@ -145,6 +145,11 @@ class VLLMEngine:
             log.warning("vLLM logprobs_mode is %r, not %r: recorded log-probs are not those of the temperature-scaled "
                         "policy (see searche1.rollout.vllm_engine)", mode, LOGPROBS_MODE)
 
+    def with_config(self, cfg: RolloutConfig) -> VLLMEngine:
+        """The same vLLM backend (and so the same weights) with other rollout settings: a run's dev evaluations."""
+        return VLLMEngine(self.llm, self.tok, self.retriever, cfg, eos_token_ids=sorted(self.eos_ids),
+                          max_batch=self.max_batch)
+
     def prompt_ids(self, question: str) -> list[int]:
         return tokens.prompt_ids(self.tok, question, self.cfg)
 
@@ -198,7 +203,6 @@ class VLLMEngine:
 
     def _run_chunk(self, eps: list[Episode], live: list[int], seed: int | None, first_index: int,
                    progress: Callable[[int], None] | None) -> None:
-        cfg = self.cfg
         total = {i: len(eps[i].prompt_ids) for i in live}
         while live:
             reqs = [self._request(eps[i], total[i], seed, first_index + i) for i in live]
@@ -379,7 +383,11 @@ def load_llm(model: str, **kwargs: Any) -> Any:
     vLLM versions without it) and prefix caching. Other keywords go to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``
     to leave room for the trainer, ``dtype``, ``max_model_len``). For :func:`push_weights` to reach the model in
     process, set ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` before creating it (as TRL's colocate mode does)."""
-    from vllm import LLM
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise ConfigError(f"engine vllm needs vLLM, which does not import here ({e}) (fix: pip install "
+                          "'searche1[vllm]' on a GPU machine, or engine: hf)") from e
 
     kwargs.setdefault("logprobs_mode", LOGPROBS_MODE)
     kwargs.setdefault("enable_prefix_caching", True)
