@@ -181,12 +181,40 @@ def test_qa_hf_folders(tmp_path: Path) -> None:
         "test": datasets.Dataset.from_list([sr1_row(0, "test q?", ["u"], source="popqa")]),
     })
     dd.save_to_disk(str(d2))
-    assert [(e.question, e.answers, e.dataset) for e in load_qa(d2)] == [("test q?", ["u"], "popqa")]
     assert load_qa(d2, split="train")[0].question == "train q?"
     with pytest.raises(DataError, match="available") as exc:
         load_qa(d2, split="nope")
     assert_error(exc, d2, None, "split")
-    assert sorted(load_qa_files([d1, d2])) == ["popqa", "triviaqa"]
+    with pytest.raises(DataError, match="available") as exc:
+        load_qa(f"{d2}:nope")
+    assert sorted(load_qa_files([d1, f"{d2}:test"])) == ["popqa", "triviaqa"]
+
+
+def test_qa_hf_datasetdict_split_must_be_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A train+test DatasetDict given as a training file (train.py calls load_qa(f)) must never silently read
+    test: with no split named it fails naming the splits and the ``FOLDER:train`` fix; the suffix picks the split."""
+    datasets = pytest.importorskip("datasets")
+    d = tmp_path / "sr1"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([sr1_row(i, f"train q{i}?", ["t"]) for i in range(3)]),
+        "test": datasets.Dataset.from_list([sr1_row(0, "test q?", ["u"], source="popqa")]),
+    }).save_to_disk(str(d))
+    for call in (lambda: load_qa(d), lambda: load_qa_files([d])):
+        with pytest.raises(DataError, match=r"several splits \['train', 'test'\]") as exc:
+            call()
+        assert_error(exc, d, None, "split")
+        assert f"{d}:train" in str(exc.value)
+    with caplog.at_level("INFO", logger="searche1.data.qa"):
+        train = load_qa(f"{d}:train")
+    assert [e.question for e in train] == ["train q0?", "train q1?", "train q2?"]
+    assert {e.dataset for e in train} == {"nq"}
+    assert "reading split 'train'" in caplog.text
+    assert [e.question for e in load_qa(f"{d}:test")] == ["test q?"]
+    assert load_qa(f"{d}:test", split="train")[0].question == "train q0?"  # split= wins over the suffix
+    # one split: no name needed
+    one = tmp_path / "one"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([sr1_row(0, "only q?", ["t"])])}).save_to_disk(str(one))
+    assert [e.question for e in load_qa(one)] == ["only q?"]
 
 
 def test_qa_hf_missing_datasets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

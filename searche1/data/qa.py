@@ -12,10 +12,15 @@ Each row is read the same way whatever the container:
 
 Malformed rows raise :class:`~searche1.errors.DataError` naming the file, the 1-based line (row for parquet and HF
 folders), the field and the fix. Writing is FlashRAG jsonl, atomic.
+
+A ``DatasetDict`` folder with several splits needs the split named, either as ``split=`` or as a ``FOLDER:SPLIT``
+suffix on the path (``data/nq_search:train``), so a training config can never silently read the test split; a
+folder with one split (or a plain ``Dataset`` folder) needs none.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,8 @@ ACCEPTED = (
 )
 ANSWER_KEYS = ("golden_answers", "answers", "answer")
 KNOWN_KEYS = {"question", "prompt", "reward_model", "extra_info", *ANSWER_KEYS}
-SPLIT_ORDER = ("test", "validation", "dev", "train")
+
+log = logging.getLogger(__name__)
 
 
 def _stem(path: Path) -> str:
@@ -137,13 +143,32 @@ def _rows_hf(path: Path, split: str | None) -> Iterator[tuple[int, dict]]:
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds.keys())
-        chosen = split or next((s for s in SPLIT_ORDER if s in ds), names[0] if len(names) == 1 else None)
-        if chosen not in ds:
-            raise DataError(path, f"split {chosen!r} not found; available: {names}", field="split",
-                            fix=f"pass split= one of {names}")
-        ds = ds[chosen]
+        if split is None and len(names) == 1:
+            split = names[0]
+        if split is None:
+            raise DataError(path, f"holds several splits {names} and none was named", field="split",
+                            fix=f"name the split: '{path}:{'train' if 'train' in names else names[0]}' "
+                                f"(or split=), one of {names}")
+        if split not in ds:
+            raise DataError(path, f"split {split!r} not found; available: {names}", field="split",
+                            fix=f"name one of {names}, e.g. '{path}:{names[0]}'")
+        log.info("%s: reading split %r (%d rows; splits: %s)", path, split, len(ds[split]), names)
+        ds = ds[split]
+    elif split is not None:
+        log.info("%s: a single Dataset (no splits); split %r ignored", path, split)
     for i, row in enumerate(ds, start=1):
         yield i, row
+
+
+def split_path(path: str | Path) -> tuple[Path, str | None]:
+    """``"FOLDER:SPLIT"`` -> ``(FOLDER, SPLIT)`` when FOLDER is a Hugging Face datasets folder and the whole string is
+    not an existing path; anything else -> ``(path, None)``."""
+    text = str(path)
+    if ":" in text and not Path(text).exists():
+        head, _, tail = text.rpartition(":")
+        if tail and "/" not in tail and is_hf_dataset_dir(head):
+            return Path(head), tail
+    return Path(path), None
 
 
 def _rows_parquet(path: Path) -> Iterator[tuple[int, dict]]:
@@ -163,8 +188,11 @@ def is_hf_dataset_dir(path: str | Path) -> bool:
 
 
 def iter_qa(path: str | Path, dataset: str | None = None, split: str | None = None) -> Iterator[QAExample]:
-    """Stream the examples of one QA file or HF datasets folder (format detected from the path)."""
-    path = Path(path)
+    """Stream the examples of one QA file or HF datasets folder (format detected from the path).
+
+    ``path`` may be ``FOLDER:SPLIT`` for a ``DatasetDict`` folder; ``split=`` takes precedence over the suffix."""
+    path, suffix_split = split_path(path)
+    split = split if split is not None else suffix_split
     if is_hf_dataset_dir(path):
         rows = _rows_hf(path, split)
     elif path.is_dir():
