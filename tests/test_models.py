@@ -1,6 +1,7 @@
 """Model loading: path resolution, dtype choice, LoRA, and (slow) the embedded GGUF conversion."""
 
 import importlib.util
+import threading
 
 import pytest
 import torch
@@ -54,3 +55,37 @@ def test_fetch_embedded_gguf(tmp_path):
     model, tok = load_policy(ModelConfig(name_or_path=str(path), dtype="float32"))
     assert tok.chat_template and model.config.vocab_size >= len(tok)
     assert set(EMBEDDED_MODELS) == {"smollm2-135m-instruct"}
+
+
+def test_fetch_model_converts_once_when_ranks_race(tmp_path, monkeypatch):
+    """Two ranks fetch on a cold cache at once: one converts, the other waits for the lock and reuses the folder."""
+    import searche1.models as models
+    from searche1.io import atomic_dir
+
+    converted, waiting = [], threading.Event()
+    real_lock = models.file_lock
+
+    def lock(path):
+        if converted:  # the second rank, about to block on the lock the first one holds
+            waiting.set()
+        return real_lock(path)
+
+    def convert(name, out):
+        converted.append(threading.current_thread().name)
+        assert waiting.wait(30), "the second rank never reached the lock"
+        with atomic_dir(out, overwrite=True) as tmp:
+            (tmp / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "file_lock", lock)
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    results = []
+    first = threading.Thread(target=lambda: results.append(fetch_model(cache=tmp_path)), name="rank0")
+    first.start()
+    while not converted and first.is_alive():
+        first.join(0.01)
+    second = threading.Thread(target=lambda: results.append(fetch_model(cache=tmp_path)), name="rank1")
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert converted == ["rank0"]
+    assert results == [tmp_path / "models" / "smollm2-135m-instruct"] * 2
