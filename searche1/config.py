@@ -46,6 +46,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML reads an unquoted on/off (yes/no) as true/false
         if value not in choices:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
         return value

@@ -41,7 +41,9 @@ class MetricsLogger:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-        self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        from searche1.io import atomic_write_text
+
+        atomic_write_text(self.path, "".join(k + "\n" for k in keep))  # a kill here keeps the old file whole
 
     def log(self, step: int, metrics: dict) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in metrics.items()}
@@ -73,3 +75,52 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+class LossStats:
+    """A step's loss statistics, accumulated over micro-batches, PPO epochs and ranks by their kind: per-token means
+    (``loss/clip_frac*``, ``loss/ratio_mean``, ``loss/approx_kl``, ``loss/kl_ref_token_mean``) are weighted by each
+    micro-batch's policy tokens; ``loss/ratio_max`` is a max; parts of the step's loss (``loss/kl_ref``, already
+    divided by the step's normaliser) and ``loss/num_tokens`` are summed over micro-batches and ranks. Over PPO
+    epochs every kind is the mean of the epochs. ``loss/policy`` is left to the caller (summed like ``loss/kl_ref``).
+    """
+
+    SUMMED = frozenset({"loss/kl_ref", "loss/num_tokens"})
+    MAXED = frozenset({"loss/ratio_max"})
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.tokens = 0.0
+        self.epochs = 0
+
+    def add(self, m: dict) -> None:
+        """One micro-batch's metrics (``loss/num_tokens``: its policy tokens)."""
+        n = float(m.get("loss/num_tokens", 0.0))
+        self.tokens += n
+        for k, v in m.items():
+            if k == "loss/policy":
+                continue
+            v = float(v)
+            if k in self.MAXED:
+                self.sums[k] = max(self.sums.get(k, v), v)
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + (v if k in self.SUMMED else v * n)
+
+    def state(self) -> tuple[dict[str, float], float, int]:
+        return dict(self.sums), self.tokens, self.epochs
+
+    @classmethod
+    def merge(cls, states: list[tuple[dict[str, float], float, int]]) -> dict[str, float]:
+        """The step's statistics from every rank's :meth:`state` (ranks run the same number of epochs)."""
+        tokens = sum(t for _, t, _ in states)
+        epochs = max([e for *_, e in states] + [1])
+        out: dict[str, float] = {}
+        for k in sorted({k for s, _, _ in states for k in s}):
+            vals = [s[k] for s, _, _ in states if k in s]
+            if k in cls.MAXED:
+                out[k] = max(vals)
+            elif k in cls.SUMMED:
+                out[k] = sum(vals) / epochs
+            else:
+                out[k] = sum(vals) / tokens if tokens else 0.0
+        return out

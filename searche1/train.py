@@ -115,11 +115,14 @@ class QuestionSampler:
         if not questions:
             raise ConfigError("data.train: no training questions loaded")
         self.questions, self.seed, self.cursor = questions, seed, cursor
+        self._epoch, self._idx = -1, []  # the current epoch's order, shuffled once per epoch
 
     def _order(self, epoch: int) -> list[int]:
-        idx = list(range(len(self.questions)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(idx)
-        return idx
+        if epoch != self._epoch:
+            self._idx = list(range(len(self.questions)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._idx)
+            self._epoch = epoch
+        return self._idx
 
     def take(self, n: int) -> list[QAExample]:
         out = []
@@ -209,7 +212,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     )
     from searche1.health import CollapseDetector
     from searche1.io import write_json
-    from searche1.metrics import MetricsLogger
+    from searche1.metrics import LossStats, MetricsLogger
     from searche1.models import load_policy, resolve_device, resolve_model_path
     from searche1.retrieval.config import make_retriever
     from searche1.rewards import get_reward
@@ -304,28 +307,30 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         t1 = time.perf_counter()
         # ---- policy update: micro-batches with gradient accumulation over the whole batch
         model.train()
-        stats: dict[str, float] = {}
+        policy_loss, updates = 0.0, 0  # the loss summed over ranks, per optimizer step taken
         skipped = 0.0
         grad_norm = float("nan")
         gap = (0.0, 0.0)  # sampler vs trainer log-prob gap: (sum, tokens) on this rank
         kept_all = d.sum(len(keep))
         # FSDP: every rank runs as many rows as the busiest one; padded rows have an all-zero mask (no loss, no grad)
         rows = keep + [0] * (lockstep_pad(len(keep), d) if full and kept_all else 0)
+        losses = LossStats()
+        if kept_all and rows:  # the batch and its "old" log-probs, once: every PPO epoch uses the same ones
+            ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
+            mask[len(keep):] = 0
+            a = adv[rows]
+            a[len(keep):] = 0.0
+            if recompute:
+                # the gap only where the sampler returned log-probs (vLLM: rollout.vllm_logprobs of the episodes)
+                has = torch.tensor([eps[i].sampler_logprobs for i in rows[:len(keep)]]
+                                   + [False] * (len(rows) - len(keep)))
+                old, gap = _rescore(model, ids, attn, mask, old, g.micro_batch_size, cfg.rollout, device,
+                                    autocast, has)
         for _epoch in range(g.ppo_epochs):
             opt.zero_grad(set_to_none=True)
             if not kept_all:
                 break
-            if rows:
-                ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
-                mask[len(keep):] = 0
-                a = adv[rows]
-                a[len(keep):] = 0.0
-                if recompute and _epoch == 0:
-                    # the gap only where the sampler returned log-probs (vLLM: rollout.vllm_logprobs of the episodes)
-                    has = torch.tensor([eps[i].sampler_logprobs for i in rows[:len(keep)]]
-                                       + [False] * (len(rows) - len(keep)))
-                    old, gap = _rescore(model, ids, attn, mask, old, g.micro_batch_size, cfg.rollout, device,
-                                        autocast, has)
+            losses.epochs += 1
             denom = max(1.0, d.sum(batch_denominator(mask[:len(keep)], g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
             for s in range(0, len(rows), g.micro_batch_size):
@@ -347,10 +352,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 (loss * d.world if full else loss).backward()  # FSDP averages gradients over ranks: undo it
                 fault_point(f"step{step}:backward")
                 total += float(loss.detach())
-                real = len(range(*sl.indices(len(keep))))  # rows of this micro-batch that are not lockstep padding
-                for k, v in m.items():
-                    if k != "loss/policy" and real:  # the loss is reported as the global sum below
-                        stats[k] = stats.get(k, 0.0) + float(v) * real / len(keep)
+                losses.add(m)  # lockstep padding rows have no policy tokens: they count for nothing
             if not full:  # FSDP reduce-scatters (sums) the gradients itself
                 d.all_reduce_grads(params)  # sum: each rank's loss is already divided by the global normaliser
             total = d.sum(total)
@@ -367,19 +369,19 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 group["lr"] = g.lr * lr_scale * min(1.0, step / max(1, g.warmup_steps))
             opt.step()
             sync_sampler()
-            stats["loss/policy"] = stats.get("loss/policy", 0.0) + total / g.ppo_epochs
+            policy_loss, updates = policy_loss + total, updates + 1
         t_train = time.perf_counter() - t1
-        local = {**rollout_metrics(eps), **adv_metrics, **{k: v for k, v in stats.items() if k != "loss/policy"},
-                 "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
+        local = {**rollout_metrics(eps), **adv_metrics, "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
                  "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
-        parts = d.gather((local, float(len(eps)), gap))
-        metrics = {**merge_metrics([(m, w) for m, w, _ in parts]), "grad/norm": grad_norm,
+        parts = d.gather((local, float(len(eps)), gap, losses.state()))
+        metrics = {**merge_metrics([(m, w) for m, w, *_ in parts]), **LossStats.merge([p[3] for p in parts]),
+                   "grad/norm": grad_norm,
                    "train/skipped_nonfinite": skipped, "train/lr": opt.param_groups[0]["lr"],
                    "train/kept_rollouts": kept_all, "mem/optimizer_state_mb": optimizer_state_bytes(opt) / 2**20}
-        if "loss/policy" in stats:
-            metrics["loss/policy"] = stats["loss/policy"]  # already summed over ranks
-        if gap_tokens := sum(n for *_, (_, n) in parts):  # none when every "old" log-prob was a zero
-            metrics["rollout/logprob_mismatch"] = sum(s for *_, (s, _) in parts) / gap_tokens
+        if updates:
+            metrics["loss/policy"] = policy_loss / updates  # already summed over ranks
+        if gap_tokens := sum(n for _, _, (_, n), _ in parts):  # none when every "old" log-prob was a zero
+            metrics["rollout/logprob_mismatch"] = sum(s for _, _, (s, _), _ in parts) / gap_tokens
         if dev and (step % g.eval_every == 0 or step == g.steps):
             if d.is_main:
                 metrics.update(dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json",

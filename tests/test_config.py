@@ -122,3 +122,16 @@ def test_extends_cycle_and_missing_parent(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: nope.yaml\n")
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config(RetrievalConfig, tmp_path / "c.yaml")
+
+
+def test_unquoted_on_off_reach_on_off_choices(tmp_path):
+    """YAML reads `bf16: on` as true: a field whose choices are on/off takes it as "on" (config file and --set)."""
+    from searche1.config import load_config
+    from searche1.train import TrainConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("grpo:\n  bf16: on\n")
+    assert load_config(TrainConfig, f).grpo.bf16 == "on"
+    assert load_config(TrainConfig, f, {"grpo.bf16": False}).grpo.bf16 == "off"  # --set grpo.bf16=off, parsed
+    with pytest.raises(ConfigError, match="'c' is not one of"):
+        from_dict(Outer, {"inner": {"kind": "c"}})

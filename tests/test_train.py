@@ -290,3 +290,31 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6), k
     assert any(not torch.equal(wa[k], a1[k]) for k in wa)  # step 2 did change the weights
+
+
+def test_loss_statistics_do_not_depend_on_micro_batching(tmp_path):
+    """The step's loss statistics are the same whatever the micro-batch size: token-weighted means, summed loss
+    parts (loss/kl_ref, divided by the step's normaliser in each micro-batch) and counts, and a max."""
+    rows = []
+    for micro in (1, 6):
+        cfg = make_config(tmp_path, steps=1, micro_batch_size=micro, kl_beta=0.5, ppo_epochs=2)
+        rows.append(read_metrics(run_grpo(cfg, tmp_path / f"m{micro}", progress=False,
+                                          episode_reward=parity_reward))[0])
+    keys = ["loss/policy", "loss/kl_ref", "loss/kl_ref_token_mean", "loss/num_tokens", "loss/ratio_mean",
+            "loss/ratio_max", "loss/approx_kl", "loss/clip_frac"]
+    assert rows[0]["loss/kl_ref"] > 0 and rows[0]["loss/num_tokens"] > 6  # the whole step's tokens, not a batch's
+    for k in keys:
+        assert rows[0][k] == pytest.approx(rows[1][k], rel=1e-3, abs=1e-6), k
+
+
+def test_loss_stats_merge_by_kind():
+    from searche1.metrics import LossStats
+
+    a, b = LossStats(), LossStats()
+    a.add({"loss/num_tokens": 3.0, "loss/clip_frac": 1.0, "loss/ratio_max": 1.5, "loss/kl_ref": 0.25,
+           "loss/policy": 9.0})
+    a.add({"loss/num_tokens": 1.0, "loss/clip_frac": 0.0, "loss/ratio_max": 1.1, "loss/kl_ref": 0.5})
+    b.add({"loss/num_tokens": 0.0, "loss/clip_frac": 0.0, "loss/ratio_max": 0.0, "loss/kl_ref": 0.0})  # padding
+    a.epochs = b.epochs = 1
+    assert LossStats.merge([a.state(), b.state()]) == {
+        "loss/clip_frac": 0.75, "loss/kl_ref": 0.75, "loss/num_tokens": 4.0, "loss/ratio_max": 1.5}

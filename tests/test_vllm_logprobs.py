@@ -142,3 +142,20 @@ def test_grpo_without_vllm_logprobs_rescored_and_no_mismatch(fake_vllm, tmp_path
         gaps[flag] = row.get("rollout/logprob_mismatch")
     # the fake's log-probs are all -1 and the model's far lower: the zeros of unsampled episodes would add to the gap
     assert gaps[0.5] == pytest.approx(gaps[True], rel=0.03)  # 5.41 vs 5.44; with those zeros it would be ~5.9
+
+
+def test_every_ppo_epoch_uses_the_rescored_old_logprobs(fake_vllm, tmp_path):
+    """grpo.ppo_epochs: 2 with vLLM samples (no sampler log-probs for most episodes): both epochs take the ratio
+    against the trainer's re-scored log-probs, so it stays near 1 (with the sampler's zeros it falls to ~0 in the
+    second epoch: a mean near 0.5)."""
+    from test_train import make_config, parity_reward
+
+    from searche1.metrics import read_metrics
+    from searche1.train import run_grpo
+
+    fake_vllm.LLM = lambda **kw: RandomLLM(vocab=550)
+    cfg = make_config(tmp_path, steps=1, ppo_epochs=2)
+    cfg.rollout.engine, cfg.rollout.vllm_logprobs = "vllm", False
+    (row,) = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward))
+    assert row["train/kept_rollouts"] > 0 and 0.9 < row["loss/ratio_mean"] < 1.1
+    assert row["loss/approx_kl"] < 0.05  # against the zeros: log-ratios of -6 and below, a k3 KL of 5 and more
