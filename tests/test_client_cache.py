@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -137,8 +138,9 @@ def test_4xx_not_retried_mock() -> None:
     [
         {"result": []},  # wrong length
         {"results": [[]]},  # wrong key
-        {"result": [[{"document": {"contents": "no id"}}]]},
         {"result": [[{"document": {"id": "1"}}]]},  # no contents
+        {"result": [[{"document": "a string"}]]},
+        {"result": [["a string"]]},
         {"result": ["not a list"]},
     ],
 )
@@ -147,6 +149,32 @@ def test_malformed_response_rejected(body) -> None:
     with pytest.raises(RetrievalError, match="malformed"):
         RemoteRetriever("http://x", transport=transport).search(["q"])
     assert len(calls) == 1
+
+
+def test_searchr1_bm25_documents_without_id_get_a_stable_id() -> None:
+    """Search-R1's pyserini BM25 server answers documents as {title, text, contents}, no id."""
+    content = '"Paris"\nParis is the capital of France.'
+    doc = {"title": "Paris", "text": "Paris is the capital of France.", "contents": content}
+    other = {"title": "Rome", "text": "Rome is in Italy.", "contents": '"Rome"\nRome is in Italy.'}
+    body = {"result": [[{"document": doc, "score": 12.3}, {"document": other, "score": 1.0}]]}
+    transport, calls = _mock([httpx.Response(200, json=body)] * 2)
+    r = RemoteRetriever("http://searchr1:8000", transport=transport, retries=0)
+    [[a, b]] = r.search(["capital of france"], 2)
+    assert json.loads(calls[0].content)["return_scores"] is True  # our client always asks for scores
+    assert (a.contents, a.score) == (content, 12.3) and a.id.startswith("sha1-") and a.id != b.id
+    assert [h.id for h in r.search(["capital of france"], 2)[0]] == [a.id, b.id]  # stable across calls
+    # only contents: title/text joined FlashRAG-style, the id is the same hash of those contents
+    transport, _ = _mock([httpx.Response(200, json={"result": [[{"document": {"title": "Paris",
+                                                                               "text": doc["text"]}}]]})])
+    [[c]] = RemoteRetriever("http://x", transport=transport, retries=0).search(["q"], 1)
+    assert (c.id, c.contents) == (a.id, content)
+
+
+def test_bare_documents_accepted() -> None:
+    """Search-R1's return_scores false shape: each hit is the document itself."""
+    body = {"result": [[{"id": "7", "contents": '"T"\ntext'}]]}
+    transport, _ = _mock([httpx.Response(200, json=body)])
+    assert RemoteRetriever("http://x", transport=transport).search(["q"], 1) == [[Hit("7", '"T"\ntext', 0.0)]]
 
 
 # -- cache -------------------------------------------------------------------------------------------------------

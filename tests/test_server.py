@@ -54,7 +54,8 @@ def test_return_scores_false_and_defaults(client: TestClient) -> None:
     assert r.status_code == 200
     hits = r.json()["result"][0]
     assert len(hits) == 3
-    assert all(set(h) == {"document"} for h in hits)
+    assert all(set(h) == {"id", "contents"} for h in hits)  # Search-R1's shape: the bare document, no wrapper
+    assert hits[0] == {"id": "0", "contents": PASSAGES[0][1]}
     r = client.post("/retrieve", json={"queries": ["Paris"], "topk": None, "return_scores": False})
     assert r.status_code == 200 and len(r.json()["result"][0]) == 3
 
@@ -106,6 +107,22 @@ def test_bad_json(client) -> None:
     assert_healthy(client)
 
 
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"[" * 2000 + b"]" * 2000, "nested too deeply"),  # json.loads: RecursionError
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (b'{"queries": ["apple"], "topk": ' + b"9" * 5000 + b"}", "not valid JSON"),  # ValueError: int digit limit
+        (b'{"queries": ["\xff"]}', "JSON"),  # not UTF-8
+    ],
+)
+def test_unparseable_json_is_400_not_500(client, body: bytes, needle: str) -> None:
+    r = client.post("/retrieve", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["detail"]
+    assert_healthy(client)
+
+
 def test_body_too_large_by_header(client) -> None:
     body = json.dumps({"queries": ["word " * 400] * 500}).encode()
     assert len(body) > 1_000_000
@@ -130,7 +147,7 @@ def test_body_too_large_streamed_without_content_length(retriever) -> None:
     # a small streamed body still works
     small = json.dumps({"queries": ["Paris"], "topk": 1}).encode()
     r = client.post("/retrieve", content=iter([small]), headers={"content-type": "application/json"})
-    assert r.status_code == 200 and r.json()["result"][0][0]["document"]["id"] == "0"
+    assert r.status_code == 200 and r.json()["result"][0][0]["id"] == "0"
 
 
 def test_custom_limits(retriever) -> None:

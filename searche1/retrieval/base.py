@@ -30,11 +30,10 @@ class Hit:
         return split_contents(self.contents)[1]
 
     def to_searchr1(self, with_score: bool = True) -> dict:
-        """The Search-R1 server's JSON shape for one hit."""
-        d: dict = {"document": {"id": self.id, "contents": self.contents}}
-        if with_score:
-            d["score"] = float(self.score)
-        return d
+        """The Search-R1 server's JSON shape for one hit: ``{"document": {"id", "contents"}, "score"}`` with the score,
+        else the bare document ``{"id", "contents"}`` (Search-R1 answers ``return_scores: false`` that way)."""
+        doc = {"id": self.id, "contents": self.contents}
+        return {"document": doc, "score": float(self.score)} if with_score else doc
 
 
 def split_contents(contents: str) -> tuple[str, str]:

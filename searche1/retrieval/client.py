@@ -7,11 +7,14 @@ bounded exponential backoff (``backoff * 2**i`` capped at ``max_backoff``, +-10%
 and raises :class:`RetrievalError` at once with the server's detail. When the server stays down the error says where
 it was looked for and how to start it. Responses are checked (one list per query, each hit with ``document.id`` and
 ``document.contents``) before they become :class:`Hit` s; a ``document`` with ``title``/``text`` instead of
-``contents`` (some Search-R1 corpora) is accepted and joined FlashRAG-style.
+``contents`` (some Search-R1 corpora) is accepted and joined FlashRAG-style, and a ``document`` without ``id``
+(Search-R1's pyserini BM25 returns ``{title, text, contents}``) gets a stable id from its contents
+(:func:`content_id`). A hit that is the bare document (Search-R1's ``return_scores: false`` shape) is read too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from typing import Any
@@ -146,9 +149,11 @@ class RemoteRetriever:
                 raise bad(f"result[{i}] is {type(hits).__name__}, expected a list")
             row = []
             for j, h in enumerate(hits):
-                doc = h.get("document") if isinstance(h, dict) else None
-                if not isinstance(doc, dict) or "id" not in doc:
-                    raise bad(f"result[{i}][{j}] lacks document.id: {h!r:.200}")
+                if not isinstance(h, dict):
+                    raise bad(f"result[{i}][{j}] is {type(h).__name__}, expected an object: {h!r:.200}")
+                doc = h.get("document", h)  # return_scores false: the hit is the document itself
+                if not isinstance(doc, dict):
+                    raise bad(f"result[{i}][{j}] has a non-object document: {h!r:.200}")
                 contents = doc.get("contents")
                 if contents is None and ("title" in doc or "text" in doc):
                     contents = join_contents(str(doc.get("title", "")), str(doc.get("text", "")))
@@ -158,7 +163,9 @@ class RemoteRetriever:
                     score = float(h.get("score", 0.0))
                 except (TypeError, ValueError):
                     raise bad(f"result[{i}][{j}] has a non-numeric score {h.get('score')!r}") from None
-                row.append(Hit(id=str(doc["id"]), contents=contents, score=score))
+                doc_id = doc.get("id")
+                row.append(Hit(id=content_id(contents) if doc_id is None else str(doc_id), contents=contents,
+                               score=score))
             out.append(row)
         return out
 
@@ -174,6 +181,12 @@ class RemoteRetriever:
 
     def __repr__(self) -> str:
         return f"RemoteRetriever({self.url!r}, timeout={self.timeout}, retries={self.retries})"
+
+
+def content_id(contents: str) -> str:
+    """A stable id for a document served without one (Search-R1's pyserini BM25 answers ``{title, text,
+    contents}``): ``sha1-`` and the first 16 hex digits of the SHA-1 of its contents."""
+    return "sha1-" + hashlib.sha1(contents.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _detail(r: httpx.Response) -> str:

@@ -4,8 +4,9 @@
 retriever injected, so tests and benchmarks can wrap a fake). Endpoints:
 
 * ``POST /retrieve`` takes exactly the Search-R1 request ``{"queries": [...], "topk": 3, "return_scores": true}`` and
-  answers ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` -- one ranked list per query, the
-  ``score`` key only when ``return_scores`` is true (Search-R1's default is false, so is ours).
+  answers ``{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`` -- one ranked list per query; with
+  ``return_scores`` false (Search-R1's default, so ours) each hit is the bare document ``{"id", "contents"}``, as
+  Search-R1 answers it. :class:`~searche1.retrieval.client.RemoteRetriever` always asks for scores.
 * ``GET /health`` answers ``{"status": "ok", **info, "queries_served": n}``.
 
 Departures from Search-R1's server: requests are size-limited (:class:`ServerLimits`) and strictly validated (wrong
@@ -105,7 +106,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _parse(body: bytes, limits: ServerLimits) -> RetrieveRequest:
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise _Reject(400, "request body is nested too deeply to parse (arrays/objects inside each other); "
+                           "send {\"queries\": [...], \"topk\": k}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's 4,300-digit limit
         raise _Reject(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(payload, dict):
         raise _Reject(422, f"request body must be a JSON object with 'queries', got {type(payload).__name__}")
