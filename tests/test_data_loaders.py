@@ -85,6 +85,37 @@ def test_corpus_malformed(tmp_path: Path, bad, line: int, field: str | None) -> 
     assert_error(exc, f, line, field)
 
 
+def _gz_corpus(path: Path, n: int = 5000) -> bytes:
+    with gzip.open(path, "wt") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"p{i}", "contents": f'"T{i}"\nhello world {i} ' * 5}) + "\n")
+    return path.read_bytes()
+
+
+def test_corpus_truncated_or_corrupt_gzip(tmp_path: Path) -> None:
+    """An interrupted download, a plain file named .gz, flipped bytes: a DataError naming the file, the line being
+    read and the fix (not click's bare "Aborted." from an EOFError, nor a BadGzipFile / zlib traceback)."""
+    full = _gz_corpus(tmp_path / "full.jsonl.gz")
+    trunc = tmp_path / "trunc.jsonl.gz"
+    trunc.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError, match="truncated") as exc:
+        load_corpus(trunc)
+    assert_error(exc, trunc, exc.value.line, None)
+    assert exc.value.line > 1
+    plain = tmp_path / "plain.jsonl.gz"
+    plain.write_text('{"id": "a", "contents": "x"}\n')
+    with pytest.raises(DataError, match="not a gzip file") as exc:
+        load_corpus(plain)
+    assert_error(exc, plain, 1, None)
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(full[:200] + bytes(b ^ 0xFF for b in full[200:400]) + full[400:])
+    with pytest.raises(DataError, match="gzip") as exc:
+        load_corpus(bad)
+    assert_error(exc, bad, exc.value.line, None)
+    with pytest.raises(DataError, match="truncated"):
+        load_qa(trunc.rename(tmp_path / "qa.jsonl.gz"))
+
+
 def test_corpus_duplicate_mentions_first_line(tmp_path: Path) -> None:
     f = write_lines(tmp_path / "c.jsonl", [{"id": 1, "contents": "a"}, "", {"id": "1", "contents": "b"}])
     with pytest.raises(DataError, match="first seen on line 1") as exc:

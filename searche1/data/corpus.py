@@ -16,6 +16,7 @@ import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -30,13 +31,44 @@ def _open_bytes(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
+def _read_error(path: Path, e: BaseException, line: int) -> DataError:
+    """A read failure (truncated or corrupt gzip, I/O error) as a DataError naming the line being read."""
+    gz = path.name.endswith(".gz")
+    if isinstance(e, EOFError):
+        return DataError(path, "the gzip stream ends early: the file is truncated (an interrupted download or copy?)",
+                         line=line, fix="download or copy it again; `gzip -t FILE` checks a .gz file")
+    if isinstance(e, gzip.BadGzipFile):
+        return DataError(path, f"not a gzip file though its name ends in .gz ({e})", line=line,
+                         fix="rename it without .gz if it is plain jsonl, or compress it with gzip")
+    if isinstance(e, zlib.error):
+        return DataError(path, f"corrupt gzip data ({e})", line=line,
+                         fix="download or copy it again; `gzip -t FILE` checks a .gz file")
+    return DataError(path, f"cannot read the file: {type(e).__name__}: {e}", line=line,
+                     fix="check the file is readable and the disk healthy" + ("; `gzip -t FILE` checks it" if gz else ""))
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a ``.jsonl`` / ``.jsonl.gz`` file (1-based)."""
+    """Yield ``(line_number, object)`` for each non-blank line of a ``.jsonl`` / ``.jsonl.gz`` file (1-based).
+
+    A truncated or corrupt gzip file, or a read error, raises :class:`DataError` naming the line being read."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found", fix="check the path")
-    with _open_bytes(path) as f:
-        for n, raw in enumerate(f, start=1):
+    try:
+        f = _open_bytes(path)
+    except OSError as e:
+        raise _read_error(path, e, 1) from e
+    with f:
+        lines = iter(f)
+        n = 0
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except (EOFError, zlib.error, OSError) as e:
+                raise _read_error(path, e, n + 1) from e
+            n += 1
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
