@@ -75,6 +75,12 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_at_or_before(run_dir: str | Path, step: int) -> Path | None:
+    """The newest complete checkpoint of a step <= ``step`` (None if there is none)."""
+    found = [p for p in list_checkpoints(run_dir) if int(_STEP_RE.match(p.name).group(1)) <= step]
+    return found[-1] if found else None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1] if ckpts else None

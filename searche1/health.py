@@ -3,7 +3,9 @@
 A metric *collapses* when its value stays below ``drop`` × its recent level (the mean of the previous ``window``
 steps) for ``patience`` consecutive steps, and that recent level was meaningful (above ``min_level``). The trainer
 warns, and with ``rollback_on_collapse`` reloads the last good checkpoint and multiplies the learning rate by
-``lr_factor``.
+``lr_factor``. The last good checkpoint is the newest one saved before the weights that sampled the first low step:
+step ``s - streak - 1`` or older, where step ``s`` is the collapse's and ``streak`` its low steps so far (a step's
+rollouts are sampled with the weights of the step before it).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class CollapseDetector:
             self.low[k] = 0
             hist.append(v)
         return collapsed
+
+    def streak(self, names: list[str]) -> int:
+        """The longest current run of low steps among ``names``."""
+        return max((self.low[k] for k in names), default=0)
 
     def reset(self) -> None:
         for k in self.low:

@@ -9,7 +9,9 @@ runs 2 rounds) — each phase in its own folder, checkpointed and resumable.
 A phase is finished when its output is recorded in ``pipeline.json`` (written atomically after the phase's model is
 saved). ``--resume`` skips finished phases, continues an interrupted GRPO phase from its newest checkpoint, and
 restarts an interrupted OFSD phase from its beginning (an OFSD phase is short and its only state is the model).
-Each phase starts from the previous phase's output; the first from ``model.name_or_path``. With a vLLM rollout
+Each phase starts from the previous phase's output; the first from ``model.name_or_path``. A GRPO round goes on
+through the training questions where the previous round stopped (its data cursor is recorded in ``pipeline.json``):
+round 2 does not replay round 1's questions. With a vLLM rollout
 engine (``rollout.engine``) the OFSD phases sample their groups with it too: the process's colocated engine is
 reused and gets the phase's starting weights pushed first (a server reloads them by path).
 
@@ -54,7 +56,7 @@ def _phase_dir(out: Path, i: int, kind: str) -> Path:
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  episode_reward=None) -> Path:
     """Run ``cfg.schedule``; returns the folder of the final policy (HF layout)."""
-    from searche1.checkpoint import latest_checkpoint
+    from searche1.checkpoint import STATE_FILE, latest_checkpoint
     from searche1.distributed import init_distributed
     from searche1.models import resolve_device
 
@@ -72,9 +74,11 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", to_dict(cfg))
     model_path = cfg.model.name_or_path
+    cursor = 0  # training questions the GRPO rounds so far have used
     for i, kind in enumerate(cfg.schedule):
         if i < len(state["phases"]):
             model_path = state["phases"][i]["model"]
+            cursor = state["phases"][i].get("data_cursor", cursor)
             continue
         pdir = _phase_dir(out, i, kind)
         fault_point(f"phase{i}:start")
@@ -82,13 +86,14 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
         phase_cfg = replace(cfg, model=replace(cfg.model, name_or_path=str(model_path)))
         if kind == "grpo":
             run_grpo(phase_cfg, pdir, resume=(pdir / "metrics.jsonl").exists(), progress=progress,
-                     episode_reward=episode_reward)
+                     episode_reward=episode_reward, data_cursor=cursor)
             result_model = latest_checkpoint(pdir)
+            cursor = json.loads((result_model / STATE_FILE).read_text())["cursor"]
             metrics = {}
         else:
             result_model, metrics = _run_ofsd(phase_cfg, pdir, seed=cfg.grpo.seed + i, progress=progress,
                                               episode_reward=episode_reward, dist=d)
-        state["phases"].append({"index": i, "kind": kind, "model": str(result_model),
+        state["phases"].append({"index": i, "kind": kind, "model": str(result_model), "data_cursor": cursor,
                                 "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics})
         if d.is_main:
             write_json(state_path, state)

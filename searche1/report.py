@@ -207,11 +207,11 @@ def _save(fig, ax, path: Path, run: Run | None = None) -> Path:
     """Draw the phase boundaries of ``run`` (pipeline runs, step-axis plots), the legend, and write the PNG."""
     labelled: set[str] = set()
     phases = run.phases if run is not None and run.pipeline else []
-    for prev, ph in zip(phases, phases[1:]):
+    for prev, ph in zip([None, *phases], phases):  # the first phase too: a schedule may open with OFSD
         if ph.kind == "ofsd" and ph.status != "not started":
             ax.axvline(ph.offset, color="tab:red", ls="--", lw=1.2, label=None if labelled & {"o"} else "OFSD phase")
             labelled.add("o")
-        elif ph.kind == "grpo" and prev.kind == "grpo" and ph.rows:
+        elif ph.kind == "grpo" and prev is not None and prev.kind == "grpo" and ph.rows:
             ax.axvline(ph.offset, color="gray", ls=":", lw=1, label=None if labelled & {"g"} else "new GRPO phase")
             labelled.add("g")
     if ax.get_legend_handles_labels()[0]:

@@ -59,7 +59,7 @@ class GRPOConfig:
     lr: float = field(default=2e-6, metadata={"help": "AdamW learning rate"})
     warmup_steps: int = field(default=2, metadata={"help": "linear LR warm-up steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward/backward"})
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip 1 - clip_low"})
@@ -67,7 +67,8 @@ class GRPOConfig:
     advantage: str = field(default="grpo", metadata={"help": "grpo ((r-mean)/std) | no_std"})
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean | seq_mean_token_mean | dr_grpo"})
     kl_beta: float = field(default=0.0, metadata={"help": "k3 KL to the initial policy; 0 = off (Search-E1)"})
-    skip_zero_std_groups: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal"})
+    skip_zero_std_groups: bool = field(default=False, metadata={"help": "drop groups whose rewards are all "
+                                                                  "equal (and their tokens from the loss normaliser)"})
     reward: str = field(default="em", metadata={"help": "em | f1"})
     bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "bf16 autocast for training; auto = GPU or CPU with native bf16"})
@@ -84,6 +85,8 @@ class GRPOConfig:
         for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
+        if self.max_grad_norm < 0:
+            raise ConfigError("max_grad_norm: must be >= 0 (0 disables clipping)")
         if self.group_size < 2:
             raise ConfigError("group_size: GRPO needs at least 2 rollouts per question")
         if self.lr <= 0:
@@ -191,16 +194,17 @@ def rollout_metrics(eps: list[Episode]) -> dict:
 
 def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
              stop_after: int | None = None,
-             episode_reward: Callable[[Episode], tuple[float, dict]] | None = None) -> Path:
+             episode_reward: Callable[[Episode], tuple[float, dict]] | None = None, data_cursor: int = 0) -> Path:
     """Train with GRPO per ``cfg`` into ``out_dir`` (metrics.jsonl, checkpoints/, config.json); returns ``out_dir``.
 
     ``resume`` continues from the newest complete checkpoint. ``stop_after`` ends this invocation after that many
     steps (interruption tests). ``episode_reward`` replaces the registered answer reward ``cfg.grpo.reward`` with a
-    function of the whole episode (custom rewards, tests)."""
+    function of the whole episode (custom rewards, tests). ``data_cursor``: questions already used (a pipeline's
+    later GRPO rounds go on through the data where the previous round stopped); a checkpoint's cursor wins."""
     from tqdm.auto import tqdm
 
     from searche1.algos import get_advantage, get_policy_loss, kl_k3, token_logprobs
-    from searche1.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from searche1.checkpoint import checkpoint_at_or_before, latest_checkpoint, load_checkpoint, save_checkpoint
     from searche1.data.qa import load_qa, load_qa_files
     from searche1.distributed import (
         consolidate_optimizer,
@@ -260,7 +264,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     opt = make_adamw(params, lr=g.lr, weight_decay=g.weight_decay, dist=d, shard=g.sharding == "optimizer")
     lr_scale = 1.0  # lowered by collapse rollbacks; lr = g.lr * lr_scale * linear warm-up
     health = CollapseDetector(cfg.health)
-    start, cursor = 0, 0
+    start, cursor = 0, data_cursor
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, opt)
         start, cursor, lr_scale = state["step"], state["cursor"], state.get("lr_scale", 1.0)
@@ -358,7 +362,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             total = d.sum(total)
             if os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full-batch gradient
                 _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"step-{step}.safetensors", d)
-            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm)))
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, g.max_grad_norm or math.inf)))
             if not (math.isfinite(total) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
                 skipped = 1.0
@@ -371,8 +375,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             sync_sampler()
             policy_loss, updates = policy_loss + total, updates + 1
         t_train = time.perf_counter() - t1
-        local = {**rollout_metrics(eps), **adv_metrics, "time/rollout_s": t_roll, "time/reward_s": t_reward, "time/train_s": t_train,
-                 "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
+        local = {**rollout_metrics(eps), **adv_metrics, "time/rollout_s": t_roll, "time/reward_s": t_reward,
+                 "time/train_s": t_train, "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
         parts = d.gather((local, float(len(eps)), gap, losses.state()))
         metrics = {**merge_metrics([(m, w) for m, w, *_ in parts]), **LossStats.merge([p[3] for p in parts]),
                    "grad/norm": grad_norm,
@@ -393,7 +397,11 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                         step, ", ".join(collapsed), cfg.health.patience)
             metrics["health/collapse"] = 1.0
             d.barrier()
-            last = latest_checkpoint(out)
+            # the first low step's rollouts came from the weights saved at its previous step: those are bad too
+            last = checkpoint_at_or_before(out, step - health.streak(collapsed) - 1)
+            if cfg.health.rollback_on_collapse and last is None:
+                log.warning("no checkpoint from before the collapse to roll back to (fix: save_every smaller than "
+                            "health.patience, keep_last larger)")
             if cfg.health.rollback_on_collapse and last is not None:
                 load_checkpoint(last, model, opt, None, restore_rng=False)
                 sync_sampler()

@@ -69,7 +69,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     for ra, rb in zip(a, b):
         for k in ("reward/em", "rollout/policy_tokens", "train/kept_rollouts", "grpo/zero_std_groups"):
             assert rb[k] == pytest.approx(ra[k], rel=1e-9), k
-        for k in ("loss/policy", "grad/norm"):
+        for k in ("loss/policy", "grad/norm", "loss/num_tokens", "loss/ratio_mean", "loss/ratio_max",
+                  "loss/clip_frac", "loss/approx_kl"):  # loss statistics merge over ranks by kind (LossStats)
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
     # the full-batch gradient of each step (after the all-reduce, before clipping) equals the single process's;

@@ -38,6 +38,9 @@ def test_schedule_runs_phases_in_order(tmp_path):
     cfg2 = json.loads((tmp_path / "run" / "phase-02-grpo" / "config.json").read_text())
     assert cfg2["model"]["name_or_path"] == state["phases"][1]["model"]
     assert Path(final) == Path(state["phases"][2]["model"]) and final_weights(final)
+    # round 2 goes on through the questions where round 1 stopped (2 steps x 2 questions each), not from the start
+    assert [p["data_cursor"] for p in state["phases"]] == [4, 4, 8]
+    assert json.loads((Path(final) / "trainer_state.json").read_text())["cursor"] == 8
     with pytest.raises(FileExistsError, match="--resume"):
         run_pipeline(cfg, tmp_path / "run", progress=False)
 

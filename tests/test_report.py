@@ -209,3 +209,22 @@ def test_unstarted_pipeline_raises_data_error(tmp_path: Path):
     (run / "pipeline.json").write_text(json.dumps({"schedule": ["grpo", "ofsd"], "phases": []}))
     with pytest.raises(DataError, match="no metrics found"):
         write_report(run)
+
+
+def test_a_schedule_opening_with_ofsd_gets_its_phase_line(tmp_path: Path, monkeypatch):
+    """schedule [ofsd, grpo]: the first phase's dashed OFSD line is drawn too."""
+    import matplotlib.axes
+
+    lines = []
+    real = matplotlib.axes.Axes.axvline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline",
+                        lambda self, x=0, **kw: lines.append(kw.get("label")) or real(self, x, **kw))
+    run = tmp_path / "run"
+    (run / "phase-00-ofsd").mkdir(parents=True)
+    (run / "phase-00-ofsd" / "metrics.json").write_text(json.dumps(
+        {"ofsd/pairs": 4.0, "ofsd/steps": 2.0, "ofsd/kl_first": 0.5, "ofsd/kl_last": 0.3}))
+    _grpo_run(run / "phase-01-grpo", steps=3, planned=3, dev_at={0: (0.0, 0.0), 3: (0.25, 0.125)})
+    (run / "pipeline.json").write_text(json.dumps({"schedule": ["ofsd", "grpo"], "phases": [
+        {"index": 0, "kind": "ofsd", "seconds": 3}, {"index": 1, "kind": "grpo", "seconds": 9}]}))
+    write_report(run)
+    assert "OFSD phase" in lines

@@ -318,3 +318,45 @@ def test_loss_stats_merge_by_kind():
     a.epochs = b.epochs = 1
     assert LossStats.merge([a.state(), b.state()]) == {
         "loss/clip_frac": 0.75, "loss/kl_ref": 0.75, "loss/num_tokens": 4.0, "loss/ratio_max": 1.5}
+
+
+def test_collapse_detector_levels_and_streaks():
+    from searche1.health import CollapseDetector, HealthConfig
+
+    h = CollapseDetector(HealthConfig(watch=["r"], window=2, patience=2))
+    assert [h.update({"r": v}) for v in (0.8, 0.6, 0.6, 0.2, 0.1)] == [[], [], [], [], ["r"]]
+    assert h.streak(["r"]) == 2  # 0.2 and 0.1 are below half the level 0.6, which they do not lower
+    h.reset()
+    assert h.streak(["r"]) == 0 and h.update({"r": 0.9}) == [] and h.history["r"][-1] == 0.9
+
+
+def test_collapse_rolls_back_to_a_checkpoint_from_before_the_low_steps(tmp_path):
+    """Reward 1 for steps 1-3, then 0: the collapse is seen at step 5 (patience 2). Step 4's rollouts were sampled
+    with the weights saved at step 3, so the rollback goes to step 2's checkpoint, not to the newest (step 4)."""
+    calls = [0]
+
+    def reward(ep):
+        calls[0] += 1
+        r = float(calls[0] <= 3 * 6)  # 6 episodes per step
+        return r, {"reward/em": r, "reward/f1": r}
+
+    cfg = make_config(tmp_path, steps=5, save_every=1, keep_last=10)
+    cfg.health = from_dict(type(cfg.health), {"watch": ["reward/em"], "window": 2, "patience": 2,
+                                              "rollback_on_collapse": True})
+    rows = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=reward))
+    assert [r.get("health/rollback_to") for r in rows] == [None, None, None, None, 2]
+    assert rows[-1]["health/collapse"] == 1.0
+
+
+def test_max_grad_norm_zero_disables_clipping(tmp_path):
+    """0 means no clipping (as in the warm-up), not a zero gradient: the step still moves the weights."""
+    from searche1.ofsd.phase import OFSDConfig
+
+    cfg = make_config(tmp_path, steps=1, max_grad_norm=0.0, weight_decay=0.0)
+    start = weights(Path(cfg.model.name_or_path))
+    out = run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    end = weights(list_checkpoints(out)[-1])
+    assert read_metrics(out)[0]["grad/norm"] > 0 and any(not torch.equal(start[k], end[k]) for k in start)
+    for cls, section in ((TrainConfig, {"grpo": {"max_grad_norm": -1}}), (OFSDConfig, {"max_grad_norm": -1})):
+        with pytest.raises(ConfigError, match="max_grad_norm: must be >= 0"):
+            from_dict(cls, section)

@@ -123,7 +123,7 @@ class OFSDConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     pairs_per_step: int = field(default=8, metadata={"help": "pairs per optimizer step"})
     micro_batch_size: int = field(default=2, metadata={"help": "pairs per forward/backward"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "bf16 autocast for teacher and student; auto = GPU or CPU with native bf16"})
     reward: str = field(default="em", metadata={"help": "reward of the re-sampled rollouts: em | f1"})
@@ -139,6 +139,8 @@ class OFSDConfig:
             raise ConfigError("samples_per_question: pair mining needs at least 2 rollouts per question")
         if self.lr <= 0:
             raise ConfigError("lr: must be > 0")
+        if self.max_grad_norm < 0:
+            raise ConfigError("max_grad_norm: must be >= 0 (0 disables clipping)")
         if self.clip is not None and self.clip <= 0:
             raise ConfigError("clip: must be > 0, or null for no clip")
         if not 0.0 <= self.jsd_beta <= 1.0:
@@ -471,7 +473,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
 
                 _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"ofsd-step-{steps + skipped + 1}"
                                                                             ".safetensors", d)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf))
             bar.update(1)
             if not (math.isfinite(total) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
