@@ -40,6 +40,54 @@ def test_bm25_edge_cases(bm25):
     assert len(bm25.search(["Paris"], 50)[0]) == len(PASSAGES)  # topk clamped to corpus size
 
 
+QUERIES = [
+    "who created the python programming language", "Capital of FRANCE", "pythons snakes burrowed mammals",
+    "the and of it is", "qwertyuiop zzzz python", "Berlin's Cold-War division", "Aardvarks of Afrika", "",
+    "Guido van Rossum 1991", "café naïve Größe python",
+]
+
+
+@pytest.mark.parametrize("stemmer", ["english", None])
+def test_bm25_query_tokens_match_bm25s(stemmer):
+    """Our read-only query tokenisation gives bm25s's own token ids (bm25s's tokenize on a copy of the tables)."""
+    import copy
+
+    r = BM25Retriever.build(PASSAGES, stemmer=stemmer, show_progress=False)
+    ref_tok = copy.copy(r._tokenizer)
+    ref_tok.word_to_stem, ref_tok.stem_to_sid, ref_tok.word_to_id = (
+        dict(r._tokenizer.word_to_stem), dict(r._tokenizer.stem_to_sid), dict(r._tokenizer.word_to_id))
+    ref = ref_tok.tokenize(QUERIES, update_vocab=False, return_as="ids", show_progress=False)
+    empty = r._tokenizer.word_to_id.get("")
+    for q, want in zip(QUERIES, ref):
+        assert r._query_ids(q) == [t for t in want if t != empty], q
+
+
+def test_bm25_tokenizer_tables_do_not_grow(tmp_path):
+    """bm25s's tokenize(update_vocab=False) records every unseen query word; a long-lived server must not grow."""
+    build_index(PASSAGES, tmp_path / "idx", show_progress=False)
+    r = load_retriever(tmp_path / "idx")
+    tok = r._tokenizer
+    before = (dict(tok.word_to_stem), dict(tok.stem_to_sid), dict(tok.word_to_id))
+    unknown = [f"xq{i}zz word{i}y pythons burrowed Mammals" for i in range(300)]
+    for i in range(0, len(unknown), 64):
+        r.search(unknown[i:i + 64], 2)
+    assert (tok.word_to_stem, tok.stem_to_sid, tok.word_to_id) == before
+    assert r.search(["pythons burrowed"], 1)[0][0].id in {"d0", "d2"}
+
+
+def test_bm25_empty_passage_never_matches_unknown_queries():
+    """An empty or stopword-only passage is indexed with bm25s's "" token; a query with no known words (or only
+    stopwords) must score every passage 0, not retrieve that passage through the "" token."""
+    ps = [Passage("p0", "apple banana"), Passage("p1", "cherry apple"), Passage("p2", "zebra"),
+          Passage("p3", ""), Passage("p4", "the and of")]
+    r = BM25Retriever.build(ps, show_progress=False)
+    for q in ["xyzzy plugh", "", "the of", "!!! ???"]:
+        (row,) = r.search([q], 5)
+        assert [h.score for h in row] == [0.0] * 5, (q, row)
+    (row,) = r.search(["apple"], 2)
+    assert {h.id for h in row} == {"p0", "p1"} and all(h.score > 0 for h in row)
+
+
 def test_index_folder_roundtrip_and_atomicity(tmp_path, bm25):
     out = tmp_path / "idx"
     build_index(PASSAGES, out, kind="bm25", show_progress=False)

@@ -1,8 +1,11 @@
 """BM25 retrieval with `bm25s` (sparse scores precomputed at index time) and PyStemmer's English stemmer.
 
-The default CPU retriever. Queries are tokenised with the index's vocabulary; words the corpus never saw are
-dropped, and a query left with no known words returns the first ``topk`` passages with score 0 rather than failing,
-so one odd query from a policy never breaks a batch.
+The default CPU retriever. Queries are tokenised with the index's vocabulary, the way bm25s tokenises (lowercase,
+``\\w\\w+`` words, stopwords dropped, PyStemmer stems) but read-only: bm25s's ``tokenize(update_vocab=False)`` still
+records every never-seen word in its tables, which grows without bound in a long-lived server. Words the corpus
+never saw are dropped, and a query left with no known words returns the first ``topk`` passages with score 0 rather
+than failing, so one odd query from a policy never breaks a batch. (bm25s indexes a text without words, e.g. an
+empty passage, as an ``""`` token; queries never use it, so such a passage never matches.)
 """
 
 from __future__ import annotations
@@ -47,6 +50,25 @@ class BM25Retriever:
         self._tokenizer = tokenizer
         self.passages = passages
         self.params = params
+        self._stopwords = frozenset(tokenizer.stopwords or ())
+
+    def _query_ids(self, text: str) -> list[int]:
+        """The index token ids of ``text``'s known words (bm25s's tokenisation, without touching its tables)."""
+        tok = self._tokenizer
+        word_to_id, word_to_stem, stem_to_sid = tok.word_to_id, tok.word_to_stem, tok.stem_to_sid
+        stem, stopwords = tok.stemmer, self._stopwords
+        ids = []
+        for word in tok.splitter(text.lower() if tok.lower else text):
+            wid = word_to_id.get(word)
+            if wid is None:
+                if word in stopwords or stem is None:
+                    continue
+                s = word_to_stem.get(word)
+                wid = stem_to_sid.get(stem(word) if s is None else s)
+                if wid is None:
+                    continue
+            ids.append(wid)
+        return ids
 
     # ---- building -------------------------------------------------------------------------------------------
     @classmethod
@@ -110,13 +132,12 @@ class BM25Retriever:
         if not queries:
             return []
         k = max(1, min(int(topk), len(self.passages)))
-        ids = self._tokenizer.tokenize(list(queries), update_vocab=False, return_as="ids", show_progress=False)
         model = self._model
         known = model.unique_token_ids_set
-        empty = [model.vocab_dict[""]] if "" in model.vocab_dict else []
         out: list[list[Hit]] = []
+        ids = [self._query_ids(query) for query in queries]  # all first: faster than interleaved with scoring
         for q in ids:
-            q = [t for t in q if t in known] or empty
+            q = [t for t in q if t in known]
             scores = model.get_scores_from_ids(q) if q else np.zeros(len(self.passages), dtype=np.float32)  # (N,)
             # top-k as the k smallest of -scores: bm25s.retrieve's np.argpartition(scores, -k) is ~5x slower on
             # these score vectors, most of whose entries are tied zeros (measured in benchmarks/retrieval.py)
