@@ -180,5 +180,20 @@ def test_retriever_wrong_length_is_500(client) -> None:
 
 
 def test_invalid_limits_rejected() -> None:
+    from searche1.errors import ConfigError
+
     with pytest.raises(ValueError, match="max_topk"):
         ServerLimits(max_topk=0)
+    with pytest.raises(ConfigError, match="--max-queries"):  # the CLI's error type, naming the option
+        ServerLimits(max_queries=0)
+
+
+@pytest.mark.parametrize("devices", ["cpu*x", "cpu*0", "*2", "cpu*-1", "cpu*"])
+def test_bad_dense_devices_is_a_config_error(devices: str) -> None:
+    """`searche1 serve --dense-devices 'cpu*x'` gave a raw int() traceback; the CLI reports ConfigErrors cleanly."""
+    from searche1.errors import ConfigError
+    from searche1.retrieval.matmul_index import resolve_devices
+
+    with pytest.raises(ConfigError, match="dense devices"):
+        resolve_devices(devices)
+    assert resolve_devices("cpu*3") == ["cpu"] * 3

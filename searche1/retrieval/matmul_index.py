@@ -36,7 +36,10 @@ def resolve_devices(devices: str | Sequence[str] = "auto") -> list[str]:
             return [f"cuda:{i}" for i in range(n)] or ["cpu"]
         if "*" in devices:
             name, _, count = devices.partition("*")
-            return [name] * int(count)
+            if not name.strip() or not count.strip().isdigit() or int(count) < 1:
+                raise ConfigError(f"dense devices: {devices!r} is not DEVICE*COUNT with a count >= 1 "
+                                  "(fix: e.g. 'cpu*3', or 'auto', 'cuda', 'cpu', 'cuda:0,cuda:1')")
+            return [name.strip()] * int(count)
         devices = [d.strip() for d in devices.split(",") if d.strip()]
     if not devices:
         raise ConfigError("dense devices: empty list (fix: 'auto', 'cuda', 'cpu' or e.g. 'cuda:0,cuda:1')")

@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from searche1.errors import ConfigError
 from searche1.retrieval.base import Retriever
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class ServerLimits:
     def __post_init__(self) -> None:
         for name in ("max_queries", "max_query_chars", "max_topk", "max_body_bytes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ServerLimits.{name} must be >= 1, got {getattr(self, name)}")
+                option = "--" + name.replace("_", "-")
+                raise ConfigError(f"ServerLimits.{name} ({option}): must be >= 1, got {getattr(self, name)}")
 
 
 class RetrieveRequest(BaseModel):
