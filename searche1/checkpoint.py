@@ -6,6 +6,12 @@ Layout of ``RUN/checkpoints/step-000010/``::
     optimizer.pt, scheduler.pt                           (torch state dicts)
     rng.pt                                               (python, numpy, torch CPU and CUDA generator states)
     trainer_state.json                                   (step, data cursor, lr scale, health state; written LAST)
+    adapter/                                             (LoRA runs: peft's adapter folder, for resuming)
+
+A LoRA policy (``model.lora_r > 0``) is saved with its adapters merged into the weights (:func:`hf_state_dict`,
+computed aside: the training model is not touched), so every checkpoint and phase output is a plain HF folder that
+evaluation, vLLM and the next phase load as is; resuming rebuilds the base model from ``model.name_or_path`` and
+loads ``adapter/`` into it, so the adapters and their AdamW state continue exactly.
 
 A checkpoint folder is built under a temporary name and renamed into place (:func:`searche1.io.atomic_dir`), so a
 SIGKILL at any moment leaves only complete checkpoints under ``step-*`` names. ``latest_checkpoint`` returns the
@@ -26,7 +32,53 @@ import torch
 from searche1.io import atomic_dir, fault_point
 
 STATE_FILE = "trainer_state.json"
+ADAPTER_DIR = "adapter"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def hf_state_dict(model) -> dict:
+    """The policy's weights under their HF names; a peft LoRA model's active adapters merged in (W + ΔW from each
+    LoRA layer's ``get_delta_weight``, in fp32, cast back), without changing the model."""
+    if not is_peft(model):
+        return model.state_dict()
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out = {}
+    with torch.no_grad():
+        sd = base.state_dict()
+    for k, v in sd.items():
+        if "lora_" in k:
+            continue
+        if ".base_layer." in k:
+            name, _, leaf = k.rpartition(".base_layer.")
+            if leaf == "weight":
+                layer = layers[name]
+                with torch.no_grad():
+                    delta = sum(layer.get_delta_weight(a).float() for a in layer.active_adapters
+                                if a in layer.lora_A)
+                v = (v.float() + delta).to(v.dtype)
+            k = f"{name}.{leaf}"
+        out[k] = v
+    return out
+
+
+def save_policy(model, tokenizer, out: str | Path, *, state_dict: dict | None = None) -> None:
+    """The policy in HF layout into folder ``out`` (safetensors, config, tokenizer); a LoRA model merged, with its
+    adapter in ``out/adapter/``. ``state_dict`` replaces ``model.state_dict()`` (FSDP: the gathered one)."""
+    out = Path(out)
+    if is_peft(model):
+        model.get_base_model().save_pretrained(out, safe_serialization=True, state_dict=hf_state_dict(model))
+        model.save_pretrained(out / ADAPTER_DIR, safe_serialization=True)
+    else:
+        model.save_pretrained(out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
 
 
 def rng_state() -> dict:
@@ -52,9 +104,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer,
     root = Path(run_dir) / "checkpoints"
     out = root / f"step-{step:06d}"
     with atomic_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": model_state} if model_state else {}))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        save_policy(model, tokenizer, tmp, state_dict=model_state)
         torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -87,15 +137,48 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, restore_rng: bool = True) -> dict:
-    """Load weights (and optimizer, scheduler, RNG) from a checkpoint folder into existing objects; returns its state."""
+    """Load weights (and optimizer, scheduler, RNG) from a checkpoint folder into existing objects; returns its state.
+    A peft LoRA model (built on the run's base model) gets the checkpoint's adapter."""
+    path = Path(path)
+    from searche1.sharding import is_sharded, load_model_state, load_optimizer_state
+
+    if is_peft(model):
+        _load_adapter(path, model)
+    else:
+        _load_weights(path, model, is_sharded, load_model_state)
+    if optimizer is not None:  # index-keyed (plain AdamW, ZeRO) or name-keyed (FSDP), into any layout
+        load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))
+    if scheduler is not None and (path / "scheduler.pt").is_file():
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    if restore_rng:
+        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return json.loads((path / STATE_FILE).read_text())
+
+
+def _load_adapter(path: Path, model) -> None:
+    """A LoRA checkpoint's adapter into a peft model built on the run's base model (every adapter tensor must
+    match)."""
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    path = Path(path)
+    f = path / ADAPTER_DIR / "adapter_model.safetensors"
+    if not f.is_file():
+        raise RuntimeError(f"{path}: no {ADAPTER_DIR}/adapter_model.safetensors, so it cannot resume a LoRA run "
+                           "(fix: resume with the model settings the run was started with)")
+    result = set_peft_model_state_dict(model, load_file(str(f)))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: adapter does not match the model (missing {missing[:3]}, unexpected "
+                           f"{unexpected[:3]}; fix: the same lora_r / lora_target_modules as the run)")
+
+
+def _load_weights(path: Path, model, is_sharded, load_model_state) -> None:
+    from safetensors.torch import load_file
+
     weights = {}
     for f in sorted(path.glob("*.safetensors")):
         weights.update(load_file(str(f)))
-    from searche1.sharding import is_sharded, load_model_state, load_optimizer_state
-
     expected = set(model.state_dict().keys())
     missing = [k for k in expected - weights.keys() if not k.endswith("lm_head.weight")]  # tied: saved once
     unexpected = sorted(weights.keys() - expected)
@@ -108,10 +191,3 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, 
         model.load_state_dict(weights, strict=False)
         if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
             model.tie_weights()
-    if optimizer is not None:  # index-keyed (plain AdamW, ZeRO) or name-keyed (FSDP), into any layout
-        load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))
-    if scheduler is not None and (path / "scheduler.pt").is_file():
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    if restore_rng:
-        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / STATE_FILE).read_text())

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from searche1.checkpoint import save_policy
 from searche1.config import ConfigError, to_dict
 from searche1.distributed import Dist
 from searche1.io import atomic_dir, fault_point, write_json
@@ -112,6 +113,9 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
 
     device = resolve_device(cfg.model.device)
     model_cfg = replace(cfg.model, device=rank_device(device) if dist.enabled else device)
+    import torch
+
+    torch.manual_seed(seed)  # a LoRA adapter's initialisation (the same on every rank)
     model, tok = load_policy(model_cfg, trainable=True)
     retriever = make_retriever(cfg.retrieval)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
@@ -130,8 +134,7 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
                              progress=progress, episode_reward=episode_reward, dist=dist, engine=engine)
     if dist.is_main:
         with atomic_dir(pdir / "model", overwrite=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            save_policy(model, tok, tmp)  # HF layout; LoRA merged
         write_json(pdir / "metrics.json", metrics)
     dist.barrier()
     return pdir / "model", metrics

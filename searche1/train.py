@@ -239,7 +239,10 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         write_json(out / "config.json", to_dict(cfg))
     g = cfg.grpo
     model_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
-                               **({"name_or_path": str(ckpt)} if ckpt is not None else {})})
+                               # resuming: the checkpoint's weights, but a LoRA run rebuilds its base model and
+                               # load_checkpoint gives it the adapter (the checkpoint's weights are merged)
+                               **({"name_or_path": str(ckpt)} if ckpt is not None and not cfg.model.lora_r else {})})
+    torch.manual_seed(g.seed)  # a LoRA adapter's initialisation (the same on every rank), dropout
     model, tok = load_policy(model_cfg, trainable=True)
     full = g.sharding == "full" and d.enabled  # FSDP (searche1.sharding)
     if full:

@@ -495,6 +495,7 @@ def run_warmup(model_spec: str | Path, index_dir_or_retriever: str | Path | Retr
     counts, training metrics, one example demonstration as text).
     """
     from searche1.config import to_dict
+    from searche1.checkpoint import save_policy
     from searche1.io import atomic_dir, write_json
     from searche1.models import ModelConfig, load_policy
 
@@ -565,7 +566,6 @@ def run_warmup(model_spec: str | Path, index_dir_or_retriever: str | Path | Retr
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        save_policy(model, tok, tmp)  # HF layout; LoRA merged
         write_json(tmp / WARMUP_FILE, record)
     return out_dir

@@ -360,3 +360,35 @@ def test_max_grad_norm_zero_disables_clipping(tmp_path):
     for cls, section in ((TrainConfig, {"grpo": {"max_grad_norm": -1}}), (OFSDConfig, {"max_grad_norm": -1})):
         with pytest.raises(ConfigError, match="max_grad_norm: must be >= 0"):
             from_dict(cls, section)
+
+
+def test_lora_checkpoints_are_merged_hf_folders_and_resume_exactly(tmp_path):
+    """model.lora_r > 0: every checkpoint is a plain HF folder with the adapters merged (it loads without peft and
+    gives the trained policy's logits) plus adapter/; an interrupted run resumes to the uninterrupted one's weights."""
+    from searche1.checkpoint import hf_state_dict
+    from searche1.models import ModelConfig, load_policy
+
+    cfg = make_config(tmp_path, steps=2, save_every=1)
+    cfg.model.lora_r = 4
+    full = run_grpo(cfg, tmp_path / "full", progress=False, episode_reward=parity_reward)
+    part = tmp_path / "part"
+    run_grpo(cfg, part, progress=False, stop_after=1, episode_reward=parity_reward)
+    run_grpo(cfg, part, resume=True, progress=False, episode_reward=parity_reward)
+    a, b = weights(list_checkpoints(full)[-1]), weights(list_checkpoints(part)[-1])
+    base = weights(Path(cfg.model.name_or_path))
+    assert a.keys() == base.keys() and any(not torch.equal(a[k], base[k]) for k in a)  # merged, and trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    ckpt = list_checkpoints(full)[-1]
+    assert (ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    # the merged folder is the trained policy: same logits as base + adapter
+    merged, _ = load_policy(ModelConfig(name_or_path=str(ckpt), device="cpu", dtype="float32"))
+    peft_model, _ = load_policy(replace(cfg.model, device="cpu"), trainable=True)
+    from searche1.checkpoint import load_checkpoint
+
+    load_checkpoint(ckpt, peft_model, restore_rng=False)
+    peft_model.eval()
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, rtol=1e-4, atol=1e-5)
+    assert hf_state_dict(peft_model).keys() == merged.state_dict().keys()  # HF names, no adapter tensors

@@ -36,6 +36,26 @@ def test_push_weights_paths(fake_vllm):
         push_weights(fake_colocated()[0], model)
 
 
+def test_push_weights_merges_a_lora_policy(fake_vllm):
+    """A peft LoRA policy reaches vLLM under the HF names, with its adapters merged (vLLM's model has none)."""
+    from peft import LoraConfig, get_peft_model
+    from tiny import tiny_model
+
+    base = tiny_model()
+    names = set(base.state_dict())
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)  # a trained adapter: the merge changes q_proj and v_proj
+    llm, loaded = fake_colocated(apply_model=lambda m: lambda fn: [fn(m)])
+    push_weights(llm, model)
+    assert set(loaded) == names
+    q = "model.layers.0.self_attn.q_proj.weight"
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(loaded[q], layer.base_layer.weight + layer.get_delta_weight("default"))
+    assert not torch.equal(loaded[q], layer.base_layer.weight)
+
+
 def test_load_llm_requests_processed_logprobs(fake_vllm):
     made: list[dict] = []
 

@@ -89,14 +89,14 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
 
         llm = colocated_llm(cfg, model_path, getattr(model, "config", None), device, seed)
         return _vllm_engine(llm, tok, retriever, cfg, eos_ids), lambda: push_weights(llm, model), False
+    from searche1.checkpoint import save_policy
     from searche1.io import atomic_dir
 
     client = _server_client(cfg)
 
     def sync() -> None:
         with atomic_dir(sync_dir, overwrite=True) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
+            save_policy(model, tok, tmp)  # HF layout; LoRA merged
         client.reload_weights(str(sync_dir.resolve()))
 
     return _vllm_engine(client, tok, retriever, cfg, eos_ids), sync, False

@@ -410,7 +410,7 @@ def _attr_path(obj: Any, path: str) -> Any:
 
 
 def push_weights(llm: Any, model: Any) -> int:
-    """Load the trainer's current weights (``model.state_dict()``, HF names) into a colocated ``vllm.LLM``; call it
+    """Load the trainer's current weights (HF names, LoRA merged) into a colocated ``vllm.LLM``; call it
     after each optimizer step, with no generation in flight. Returns the number of tensors pushed.
 
     Tried in order: the in-process model (``llm.llm_engine.model_executor.driver_worker[.worker].model_runner.model``:
@@ -422,9 +422,11 @@ def push_weights(llm: Any, model: Any) -> int:
     while inner := next((getattr(model, w) for w in ("_orig_mod", "module")  # torch.compile / DDP wrappers
                          if hasattr(getattr(model, w, None), "state_dict")), None):
         model = inner
+    from searche1.checkpoint import hf_state_dict
     from searche1.sharding import full_tensor
 
-    weights = [(k, full_tensor(v.detach())) for k, v in model.state_dict().items()]  # FSDP: gathered
+    # FSDP: gathered; LoRA: merged (vLLM's model has the HF names and no adapters)
+    weights = [(k, full_tensor(v.detach())) for k, v in hf_state_dict(model).items()]
 
     def load(m: Any) -> None:
         m.load_weights(weights)
