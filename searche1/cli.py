@@ -108,7 +108,10 @@ def serve(
         _fail(e)
     if cache_size:
         retriever = CachedRetriever(retriever, maxsize=cache_size)
-    limits = ServerLimits(max_queries=max_queries, max_topk=min(max_topk, 50))
+    try:
+        limits = ServerLimits(max_queries=max_queries, max_topk=min(max_topk, 50))
+    except ValueError as e:
+        _fail(e)
     application = create_app(retriever, limits, info=info)
     console.print(f"serving {what} on http://{host}:{port}")
     run_server(application, host=host, port=port)

@@ -65,3 +65,13 @@ def test_eval_direct_with_a_local_model_folder(tmp_path):
     assert "| tiny | 1 |" in r.output
     r = runner.invoke(app, ["eval", "--model", str(tmp_path / "nope"), "--data", str(data), "--mode", "direct"])
     assert r.exit_code == 2 and "embedded model" in r.output
+
+
+def test_serve_bad_limit_is_a_clean_error(tmp_path):
+    from tiny import PASSAGES
+
+    from searche1.retrieval.index import build_index
+
+    build_index(PASSAGES, tmp_path / "idx", show_progress=False)
+    r = runner.invoke(app, ["serve", "--index", str(tmp_path / "idx"), "--max-queries", "0"])
+    assert r.exit_code == 2 and "max_queries" in r.output and "Traceback" not in r.output
