@@ -30,6 +30,7 @@ How this departs from Search-R1:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ TURN_STOP_STRINGS: tuple[str, ...] = (SEARCH_CLOSE, ANSWER_CLOSE)
 NO_RESULTS = "No results found."
 
 _TAG_RE = re.compile(r"<(/?)(search|answer|information|think)>")
+_AFTER_ANSWER = re.compile(r"[^\s<]{0,8}<?\s*")  # what may follow </answer>: the rest of its token, whitespace
 _BLOCKS = ("think", "information")
 _ACTIONS = ("search", "answer")
 
@@ -285,7 +287,9 @@ def is_valid_format(response: str, *, max_searches: int | None = None) -> bool:
 
     The rule: ignoring free text and closed ``<think>`` blocks (allowed anywhere before the answer), the top-level
     elements are ``(search information)* answer``: every search is non-empty and directly followed by an information
-    block, there is exactly one answer, it is non-empty and nothing but whitespace follows it. Any stray tag (an
+    block, there is exactly one answer, it is non-empty and nothing but whitespace follows it, or the rest of the
+    token that closed it (up to 8 characters, no space or tag, right after ``</answer>``, e.g. SmolLM2's ``>.``: the
+    engines stop on the whole token that completes a stop string). Any stray tag (an
     unclosed or unopened search/answer/think/information tag) or unclosed block makes it invalid, so an episode cut
     off mid-turn or right after a search is invalid. ``max_searches`` optionally caps the number of searches.
     """
@@ -298,7 +302,7 @@ def is_valid_format(response: str, *, max_searches: int | None = None) -> bool:
         if e.kind in _ACTIONS and not e.content.strip():
             return False
         seq.append(e)
-    if not seq or seq[-1].kind != "answer" or response[seq[-1].end :].strip():
+    if not seq or seq[-1].kind != "answer" or not _AFTER_ANSWER.fullmatch(response[seq[-1].end :]):
         return False
     body = seq[:-1]
     if len(body) % 2:
@@ -329,9 +333,27 @@ def _truncate_all(texts: list[str], max_tokens: int | None, tokenizer: Any) -> l
             for t, ids in zip(texts, encoded)]
 
 
-def _clean(text: str) -> str:
-    """Remove protocol tags and collapse whitespace, so retrieved text cannot alter the episode's structure."""
+def _clean(text: str, specials: re.Pattern | None = None) -> str:
+    """Remove protocol tags (and ``specials``: the tokenizer's special-token strings) and collapse whitespace, so
+    retrieved text cannot alter the episode's structure."""
+    if specials is not None:
+        text = specials.sub(" ", text)
     return " ".join(_TAG_RE.sub(" ", text).split())
+
+
+def _special_tokens_re(tokenizer: Any) -> re.Pattern | None:
+    """The tokenizer's special-token strings (``<|im_end|>``, ...) as one pattern: a fast tokenizer encodes them
+    as control ids even with ``add_special_tokens=False``, so a passage holding one could end the episode or fake a
+    turn."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    found |= {getattr(t, "content", "") for t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values()
+              if getattr(t, "special", False)}
+    return _alternation(tuple(sorted((t for t in found if t), key=lambda t: (-len(t), t))))
+
+
+@functools.lru_cache(maxsize=8)
+def _alternation(strings: tuple[str, ...]) -> re.Pattern | None:
+    return re.compile("|".join(map(re.escape, strings))) if strings else None
 
 
 def format_information(hits: Sequence[Hit], tokenizer: Any = None, max_doc_tokens: int | None = 128) -> str:
@@ -347,12 +369,14 @@ def format_information(hits: Sequence[Hit], tokenizer: Any = None, max_doc_token
 def format_information_batch(hit_lists: Sequence[Sequence[Hit]], tokenizer: Any = None,
                              max_doc_tokens: int | None = 128) -> list[str]:
     """:func:`format_information` of each hit list, with every document of every list truncated in one batch."""
-    cut = iter(_truncate_all([_clean(h.text) for hits in hit_lists for h in hits], max_doc_tokens, tokenizer))
+    specials = _special_tokens_re(tokenizer) if tokenizer is not None else None
+    cut = iter(_truncate_all([_clean(h.text, specials) for hits in hit_lists for h in hits], max_doc_tokens,
+                             tokenizer))
     blocks = []
     for hits in hit_lists:
         lines = []
         for i, hit in enumerate(hits, start=1):
-            title = _clean(hit.title)
+            title = _clean(hit.title, specials)
             text = _clean(next(cut))
             head = f"Doc {i} (Title: {title})" if title else f"Doc {i}"
             lines.append(f"{head} {text}" if text else head)
