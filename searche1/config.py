@@ -169,7 +169,11 @@ def _apply(cls: type[T], data: dict, overrides: dict | None, where: str) -> T:
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or an empty section (`grpo:` alone reads as null)
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"{where}: --set {key}: {p} is {node[p]!r}, not a section")
+            node = node[p]
         node[leaf] = value
     try:
         return from_dict(cls, data)

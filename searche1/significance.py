@@ -49,6 +49,9 @@ def macro_em(rows: Sequence[Paired], which: str) -> float:
     return float(np.mean([np.mean(v) for v in by.values()]))
 
 
+_CHUNK = 1 << 22  # resampled indices held at once (32 MB)
+
+
 def paired_bootstrap(rows: Sequence[Paired], n_boot: int = 10_000, seed: int = 0) -> dict[str, float]:
     """Stratified paired bootstrap of Δ macro EM (module docstring): ``delta``, ``ci_low``, ``ci_high``,
     ``p_le_zero`` (fraction of resamples with Δ ≤ 0)."""
@@ -59,8 +62,10 @@ def paired_bootstrap(rows: Sequence[Paired], n_boot: int = 10_000, seed: int = 0
     diffs = np.zeros(n_boot)
     for members in groups.values():
         d = np.array([m.b - m.a for m in members])  # per-question difference
-        idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-        diffs += d[idx].mean(axis=1)
+        rows_per_chunk = max(1, _CHUNK // len(d))  # a 14k-question test set x 10k resamples would take ~2 GB at once
+        for s in range(0, n_boot, rows_per_chunk):  # consecutive draws: the same numbers as one big draw
+            idx = rng.integers(0, len(d), size=(min(rows_per_chunk, n_boot - s), len(d)))
+            diffs[s:s + len(idx)] += d[idx].mean(axis=1)
     diffs /= len(groups)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"delta": macro_em(rows, "b") - macro_em(rows, "a"), "ci_low": float(lo), "ci_high": float(hi),

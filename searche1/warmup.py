@@ -490,7 +490,8 @@ def run_warmup(model_spec: str | Path, index_dir_or_retriever: str | Path | Retr
     """Warm up ``model_spec`` (HF folder or embedded model name) and save it to ``out_dir``; returns ``out_dir``.
 
     Questions are drawn by :func:`sample_questions` until ``cfg.num_examples`` demonstrations are built (skipped
-    questions are replaced). The model is loaded in float32 with all weights trainable (bf16 only as autocast).
+    questions are replaced). The model is loaded in float32, trainable (all weights, or the top
+    ``model.train_layers``; bf16 only as autocast).
     ``out_dir`` is written atomically: the model (safetensors), the tokenizer and ``warmup.json`` (config, demo
     counts, training metrics, one example demonstration as text).
     """

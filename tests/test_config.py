@@ -135,3 +135,14 @@ def test_unquoted_on_off_reach_on_off_choices(tmp_path):
     assert load_config(TrainConfig, f, {"grpo.bf16": False}).grpo.bf16 == "off"  # --set grpo.bf16=off, parsed
     with pytest.raises(ConfigError, match="'c' is not one of"):
         from_dict(Outer, {"inner": {"kind": "c"}})
+
+
+def test_set_into_an_empty_yaml_section(tmp_path):
+    from searche1.train import TrainConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("grpo:\nrollout:\n  topk: 2\n")  # `grpo:` alone is null
+    cfg = load_config(TrainConfig, f, {"grpo.lr": 5e-6})
+    assert cfg.grpo.lr == 5e-6 and cfg.rollout.topk == 2
+    with pytest.raises(ConfigError, match="--set rollout.topk.x: topk is 2, not a section"):
+        load_config(TrainConfig, f, {"rollout.topk.x": 1})

@@ -97,3 +97,13 @@ def test_bad_samples_files_are_named(tmp_path):
         compare({("a", "1"): 1.0}, {("b", "1"): 1.0})
     r = CliRunner().invoke(app, ["compare", str(tmp_path / "x.json"), str(tmp_path / "y.json")])
     assert r.exit_code != 0 and "no per-question samples file" in r.output
+
+
+def test_bootstrap_in_chunks_draws_the_same_resamples(monkeypatch):
+    """Large test sets are resampled a chunk of rows at a time (bounded memory) with the same result."""
+    import searche1.significance as sig
+
+    rows = [sig.Paired(f"d{i % 3}", str(i), float(i % 2), float((i // 3) % 2 or i % 7 == 0)) for i in range(900)]
+    whole = sig.paired_bootstrap(rows, n_boot=2000, seed=5)
+    monkeypatch.setattr(sig, "_CHUNK", 1000)  # 3 resamples of a 300-question dataset per draw
+    assert sig.paired_bootstrap(rows, n_boot=2000, seed=5) == whole
