@@ -493,3 +493,14 @@ def test_stop_check_and_generation_eos_ids():
     assert Tok.calls == calls
     assert [generation_eos_ids(types.SimpleNamespace(eos_token_id=v)) for v in (None, 2, [2, 3])] == [(), (2,), (2, 3)]
     assert generation_eos_ids(None) == ()
+
+
+def test_a_peft_policy_gets_the_same_cache_argument_as_its_base(tok):
+    """A peft model's forward takes **kwargs: the KV-cache keyword is read off the base model (transformers 5:
+    `cache`; the `past_key_values` alias is deprecated)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model(tok)
+    plain = HFEngine(base, tok, tiny_retriever(), RolloutConfig())._cache_kw
+    lora = get_peft_model(tiny_model(tok), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert HFEngine(lora, tok, tiny_retriever(), RolloutConfig())._cache_kw == plain

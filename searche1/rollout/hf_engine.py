@@ -82,8 +82,10 @@ class HFEngine:
         self._ends_with_stop = tokens.StopCheck(tokenizer)
         import inspect
 
-        # transformers >= 5 calls the KV cache argument `cache`, earlier versions `past_key_values`
-        params = inspect.signature(model.forward).parameters
+        # transformers >= 5 calls the KV cache argument `cache`, earlier versions `past_key_values`; a peft model's
+        # forward takes **kwargs and hands them to its base model, whose signature decides
+        base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        params = inspect.signature(base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # ------------------------------------------------------------------------------------------------------------
