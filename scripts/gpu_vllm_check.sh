@@ -19,6 +19,9 @@
 #               server wheels gpu_payload.sh now carries)
 #   projection  benchmarks/projection.py --engine vllm: HF and vLLM decode of a Qwen2.5-3B-shaped model, hours per
 #               round on 8 GPUs (not yet run with vLLM; ~100 s with HF alone)
+#   eval        `searche1 eval` of the same dev questions (EVAL_N per dataset, 40) with --engine hf and --engine vllm
+#               (the demo's warmed model and index when `demo` ran, else the base model and a new BM25 index):
+#               evaluation seconds (settings.seconds: the engine's start not counted) and EM of each (not yet run)
 # A call runs at most 10 minutes: split the stages over calls to a warm machine. Results are copied to $OUT (the
 # device tool returns at most 8 files, two folders down).
 set -uo pipefail
@@ -76,4 +79,21 @@ if has projection; then
   timeout "${PLIMIT:-300}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj/projection.json \
     > /tmp/projection.log 2>&1
   echo "projection exit $?"; cp /tmp/proj/projection.json "$OUT/" 2>/dev/null; tail -20 /tmp/projection.log
+fi
+if has eval; then
+  if [ -f /tmp/gc/gpu_check.json ]; then
+    read -r model index < <(python3 -c "import json; p = json.load(open('/tmp/gc/gpu_check.json'))['paths']; \
+print(p['warm'], p['index'])")
+  else
+    model=smollm2-135m-instruct index=/tmp/eval-index
+    [ -d $index ] || python3 -m searche1 index --corpus /tmp/data/searchqa/corpus.jsonl --out $index > /dev/null
+  fi
+  for engine in hf vllm; do
+    timeout "${ELIMIT:-240}" python3 -m searche1 eval --model "$model" --index "$index" --engine $engine \
+      --data /tmp/data/searchqa/dev --limit "${EVAL_N:-40}" --vllm-kwargs "$KW" --out "$OUT/eval_$engine.json" \
+      > "/tmp/eval_$engine.log" 2>&1
+    echo "eval $engine exit $?"; tail -14 "/tmp/eval_$engine.log"
+  done
+  python3 -c "import json; r = {e: json.load(open(f'$OUT/eval_{e}.json')) for e in ('hf', 'vllm')}; \
+print({e: (v['settings']['seconds'], v['average']['em']) for e, v in r.items()})" 2>&1 | tee "$OUT/eval_timing.txt"
 fi
