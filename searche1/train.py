@@ -379,7 +379,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             policy_loss, updates = policy_loss + total, updates + 1
         t_train = time.perf_counter() - t1
         local = {**rollout_metrics(eps), **adv_metrics, "time/rollout_s": t_roll, "time/reward_s": t_reward,
-                 "time/train_s": t_train, "time/step_s": time.perf_counter() - t0, "time/step_cpu_s": time.process_time() - cpu0}
+                 "time/train_s": t_train, "time/step_s": time.perf_counter() - t0,
+                 "time/step_cpu_s": time.process_time() - cpu0}
         parts = d.gather((local, float(len(eps)), gap, losses.state()))
         metrics = {**merge_metrics([(m, w) for m, w, *_ in parts]), **LossStats.merge([p[3] for p in parts]),
                    "grad/norm": grad_norm,

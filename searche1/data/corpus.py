@@ -44,7 +44,8 @@ def _read_error(path: Path, e: BaseException, line: int) -> DataError:
         return DataError(path, f"corrupt gzip data ({e})", line=line,
                          fix="download or copy it again; `gzip -t FILE` checks a .gz file")
     return DataError(path, f"cannot read the file: {type(e).__name__}: {e}", line=line,
-                     fix="check the file is readable and the disk healthy" + ("; `gzip -t FILE` checks it" if gz else ""))
+                     fix="check the file is readable and the disk healthy"
+                         + ("; `gzip -t FILE` checks it" if gz else ""))
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
