@@ -2,7 +2,7 @@
 
 A metric *collapses* when its value stays below ``drop`` × its recent level (the mean of the previous ``window``
 steps) for ``patience`` consecutive steps, and that recent level was meaningful (above ``min_level``). The trainer
-warns, and with ``rollback_on_collapse`` reloads the last good checkpoint and multiplies the learning rate by
+flags every step in collapse (``health/collapse``), warns once when a collapse begins, and with ``rollback_on_collapse`` reloads the last good checkpoint and multiplies the learning rate by
 ``lr_factor``. The last good checkpoint is the newest one saved before the weights that sampled the first low step:
 step ``s - streak - 1`` or older, where step ``s`` is the collapse's and ``streak`` its low steps so far (a step's
 rollouts are sampled with the weights of the step before it).
@@ -43,7 +43,7 @@ class CollapseDetector:
         self.low = {k: 0 for k in cfg.watch}
 
     def update(self, metrics: dict) -> list[str]:
-        """Feed one step's metrics; returns the names of metrics that have just collapsed."""
+        """Feed one step's metrics; returns the names of metrics in collapse (low for ``patience`` steps or more)."""
         collapsed = []
         for k in self.cfg.watch:
             if k not in metrics:
@@ -59,6 +59,11 @@ class CollapseDetector:
             self.low[k] = 0
             hist.append(v)
         return collapsed
+
+    def just_collapsed(self, names: list[str]) -> list[str]:
+        """Those of ``names`` (from :meth:`update`) whose collapse began this step: a metric that stays low stays
+        collapsed, and is returned by ``update`` every step, but is new only once."""
+        return [k for k in names if self.low[k] == self.cfg.patience]
 
     def streak(self, names: list[str]) -> int:
         """The longest current run of low steps among ``names``."""

@@ -397,9 +397,10 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             metrics = d.gather(metrics)[0]  # every rank takes rank 0's view (collapse decisions agree)
         collapsed = health.update(metrics)
         if collapsed:
+            metrics["health/collapse"] = 1.0
+        if collapsed := health.just_collapsed(collapsed):  # act once per collapse, not on every low step after it
             log.warning("step %d: collapse of %s (far below the recent level for %d steps)",
                         step, ", ".join(collapsed), cfg.health.patience)
-            metrics["health/collapse"] = 1.0
             d.barrier()
             # the first low step's rollouts came from the weights saved at its previous step: those are bad too
             last = checkpoint_at_or_before(out, step - health.streak(collapsed) - 1)

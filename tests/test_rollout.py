@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from searche1 import protocol
+from searche1.config import ConfigError
 from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit
 from searche1.rollout.hf_engine import HFEngine
@@ -504,3 +505,10 @@ def test_a_peft_policy_gets_the_same_cache_argument_as_its_base(tok):
     plain = HFEngine(base, tok, tiny_retriever(), RolloutConfig())._cache_kw
     lora = get_peft_model(tiny_model(tok), LoraConfig(r=4, target_modules=["q_proj"]))
     assert HFEngine(lora, tok, tiny_retriever(), RolloutConfig())._cache_kw == plain
+
+
+def test_rollout_config_rejects_nonpositive_block_sizes():
+    """A zero or negative passage/block cap would cut every block to its closing tag (or past it): refused."""
+    for name in ("max_doc_tokens", "max_info_tokens"):
+        with pytest.raises(ConfigError, match=f"{name}: must be >= 1"):
+            RolloutConfig(**{name: 0}).validate()

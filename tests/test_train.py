@@ -5,6 +5,7 @@ runs use an episode reward that depends on the sampled tokens (first sampled tok
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -346,6 +347,24 @@ def test_collapse_rolls_back_to_a_checkpoint_from_before_the_low_steps(tmp_path)
     rows = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=reward))
     assert [r.get("health/rollback_to") for r in rows] == [None, None, None, None, 2]
     assert rows[-1]["health/collapse"] == 1.0
+
+
+def test_collapse_warns_once_and_flags_every_low_step(tmp_path, caplog):
+    """Without rollback the run stays low: every step in collapse is flagged in the metrics, but the warning is given
+    once, when the collapse begins (it used to repeat on every step)."""
+    calls = [0]
+
+    def reward(ep):
+        calls[0] += 1
+        r = float(calls[0] <= 2 * 6)  # 6 episodes per step: reward 1 for steps 1-2, then 0
+        return r, {"reward/em": r, "reward/f1": r}
+
+    cfg = make_config(tmp_path, steps=7, save_every=100)
+    cfg.health = from_dict(type(cfg.health), {"watch": ["reward/em"], "window": 2, "patience": 2})
+    with caplog.at_level(logging.WARNING, logger="searche1.train"):
+        rows = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=reward))
+    assert [r.get("health/collapse") for r in rows] == [None, None, None, 1.0, 1.0, 1.0, 1.0]
+    assert sum("collapse of reward/em" in m for m in caplog.messages) == 1
 
 
 def test_max_grad_norm_zero_disables_clipping(tmp_path):

@@ -106,7 +106,8 @@ class RolloutConfig:
                               "(fix: engine: vllm, or vllm_stream_turns: false)")
         if self.engine not in ("hf", "vllm", "vllm-server"):
             raise ConfigError(f"engine: unknown '{self.engine}' (fix: use one of: hf, vllm, vllm-server)")
-        for name in ("max_turn_tokens", "max_total_tokens", "batch_size", "topk", "vllm_server_concurrency"):
+        for name in ("max_turn_tokens", "max_total_tokens", "max_doc_tokens", "max_info_tokens", "batch_size", "topk",
+                     "vllm_server_concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
 
