@@ -11,7 +11,8 @@ saved). ``--resume`` skips finished phases, continues an interrupted GRPO phase 
 restarts an interrupted OFSD phase from its beginning (an OFSD phase is short and its only state is the model).
 Each phase starts from the previous phase's output; the first from ``model.name_or_path``. A GRPO round goes on
 through the training questions where the previous round stopped (its data cursor is recorded in ``pipeline.json``):
-round 2 does not replay round 1's questions. With a vLLM rollout
+round 2 does not replay round 1's questions. With ``grpo.kl_beta > 0`` every round's KL reference is the
+pipeline's starting model (``grpo.kl_reference: initial``; ``round_start``: the round's own starting model). With a vLLM rollout
 engine (``rollout.engine``) the OFSD phases sample their groups with it too: the process's colocated engine is
 reused and gets the phase's starting weights pushed first (a server reloads them by path).
 
@@ -87,7 +88,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
         phase_cfg = replace(cfg, model=replace(cfg.model, name_or_path=str(model_path)))
         if kind == "grpo":
             run_grpo(phase_cfg, pdir, resume=(pdir / "metrics.jsonl").exists(), progress=progress,
-                     episode_reward=episode_reward, data_cursor=cursor)
+                     episode_reward=episode_reward, data_cursor=cursor,
+                     reference=cfg.model.name_or_path if cfg.grpo.kl_reference == "initial" else None)
             result_model = latest_checkpoint(pdir)
             cursor = json.loads((result_model / STATE_FILE).read_text())["cursor"]
             metrics = {}

@@ -66,7 +66,10 @@ class GRPOConfig:
     clip_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + clip_high"})
     advantage: str = field(default="grpo", metadata={"help": "grpo ((r-mean)/std) | no_std"})
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean | seq_mean_token_mean | dr_grpo"})
-    kl_beta: float = field(default=0.0, metadata={"help": "k3 KL to the initial policy; 0 = off (Search-E1)"})
+    kl_beta: float = field(default=0.0, metadata={"help": "k3 KL to the reference policy; 0 = off (Search-E1)"})
+    kl_reference: Literal["initial", "round_start"] = field(default="initial", metadata={
+        "help": "the KL reference in a pipeline: initial = the pipeline's starting model (model.name_or_path) in "
+                "every round; round_start = each GRPO round's starting model (after the OFSD phase before it)"})
     skip_zero_std_groups: bool = field(default=False, metadata={"help": "drop groups whose rewards are all "
                                                                   "equal (and their tokens from the loss normaliser)"})
     reward: str = field(default="em", metadata={"help": "em | f1"})
@@ -194,13 +197,16 @@ def rollout_metrics(eps: list[Episode]) -> dict:
 
 def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
              stop_after: int | None = None,
-             episode_reward: Callable[[Episode], tuple[float, dict]] | None = None, data_cursor: int = 0) -> Path:
+             episode_reward: Callable[[Episode], tuple[float, dict]] | None = None, data_cursor: int = 0,
+             reference: str | None = None) -> Path:
     """Train with GRPO per ``cfg`` into ``out_dir`` (metrics.jsonl, checkpoints/, config.json); returns ``out_dir``.
 
     ``resume`` continues from the newest complete checkpoint. ``stop_after`` ends this invocation after that many
     steps (interruption tests). ``episode_reward`` replaces the registered answer reward ``cfg.grpo.reward`` with a
     function of the whole episode (custom rewards, tests). ``data_cursor``: questions already used (a pipeline's
-    later GRPO rounds go on through the data where the previous round stopped); a checkpoint's cursor wins."""
+    later GRPO rounds go on through the data where the previous round stopped); a checkpoint's cursor wins.
+    ``reference``: the KL reference model's folder when ``grpo.kl_beta > 0`` (default ``model.name_or_path``; a
+    pipeline passes its starting model, see ``grpo.kl_reference``)."""
     from tqdm.auto import tqdm
 
     from searche1.algos import get_advantage, get_policy_loss, kl_k3, token_logprobs
@@ -258,7 +264,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     if full:
         shard_model(model, d, device)
     eval_model = getattr(engine, "model", model) if full else model  # rank 0's dev evals: unsharded weights
-    ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device})
+    ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
+                             "name_or_path": reference or cfg.model.name_or_path})
     ref_model = load_policy(ref_cfg)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     autocast = use_bf16(g.bf16, device)
     questions = [q for f in cfg.data.train for q in load_qa(f)]

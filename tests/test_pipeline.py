@@ -102,3 +102,26 @@ def test_gradient_checkpointing_gives_the_same_pipeline(tmp_path):
         assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6), k
     state = json.loads((tmp_path / "ckpt" / "pipeline.json").read_text())
     assert state["phases"][1]["metrics"]["ofsd/pairs"] > 0  # the OFSD phase did train
+
+
+@pytest.mark.parametrize("kl_reference", ["initial", "round_start"])
+def test_kl_reference_of_later_rounds(tmp_path, monkeypatch, kl_reference):
+    """With a KL penalty, round 2's reference is the pipeline's starting model (grpo.kl_reference: initial, as the
+    help of grpo.kl_beta says), not the OFSD output it starts from, unless round_start is asked for."""
+    import searche1.models
+
+    cfg = pipeline_config(tmp_path)
+    cfg.grpo = from_dict(type(cfg.grpo), {**to_dict(cfg.grpo), "kl_beta": 0.01, "kl_reference": kl_reference})
+    cfg.schedule = ["grpo", "ofsd", "grpo"]
+    loaded, real = [], searche1.models.load_policy
+
+    def spy(model_cfg, trainable=False):
+        loaded.append((str(model_cfg.name_or_path), trainable))
+        return real(model_cfg, trainable=trainable)
+
+    monkeypatch.setattr(searche1.models, "load_policy", spy)
+    run_pipeline(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    refs = [path for path, trainable in loaded if not trainable]
+    start = state["phases"][1]["model"] if kl_reference == "round_start" else cfg.model.name_or_path
+    assert refs[0] == cfg.model.name_or_path and refs[-1] == start
