@@ -26,7 +26,8 @@ retrieved so far, so a model could in principle have written the same query:
 * HotpotQA-style (``metadata["gold_doc_ids"]`` and a retriever that exposes its passages): the title of a gold
   passage not retrieved yet, e.g. ``"Adriana Trigiani"``.
 
-Each segment is tokenised on its own (``add_special_tokens=False``), so a demonstration has exactly the token layout
+Each segment is tokenised on its own (``add_special_tokens=False``; the prompt gets the tokenizer's BOS when it adds
+one, :func:`searche1.rollout.tokens.encode_prompts`), so a demonstration has exactly the token layout
 of a rollout: prompt ids (no loss), policy-turn ids (loss), information ids (no loss), ... Training
 (:func:`train_warmup`) puts the loss on policy tokens only. An optional short ``<think>`` sentence
 (``think_prob``, seeded per question) varies the surface.

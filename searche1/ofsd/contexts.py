@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 from searche1 import protocol
 from searche1.errors import ConfigError
 from searche1.ofsd.pairs import Pair, is_correct
+from searche1.rollout.tokens import encode_prompts
 from searche1.rollout.types import Episode
 
 __all__ = [
@@ -188,11 +189,12 @@ def student_sequence(pair: Pair) -> tuple[list[int], list[int]]:
 def teacher_sequence(pair: Pair, tokenizer: Any, context: str | ContextFn = DEFAULT_CONTEXT, *,
                      chat: bool | None = None, max_searches: int | None = 4, show_information: bool = True,
                      show_answer: bool = True) -> TeacherSequence:
-    """Teacher prompt (``context`` rendered, tokenised with ``add_special_tokens=False``) + the student's response."""
+    """Teacher prompt (``context`` rendered, tokenised like the student's prompt: ``add_special_tokens=False`` plus
+    the tokenizer's BOS when it adds one, :func:`searche1.rollout.tokens.encode_prompts`) + the student's response."""
     fn = get_context(context) if isinstance(context, str) else context
     text = fn(pair, tokenizer, chat=chat, max_searches=max_searches, show_information=show_information,
               show_answer=show_answer)
-    prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    prompt = encode_prompts(tokenizer, [text])[0]
     s = pair.student
     if len(s.policy_mask) != len(s.response_ids):
         raise ValueError(f"student episode has {len(s.response_ids)} response ids but {len(s.policy_mask)} mask "

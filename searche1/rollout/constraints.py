@@ -3,7 +3,8 @@
 A logits hook for :class:`~searche1.rollout.hf_engine.HFEngine`. While the text of the current turn (leading
 whitespace ignored) is still a proper prefix of an allowed opener, only tokens that keep it a prefix, or complete an
 opener, may be sampled; once an opener is complete the policy is free. Pure-whitespace tokens and EOS are not allowed
-at a turn start (so a turn cannot stall or end without acting).
+at a turn start (so a turn cannot stall or end without acting). A token's text is read in context
+(:func:`continuation_texts`), so SentencePiece word-boundary pieces (``'▁search'``) count with their space.
 
 Sampling uses the constrained distribution, while the recorded log-probs stay those of the unconstrained policy
 (what a trainer recomputes). This is an option for the evaluation of un-warmed models; the default is free decoding,
@@ -17,12 +18,25 @@ import torch
 OPENERS = ("<search>", "<answer>", "<think>")
 
 
+def continuation_texts(tokenizer) -> list[str]:
+    """Each token id's text as it reads *inside* a sequence: decoded behind an anchor token (``"a"``), whose text is
+    then cut off. Decoding a token alone is not enough for a SentencePiece tokenizer (Llama, Mistral): its decoder
+    strips the leading space of the first token, so ``'▁search'`` would read ``'search'`` and ``'<'`` + ``'▁search'``
+    (text ``'< search'``) would pass as a prefix of ``<search>``."""
+    anchor = tokenizer.convert_ids_to_tokens(list(tokenizer("a", add_special_tokens=False)["input_ids"]))
+    head = tokenizer.convert_tokens_to_string(anchor)
+    out = []
+    for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
+        s = tokenizer.convert_tokens_to_string(anchor + [t]) if t is not None else head
+        out.append(s[len(head):] if s.startswith(head) else s)
+    return out
+
+
 class TurnStartConstraint:
     def __init__(self, tokenizer, openers: tuple[str, ...] = OPENERS) -> None:
         self.tok = tokenizer
         self.openers = openers
-        self.vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        self.vocab = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in self.vocab]
+        self.vocab = continuation_texts(tokenizer)
         self._allowed: dict[str, torch.Tensor] = {}
 
     def _ok(self, text: str) -> bool:

@@ -2,6 +2,15 @@
 
 Rollout engines and the format warm-up both build sequences from these two functions, so demonstrations and
 rollouts have exactly the same token layout.
+
+Segments are encoded one by one (never the decoded episode re-encoded), which matters for SentencePiece tokenizers
+(Llama, Mistral):
+
+* a prompt starts with the tokenizer's BOS when the tokenizer adds one by default (:func:`encode_prompts`; also
+  for the plain, non-chat prompt), once: a chat template that writes ``{{ bos_token }}`` is not given a second;
+* a retrieved block continues a sequence, so the word-boundary ``'▁'`` such a tokenizer puts in front of every text
+  it encodes is dropped (:func:`encode_continuations`): the model sees ``</search>\\n\\n<information>``, not
+  ``</search> \\n\\n<information>``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,52 @@ def encode_batch(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """:func:`encode` of many texts in one tokenizer call: a fast tokenizer encodes them in parallel (on a 2-core
     CPU ~2x faster per text than one call each: its BPE costs ~3 us a token)."""
     return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """``[bos_token_id]`` when the tokenizer puts BOS in front of a text it encodes with its defaults (Llama- and
+    Mistral-style tokenizers, ``add_bos_token=True``), else ``[]`` (GPT-2-style BPE such as SmolLM2, Qwen)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return []
+    return [bos] if list(tokenizer("a")["input_ids"][:1]) == [bos] else []
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Rendered prompts (whole sequences' starts) as ids: :func:`encode_batch` plus the tokenizer's BOS
+    (:func:`bos_prefix`) where the text does not already encode to it (a chat template holding ``{{ bos_token }}``),
+    so a prompt has exactly one BOS, as ``tokenizer(text)`` gives it. Every prompt a model samples from or is
+    scored on goes through here: the agent prompt, the OFSD teacher prompt."""
+    bos = bos_prefix(tokenizer)
+    return [bos + ids if bos and ids[:1] != bos else ids for ids in encode_batch(tokenizer, texts)]
+
+
+def _word_boundary_prefix(tokenizer: Any) -> bool:
+    """Does the tokenizer put a SentencePiece word boundary ('▁') in front of every text (``add_dummy_prefix``)?"""
+    ids = encode(tokenizer, "<")
+    return bool(ids) and str(tokenizer.convert_ids_to_tokens(ids[0])).startswith("▁")
+
+
+def encode_continuations(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """:func:`encode_batch` of texts that continue a sequence. A tokenizer with a word-boundary prefix (Llama,
+    Mistral) encodes ``'\\n\\n<information>'`` as ``'▁', '\\n', ...`` and ``'</information>'`` as ``'▁</', ...``,
+    a space that is not in the text; where a text does not start with a space that prefix is dropped: a lone ``'▁'``
+    id is removed, a merged piece is replaced by the piece without it (kept when the vocabulary lacks that piece).
+    Other tokenizers are unaffected."""
+    out = encode_batch(tokenizer, texts)
+    if not _word_boundary_prefix(tokenizer):
+        return out
+    for ids, text in zip(out, texts):
+        piece = str(tokenizer.convert_ids_to_tokens(ids[0])) if ids else ""
+        if text.startswith(" ") or not piece.startswith("▁"):
+            continue
+        if piece == "▁":
+            del ids[0]
+            continue
+        alt = tokenizer.convert_tokens_to_ids(piece[1:])
+        if alt is not None and alt != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(alt) == piece[1:]:
+            ids[0] = alt
+    return out
 
 
 def generation_eos_ids(generation_config: Any) -> tuple[int, ...]:
@@ -76,12 +131,13 @@ def prompt_batch(tokenizer: Any, questions: Sequence[str], cfg: RolloutConfig) -
     share one list: copy before changing it."""
     distinct = list(dict.fromkeys(questions))
     texts = [protocol.build_prompt(q, tokenizer, chat=cfg.chat, max_searches=cfg.max_searches) for q in distinct]
-    ids = dict(zip(distinct, encode_batch(tokenizer, texts)))
+    ids = dict(zip(distinct, encode_prompts(tokenizer, texts)))
     return [ids[q] for q in questions]
 
 
 def prompt_ids(tokenizer: Any, question: str, cfg: RolloutConfig) -> list[int]:
-    """The agent's inference prompt (chat template when the tokenizer has one, unless ``cfg.chat`` is False)."""
+    """The agent's inference prompt (chat template when the tokenizer has one, unless ``cfg.chat`` is False), with
+    the tokenizer's BOS when it adds one (:func:`encode_prompts`)."""
     return prompt_batch(tokenizer, [question], cfg)[0]
 
 
@@ -93,11 +149,12 @@ def info_ids(tokenizer: Any, hits: Sequence[Hit], cfg: RolloutConfig) -> list[in
 
 def info_ids_batch(tokenizer: Any, hit_lists: Sequence[Sequence[Hit]], cfg: RolloutConfig) -> list[list[int]]:
     """:func:`info_ids` of each hit list (a turn's searches), every passage and block encoded in one batch."""
-    blocks = encode_batch(tokenizer, protocol.format_information_batch(hit_lists, tokenizer, cfg.max_doc_tokens))
+    blocks = encode_continuations(tokenizer, protocol.format_information_batch(hit_lists, tokenizer,
+                                                                              cfg.max_doc_tokens))
     tail = None
     for k, ids in enumerate(blocks):
         if len(ids) > cfg.max_info_tokens:
-            tail = tail or encode(tokenizer, protocol.INFO_CLOSE + "\n\n")
+            tail = tail or encode_continuations(tokenizer, [protocol.INFO_CLOSE + "\n\n"])[0]
             blocks[k] = ids[: max(0, cfg.max_info_tokens - len(tail))] + tail
     return blocks
 
