@@ -29,7 +29,7 @@ from searche1.data.types import QAExample
 from searche1.errors import ConfigError
 from searche1.rewards import exact_match, f1_score
 from searche1.rollout.types import Episode, RolloutConfig
-from searche1.rollout.tokens import encode_batch
+from searche1.rollout.tokens import encode_prompts
 
 Mode = Literal["agent", "naive-rag", "direct"]
 MODES = ("agent", "naive-rag", "direct")
@@ -130,9 +130,9 @@ def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], 
             if cfg.mode == "naive-rag":
                 hits = retriever.search([e.question for e in exs], cfg.topk)
                 passages = protocol.format_information_batch(hits, tokenizer, cfg.max_doc_tokens)
-            prompts = encode_batch(tokenizer, [protocol.build_baseline_prompt(e.question, tokenizer, passages=p,
-                                                                              chat=rcfg.chat)
-                                               for e, p in zip(exs, passages)])
+            prompts = encode_prompts(tokenizer, [protocol.build_baseline_prompt(e.question, tokenizer, passages=p,
+                                                                                chat=rcfg.chat)
+                                                 for e, p in zip(exs, passages)])
         eps = engine.run(exs, prompts=prompts, progress=bar.update)
         for ep in eps:
             clean = tokenizer.decode(ep.response_ids, skip_special_tokens=True)

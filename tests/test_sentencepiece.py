@@ -198,3 +198,22 @@ def test_stop_check_on_sentencepiece_pieces(sp_tok, text):
         assert check.first_end(ids, len(ids), eos) == (len(ids) - 1, "stop")
         assert check.first_end(ids + [sp_tok.eos_token_id], len(ids) + 1, eos) == (len(ids) - 1, "stop")
     assert check.first_end(tokens.encode(sp_tok, "<search> x </searc"), 99, eos) is None
+
+
+@pytest.mark.parametrize("mode", ["direct", "naive-rag"])
+def test_baseline_eval_prompts_start_with_bos(sp_tok, mode):
+    """The direct and naive-RAG baselines' prompts get the tokenizer's BOS as the agent prompt does."""
+    from searche1.evaluate import EvalConfig, evaluate
+    from searche1.rollout.types import Episode, StopReason
+
+    seen: list[list[int]] = []
+
+    class Spy:  # an engine that records its prompts and answers nothing
+        def run(self, exs, *, prompts=None, progress=None, **_):
+            seen.extend(prompts)
+            return [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
+                            prompt_ids=list(p), stop_reason=StopReason.PARSE_ERROR) for e, p in zip(exs, prompts)]
+
+    exs = _examples(3)
+    evaluate(None, sp_tok, tiny_retriever(), {"tiny": exs}, EvalConfig(mode=mode), progress=False, engine=Spy())
+    assert len(seen) == 3 and all(p[0] == sp_tok.bos_token_id and p.count(sp_tok.bos_token_id) == 1 for p in seen)
