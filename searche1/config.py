@@ -20,6 +20,16 @@ from searche1.errors import ConfigError
 
 T = TypeVar("T")
 
+#: fields of earlier versions (dotted path) -> what replaced them, so an old config fails with the fix
+RENAMED = {
+    "grpo.shard_optimizer": "an earlier version's field, replaced by grpo.sharding (fix: sharding: optimizer for "
+                            "true; drop the line for false)",
+    "ofsd.shard_optimizer": "an earlier version's field, replaced by ofsd.sharding (fix: sharding: optimizer for "
+                            "true; drop the line for false)",
+    "retrieval.topk": "an earlier version's field, moved to rollout.topk (fix: set rollout.topk, the passages per "
+                      "search)",
+}
+
 
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
@@ -109,7 +119,10 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         k = unknown[0]
         close = difflib.get_close_matches(str(k), list(fields), n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"valid fields: {', '.join(fields)}"
-        raise ConfigError(f"{path + '.' if path else ''}{k}: unknown field of {cls.__name__} ({hint})")
+        dotted = f"{path + '.' if path else ''}{k}"
+        if dotted in RENAMED:
+            raise ConfigError(f"{dotted}: {RENAMED[dotted]}")
+        raise ConfigError(f"{dotted}: unknown field of {cls.__name__} ({hint})")
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
@@ -148,7 +161,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A YAML mapping; ``extends: other.yaml`` (relative to this file) loads that file first and merges this one
     over it, section by section."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (fix: pass an existing YAML file, e.g. configs/demo-cpu.yaml)")
+        raise ConfigError(f"{path}: config file not found (fix: pass an existing YAML file, e.g. "
+                          "configs/demo-cpu.yaml)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

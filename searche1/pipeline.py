@@ -12,9 +12,9 @@ restarts an interrupted OFSD phase from its beginning (an OFSD phase is short an
 Each phase starts from the previous phase's output; the first from ``model.name_or_path``. A GRPO round goes on
 through the training questions where the previous round stopped (its data cursor is recorded in ``pipeline.json``):
 round 2 does not replay round 1's questions. With ``grpo.kl_beta > 0`` every round's KL reference is the
-pipeline's starting model (``grpo.kl_reference: initial``; ``round_start``: the round's own starting model). With a vLLM rollout
-engine (``rollout.engine``) the OFSD phases sample their groups with it too: the process's colocated engine is
-reused and gets the phase's starting weights pushed first (a server reloads them by path).
+pipeline's starting model (``grpo.kl_reference: initial``; ``round_start``: the round's own starting model). With a
+vLLM rollout engine (``rollout.engine``) the OFSD phases sample their groups with it too: the process's colocated
+engine is reused and gets the phase's starting weights pushed first (a server reloads them by path).
 
 Under a launcher (``accelerate launch`` / ``torchrun``, :mod:`searche1.distributed`) every phase runs data-parallel
 on all ranks; rank 0 writes ``pipeline.json``, the configs and the phase models, the other ranks wait at barriers
@@ -49,6 +49,16 @@ class PipelineConfig(TrainConfig):
         bad = [p for p in self.schedule if p not in PHASES]
         if bad or not self.schedule:
             raise ConfigError(f"schedule: {bad[0] if bad else '[]'!r} is not a phase; valid phases: grpo, ofsd")
+        # the GRPO names resolve only when training starts (after the model is loaded and --out written): check
+        # them here, so a typo fails before anything is loaded or written
+        from searche1.algos import get_advantage, get_policy_loss
+        from searche1.rewards import get_reward
+
+        for name, get in (("advantage", get_advantage), ("loss_agg", get_policy_loss), ("reward", get_reward)):
+            try:
+                get(getattr(self.grpo, name))
+            except ConfigError as e:
+                raise ConfigError(f"grpo.{name}: {e}") from None
 
 
 def _phase_dir(out: Path, i: int, kind: str) -> Path:

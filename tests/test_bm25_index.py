@@ -105,9 +105,18 @@ def test_index_folder_roundtrip_and_atomicity(tmp_path, bm25):
 
 def test_failed_build_leaves_nothing(tmp_path):
     out = tmp_path / "idx"
-    with pytest.raises(ValueError, match="empty corpus"):
+    with pytest.raises(DataError, match="no passages"):
         build_index([], out, kind="bm25", show_progress=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_empty_corpus_file_is_a_data_error(tmp_path):
+    """`searche1 index --corpus EMPTY` was a ValueError traceback from bm25s; now a DataError naming the file."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: holds no passages") as e:
+        build_index(empty, tmp_path / "idx", show_progress=False)
+    assert "fix:" in str(e.value) and not (tmp_path / "idx").exists()
 
 
 def test_build_from_file_and_bad_index(tmp_path):

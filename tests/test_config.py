@@ -146,3 +146,16 @@ def test_set_into_an_empty_yaml_section(tmp_path):
     assert cfg.grpo.lr == 5e-6 and cfg.rollout.topk == 2
     with pytest.raises(ConfigError, match="--set rollout.topk.x: topk is 2, not a section"):
         load_config(TrainConfig, f, {"rollout.topk.x": 1})
+
+
+@pytest.mark.parametrize("key, needle", [
+    ("grpo.shard_optimizer", "grpo.shard_optimizer: an earlier version's field, replaced by grpo.sharding"),
+    ("ofsd.shard_optimizer", "ofsd.shard_optimizer: an earlier version's field, replaced by ofsd.sharding"),
+    ("retrieval.topk", "retrieval.topk: an earlier version's field, moved to rollout.topk"),
+])
+def test_a_config_of_an_earlier_version_names_the_replacement(key, needle):
+    """Fields renamed or moved since an earlier version fail with their replacement, not a list of valid fields."""
+    from searche1.pipeline import PipelineConfig
+
+    with pytest.raises(ConfigError, match=needle):
+        load_config(PipelineConfig, None, {key: True})

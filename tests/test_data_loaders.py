@@ -300,6 +300,28 @@ def test_qa_unrecognised_file_type(tmp_path: Path) -> None:
         load_qa(tmp_path / "missing.jsonl")
 
 
+def test_qa_empty_file_is_an_error(tmp_path: Path) -> None:
+    """An empty QA file was read as no questions: `data check` printed nothing and `eval` loaded the model and
+    printed a table of nan."""
+    f = tmp_path / "dev.jsonl"
+    f.write_text("\n")
+    with pytest.raises(DataError, match="holds no questions") as exc:
+        load_qa(f)
+    assert_error(exc, f, None, None)
+    with pytest.raises(DataError, match="dev.jsonl: holds no questions"):
+        load_qa_files([f])
+
+
+@pytest.mark.parametrize("suffix, hint", [(".csv", "pd.read_csv('{src}').to_json('{dst}'"),
+                                          (".json", "jq -c '.[]' {src} > {dst}")])
+def test_qa_csv_or_json_array_gets_a_conversion_hint(tmp_path: Path, suffix: str, hint: str) -> None:
+    f = tmp_path / f"dev{suffix}"
+    f.write_text("question,answer\nwho?,x\n" if suffix == ".csv" else '[{"question": "who?", "answer": "x"}]')
+    with pytest.raises(DataError, match="accepted formats") as exc:
+        load_qa(f)
+    assert hint.format(src=f, dst=tmp_path / "dev.jsonl") in str(exc.value)
+
+
 def test_qa_files_folder_and_write(tmp_path: Path) -> None:
     d = tmp_path / "dev"
     d.mkdir()

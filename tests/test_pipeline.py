@@ -87,6 +87,19 @@ def test_schedule_validation():
         from_dict(PipelineConfig, {"data": {"train": ["x"]}, "schedule": ["grpo", "sft"]})
 
 
+@pytest.mark.parametrize("key, value, needle", [
+    ("advantage", "foo", "grpo.advantage: unknown advantage 'foo'"),
+    ("loss_agg", "sum", "grpo.loss_agg: unknown policy loss 'sum'"),
+    ("reward", "acc", "grpo.reward: unknown reward 'acc'"),
+])
+def test_grpo_names_fail_when_the_config_loads(key, value, needle):
+    """A mistyped registry name failed only once training started, after the model loaded and --out got a
+    config.json and an empty metrics.jsonl, so the corrected command then refused the folder ("already holds a
+    run"). It now fails with the config."""
+    with pytest.raises(ConfigError, match=needle):
+        from_dict(PipelineConfig, {"data": {"train": ["x"]}, "grpo": {key: value}})
+
+
 def test_gradient_checkpointing_gives_the_same_pipeline(tmp_path):
     """model.gradient_checkpointing only trades compute for memory: GRPO → OFSD → GRPO ends with the same weights
     (the OFSD phase trains with it too; its rollouts and teacher pass run in eval mode with the KV cache)."""

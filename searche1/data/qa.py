@@ -34,6 +34,14 @@ ACCEPTED = (
     "(\"prompt\", \"reward_model.ground_truth\", \"extra_info\", \"data_source\"), or a local Hugging Face datasets "
     "folder (Dataset/DatasetDict.save_to_disk) with either set of columns"
 )
+#: how to turn a CSV/TSV or a JSON array into JSON lines (a string answer is read as a one-answer list)
+_CONVERT = {
+    ".csv": "convert it to JSON lines with columns question and answer, e.g. python -c \"import pandas as pd; "
+            "pd.read_csv('{src}').to_json('{dst}', orient='records', lines=True)\"; ",
+    ".tsv": "convert it to JSON lines with columns question and answer, e.g. python -c \"import pandas as pd; "
+            "pd.read_csv('{src}', sep='\\t').to_json('{dst}', orient='records', lines=True)\"; ",
+    ".json": "a JSON array converts to JSON lines with jq -c '.[]' {src} > {dst}; ",
+}
 ANSWER_KEYS = ("golden_answers", "answers", "answer")
 KNOWN_KEYS = {"question", "prompt", "reward_model", "extra_info", *ANSWER_KEYS}
 
@@ -207,10 +215,15 @@ def iter_qa(path: str | Path, dataset: str | None = None, split: str | None = No
     elif not path.exists():
         raise DataError(path, "file not found", fix="check the path")
     else:
-        raise DataError(path, "unrecognised QA file type", fix=f"accepted formats: {ACCEPTED}")
+        raise DataError(path, "unrecognised QA file type", fix=_CONVERT.get(path.suffix.lower(), "").format(
+                            src=path, dst=path.with_suffix(".jsonl")) + f"accepted formats: {ACCEPTED}")
     default = _stem(path)
-    for line, row in rows:
+    n = 0
+    for n, (line, row) in enumerate(rows, start=1):
         yield parse_row(row, path, line, dataset, default)
+    if n == 0:
+        raise DataError(path, "holds no questions (an empty file or split)",
+                        fix="check the path, or that the file was written completely")
 
 
 def load_qa(

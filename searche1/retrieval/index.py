@@ -43,6 +43,9 @@ def build_index(
     out = Path(out)
     source = str(corpus) if not isinstance(corpus, list) else "<in-memory>"
     passages = load_corpus(corpus) if not isinstance(corpus, list) else corpus
+    if not passages:
+        raise DataError(source, "holds no passages: nothing to index",
+                        fix="check the path, or that the corpus file was written completely")
     t0 = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if kind == "bm25":
