@@ -4,7 +4,7 @@ runs 2 rounds) — each phase in its own folder, checkpointed and resumable.
     RUN/phase-00-grpo/      a GRPO run (metrics.jsonl, checkpoints/)
     RUN/phase-01-ofsd/      model/ (the distilled policy), metrics.json
     RUN/phase-02-grpo/      ...
-    RUN/pipeline.json       the schedule and each finished phase's output model
+    RUN/pipeline.json       the schedule and each finished phase's output model (relative to RUN)
 
 A phase is finished when its output is recorded in ``pipeline.json`` (written atomically after the phase's model is
 saved). ``--resume`` skips finished phases, continues an interrupted GRPO phase from its newest checkpoint, and
@@ -65,6 +65,23 @@ def _phase_dir(out: Path, i: int, kind: str) -> Path:
     return out / f"phase-{i:02d}-{kind}"
 
 
+def _record_path(out: Path, path: Path) -> str:
+    """A phase output as ``pipeline.json`` records it: relative to the run folder, so ``--resume`` works from any
+    working folder and after the run folder is moved or copied."""
+    try:
+        return str(Path(path).resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _recorded_path(out: Path, recorded: str) -> Path:
+    """The path of a recorded phase output; earlier versions recorded it relative to the working folder."""
+    path = Path(recorded)
+    if path.is_absolute() or (not (out / path).exists() and path.exists()):
+        return path
+    return out / path
+
+
 def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  episode_reward=None) -> Path:
     """Run ``cfg.schedule``; returns the folder of the final policy (HF layout)."""
@@ -89,7 +106,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
     cursor = 0  # training questions the GRPO rounds so far have used
     for i, kind in enumerate(cfg.schedule):
         if i < len(state["phases"]):
-            model_path = state["phases"][i]["model"]
+            model_path = _recorded_path(out, state["phases"][i]["model"])
             cursor = state["phases"][i].get("data_cursor", cursor)
             continue
         pdir = _phase_dir(out, i, kind)
@@ -106,7 +123,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
         else:
             result_model, metrics = _run_ofsd(phase_cfg, pdir, seed=cfg.grpo.seed + i, progress=progress,
                                               episode_reward=episode_reward, dist=d)
-        state["phases"].append({"index": i, "kind": kind, "model": str(result_model), "data_cursor": cursor,
+        state["phases"].append({"index": i, "kind": kind, "model": _record_path(out, result_model),
+                                "data_cursor": cursor,
                                 "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics})
         if d.is_main:
             write_json(state_path, state)

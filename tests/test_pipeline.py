@@ -36,8 +36,8 @@ def test_schedule_runs_phases_in_order(tmp_path):
     assert "ofsd/pairs" in state["phases"][1]["metrics"]
     # phase 2 started from the OFSD output
     cfg2 = json.loads((tmp_path / "run" / "phase-02-grpo" / "config.json").read_text())
-    assert cfg2["model"]["name_or_path"] == state["phases"][1]["model"]
-    assert Path(final) == Path(state["phases"][2]["model"]) and final_weights(final)
+    assert cfg2["model"]["name_or_path"] == str(tmp_path / "run" / state["phases"][1]["model"])
+    assert Path(final) == tmp_path / "run" / state["phases"][2]["model"] and final_weights(final)
     # round 2 goes on through the questions where round 1 stopped (2 steps x 2 questions each), not from the start
     assert [p["data_cursor"] for p in state["phases"]] == [4, 4, 8]
     assert json.loads((Path(final) / "trainer_state.json").read_text())["cursor"] == 8
@@ -77,9 +77,43 @@ def test_killed_pipeline_resumes_by_phase(tmp_path):
     state = json.loads((out / "pipeline.json").read_text())
     assert [p["index"] for p in state["phases"]] == [0, 1, 2]
     ref = run_pipeline(pipeline_config(tmp_path), tmp_path / "ref", progress=False, episode_reward=parity_reward)
-    a, b = final_weights(ref), final_weights(state["phases"][2]["model"])
+    a, b = final_weights(ref), final_weights(out / state["phases"][2]["model"])
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_resume_from_another_working_folder_after_a_move(tmp_path, monkeypatch):
+    """pipeline.json recorded phase outputs relative to the working folder (`--out runs/x` gave
+    'runs/x/phase-00-grpo/...'), so a resume from elsewhere, or of a moved run, failed: 'no such model folder'."""
+    import shutil
+
+    cfg = pipeline_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run_pipeline(cfg, Path("run"), progress=False, episode_reward=parity_reward)
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert state["phases"][1]["model"] == "phase-01-ofsd/model"
+    want = final_weights(tmp_path / "run" / state["phases"][2]["model"])
+    shutil.move(tmp_path / "run", tmp_path / "moved")  # and forget the last phase: the resume must run it
+    state["phases"] = state["phases"][:2]
+    (tmp_path / "moved" / "pipeline.json").write_text(json.dumps(state))
+    shutil.rmtree(tmp_path / "moved" / "phase-02-grpo")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    final = run_pipeline(cfg, Path("../moved"), resume=True, progress=False, episode_reward=parity_reward)
+    got = final_weights(final)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5)
+
+
+def test_recorded_paths_of_earlier_versions_still_resolve(tmp_path, monkeypatch):
+    from searche1.pipeline import _recorded_path
+
+    (tmp_path / "runs" / "x" / "phase-00-grpo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs/x")
+    assert _recorded_path(out, "phase-00-grpo") == out / "phase-00-grpo"
+    assert _recorded_path(out, "runs/x/phase-00-grpo") == Path("runs/x/phase-00-grpo")  # working-folder relative
+    assert _recorded_path(out, str(tmp_path / "m")) == tmp_path / "m"
 
 
 def test_schedule_validation():
@@ -136,5 +170,6 @@ def test_kl_reference_of_later_rounds(tmp_path, monkeypatch, kl_reference):
     run_pipeline(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
     state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
     refs = [path for path, trainable in loaded if not trainable]
-    start = state["phases"][1]["model"] if kl_reference == "round_start" else cfg.model.name_or_path
+    start = str(tmp_path / "run" / state["phases"][1]["model"]) if kl_reference == "round_start" \
+        else cfg.model.name_or_path
     assert refs[0] == cfg.model.name_or_path and refs[-1] == start
