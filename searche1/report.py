@@ -363,6 +363,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     """
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.path / "report"
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "is a file; the report is a folder (report.md and PNG plots)",
+                        fix=f"give --out a folder, e.g. {out.with_suffix('')}-report, or leave it out for "
+                            f"{run.path / 'report'}")
     out.mkdir(parents=True, exist_ok=True)
     for name in PLOTS:  # a plot skipped now must not survive from an earlier report
         (out / name).unlink(missing_ok=True)

@@ -9,6 +9,11 @@ from searche1.cli import app
 runner = CliRunner()
 
 
+def flat(result) -> str:
+    """The command's output on one line (rich wraps long error messages)."""
+    return " ".join(result.output.split())
+
+
 def test_help_lists_every_subcommand():
     out = runner.invoke(app, ["--help"]).output
     for cmd in ("index", "serve", "search", "data", "model", "warmup", "eval", "demo"):
@@ -75,3 +80,104 @@ def test_serve_bad_limit_is_a_clean_error(tmp_path):
     build_index(PASSAGES, tmp_path / "idx", show_progress=False)
     r = runner.invoke(app, ["serve", "--index", str(tmp_path / "idx"), "--max-queries", "0"])
     assert r.exit_code == 2 and "max_queries" in r.output and "Traceback" not in r.output
+
+
+def _tiny_train_config(tmp_path):
+    import yaml
+    from test_train import make_config
+
+    from searche1.config import to_dict
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(to_dict(make_config(tmp_path, steps=1))))
+    return path
+
+
+def test_train_refuses_a_folder_that_holds_no_run_or_another_kind(tmp_path):
+    """--out (with or without --resume) pointing at a non-run folder (an index, a typo) trained into it."""
+    cfg = _tiny_train_config(tmp_path)
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "index"), "--resume"])
+    assert r.exit_code == 2 and "holds files but no searche1 run" in flat(r), flat(r)
+    assert not (tmp_path / "index" / "config.json").exists()
+    (tmp_path / "pipe" / "phase-00-grpo").mkdir(parents=True)
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "pipe"), "--resume"])
+    assert r.exit_code == 2 and "holds a pipeline run" in flat(r)
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "metrics.jsonl").write_text("")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "grpo"), "--resume",
+                            "--set", "schedule=[grpo, ofsd]"])
+    assert r.exit_code == 2 and "holds a GRPO-only run" in flat(r)
+
+
+def test_train_resume_with_a_changed_config_says_what_changed(tmp_path):
+    """--resume with other settings silently overwrote the run's config.json."""
+    cfg = _tiny_train_config(tmp_path)
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(run), "--resume",
+                            "--set", "grpo.steps=2", "--set", "grpo.lr=0.01"])
+    assert r.exit_code == 0, r.output
+    assert "2 changed config field(s)" in flat(r) and "grpo.lr: 0.001 → 0.01; grpo.steps: 1 → 2" in flat(r)
+    assert json.loads((run / "config.previous-1.json").read_text())["grpo"]["steps"] == 1
+    assert json.loads((run / "config.json").read_text())["grpo"]["steps"] == 2
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(run), "--resume",
+                            "--set", "grpo.steps=2", "--set", "grpo.lr=0.01"])
+    assert r.exit_code == 0 and "changed config" not in flat(r)
+
+
+def test_train_interrupted_says_how_to_continue(tmp_path, monkeypatch):
+    import searche1.train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(searche1.train, "run_grpo", interrupted)
+    r = runner.invoke(app, ["train", "--config", str(_tiny_train_config(tmp_path)), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 130 and "--resume continues" in flat(r)
+
+
+def test_eval_bad_out_offset_or_server_fail_before_the_model_loads(tmp_path, monkeypatch):
+    """--out FOLDER was a traceback after the whole evaluation; an --offset past every question printed a table of
+    nan; a dead retrieval server was a traceback in naive-rag mode (and a silent run of failed searches in agent
+    mode), each after the model had loaded."""
+    import searche1.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(searche1.models, "load_policy", no_model)
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"id": "1", "question": "q?", "golden_answers": ["a"]}) + "\n")
+    base = ["eval", "--model", "m", "--data", str(data)]
+    r = runner.invoke(app, base + ["--mode", "direct", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a folder" in flat(r) and "results.json" in flat(r)
+    r = runner.invoke(app, base + ["--mode", "direct", "--offset", "1"])
+    assert r.exit_code == 2 and "skips every question" in flat(r)
+    r = runner.invoke(app, base + ["--mode", "naive-rag", "--retriever-url", "http://127.0.0.1:9"])
+    assert r.exit_code == 2 and "unreachable" in flat(r), r.output
+
+
+def test_compare_out_folder_is_a_clean_error(tmp_path):
+    r = runner.invoke(app, ["compare", "a.json", "b.json", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "is a folder" in flat(r)
+
+
+def test_serve_busy_port_or_bad_address_fails_before_loading(tmp_path):
+    """A busy port was uvicorn's log line after 'serving ... on' (exit 3); --port 99999 an OverflowError traceback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = runner.invoke(app, ["serve", "--index", str(tmp_path / "no-index"), "--port", str(port)])
+        assert r.exit_code == 2 and "Address already in use" in flat(r) and "--port" in flat(r)
+    r = runner.invoke(app, ["serve", "--index", str(tmp_path), "--port", "99999"])
+    assert r.exit_code == 2 and "0..65535" in flat(r)
+
+
+def test_demo_help_names_where_the_data_comes_from():
+    """The help said ../shared/data/searchqa; searche1.paths.searchqa_dir reads $SEARCHE1_SEARCHQA first."""
+    r = runner.invoke(app, ["demo", "--help"])
+    assert "SEARCHE1_SEARCHQA" in flat(r).replace("│ ", "").replace(" │", "")

@@ -91,3 +91,13 @@ def test_file_lock_serialises(tmp_path: Path) -> None:
         order.append("first")
     t.join(30)
     assert order == ["first", "second"]
+
+
+def test_failed_text_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    """atomic_write_text onto a folder (e.g. `eval --out DIR`) left `.DIR.tmp-PID` behind."""
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError):
+        sio.write_json(tmp_path / "out", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    sio.write_json(tmp_path / "r.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.json"]

@@ -203,6 +203,16 @@ def test_empty_folder_raises_data_error(tmp_path: Path):
         write_report(tmp_path / "missing")
 
 
+def test_out_that_is_a_file_is_a_data_error(tmp_path: Path):
+    """`searche1 report RUN --out FILE` was a FileExistsError traceback from mkdir."""
+    run = tmp_path / "evals-only"
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps(_eval_json(0.25, 0.5)))
+    with pytest.raises(DataError, match="eval.json: is a file; the report is a folder") as e:
+        write_report(run, run / "eval.json")
+    assert "fix: give --out a folder" in str(e.value)
+
+
 def test_unstarted_pipeline_raises_data_error(tmp_path: Path):
     run = tmp_path / "p"
     (run / "phase-00-grpo").mkdir(parents=True)
