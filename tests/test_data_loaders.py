@@ -322,6 +322,25 @@ def test_qa_csv_or_json_array_gets_a_conversion_hint(tmp_path: Path, suffix: str
     assert hint.format(src=f, dst=tmp_path / "dev.jsonl") in str(exc.value)
 
 
+def test_qa_files_given_twice_or_colliding(tmp_path: Path) -> None:
+    """A file passed twice (or a folder and a file in it) doubled its questions in eval's n and average; two files
+    of one name merged into one dataset with the same ids (compare keys questions by dataset and id)."""
+    d = tmp_path / "dev"
+    d.mkdir()
+    f = write_lines(d / "nq.jsonl", [{"id": "1", "question": "a?", "golden_answers": ["x"]}])
+    with pytest.raises(DataError, match="given twice") as exc:
+        load_qa_files([f, tmp_path / "dev" / ".." / "dev" / "nq.jsonl"])
+    assert_error(exc, f, None, None)
+    with pytest.raises(DataError, match="given twice"):
+        load_qa_files([d, f])
+    (tmp_path / "test").mkdir()
+    g = write_lines(tmp_path / "test" / "nq.jsonl", [{"question": "b?", "golden_answers": ["y"]},
+                                                     {"id": "1", "question": "c?", "golden_answers": ["z"]}])
+    with pytest.raises(DataError, match="question id '1' of dataset 'nq' is also in .*dev/nq.jsonl") as exc:
+        load_qa_files([f, g])
+    assert_error(exc, g, None, None)
+
+
 def test_qa_files_folder_and_write(tmp_path: Path) -> None:
     d = tmp_path / "dev"
     d.mkdir()

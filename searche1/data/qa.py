@@ -252,8 +252,20 @@ def load_qa_files(paths: Iterable[str | Path]) -> dict[str, list[QAExample]]:
         else:
             files.append(p)
     out: dict[str, list[QAExample]] = {}
+    seen: dict[tuple[str, str], Path] = {}  # (dataset, id) -> the file it came from
+    given: set[tuple[Path, str | None]] = set()
     for f in files:
+        path, split = split_path(f)
+        if (path.resolve(), split) in given:
+            raise DataError(f, "given twice (its questions would count twice)",
+                            fix="pass each file once (a folder already includes every *.jsonl in it)")
+        given.add((path.resolve(), split))
         for ex in iter_qa(f):
+            other = seen.setdefault((ex.dataset, ex.id), f)
+            if other != f:
+                raise DataError(f, f"question id {ex.id!r} of dataset {ex.dataset!r} is also in {other} (files with "
+                                   "the same name form one dataset)",
+                                fix="pass each file once, or rename one of the files so each is its own dataset")
             out.setdefault(ex.dataset, []).append(ex)
     return out
 
