@@ -281,6 +281,7 @@ def train(
     try:
         cfg = load_config(PipelineConfig, config, _overrides(set_))
         _check_run_folder(out, cfg, resume)
+        _preflight(cfg)
         if cfg.schedule == ["grpo"]:
             path = run_grpo(cfg, out, resume=resume)  # GRPO only: the run folder is the GRPO run itself
         else:
@@ -292,6 +293,32 @@ def train(
                       f"checkpoint in {out}")
         raise typer.Exit(130)
     console.print(f"[green]done[/]: {path}")
+
+
+def _preflight(cfg) -> None:
+    """Check what training reads only after the model has loaded (a minute or more for a large policy): the
+    retrieval settings, the index or server, and the data files."""
+    from searche1.config import ConfigError
+    from searche1.data.qa import load_qa, load_qa_files
+    from searche1.retrieval.index import read_index_meta
+
+    try:
+        cfg.retrieval.validate()
+    except ConfigError as e:
+        raise ConfigError(f"retrieval.{e}") from None
+    if cfg.retrieval.index is not None:
+        read_index_meta(cfg.retrieval.index)
+    else:
+        from searche1.retrieval.client import RemoteRetriever
+
+        r = cfg.retrieval
+        RemoteRetriever(r.url, timeout=r.timeout_s, retries=r.retries).search(["searche1: retriever check"], 1)
+    if not cfg.data.train:
+        raise ConfigError("data.train: give at least one training QA file")
+    for f in cfg.data.train:
+        load_qa(f)
+    if cfg.data.dev and cfg.grpo.eval_every:
+        load_qa_files(cfg.data.dev)
 
 
 def _check_run_folder(out: Path, cfg, resume: bool) -> None:

@@ -181,3 +181,25 @@ def test_demo_help_names_where_the_data_comes_from():
     """The help said ../shared/data/searchqa; searche1.paths.searchqa_dir reads $SEARCHE1_SEARCHQA first."""
     r = runner.invoke(app, ["demo", "--help"])
     assert "SEARCHE1_SEARCHQA" in flat(r).replace("│ ", "").replace(" │", "")
+
+
+def test_train_checks_retrieval_and_data_before_the_model_loads(tmp_path, monkeypatch):
+    """A missing retrieval section, index, server or data file failed only after the model had loaded (and wrote
+    --out/config.json); the retrieval message lacked its section ('index/url: ...')."""
+    import searche1.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(searche1.models, "load_policy", no_model)
+    cfg = _tiny_train_config(tmp_path)
+    train = ["train", "--config", str(cfg), "--out", str(tmp_path / "run")]
+    for sets, needle in [(["retrieval.index=null"], "retrieval.index/url: set exactly one"),
+                         ([f"retrieval.index={tmp_path / 'nope'}"], "not a searche1 index"),
+                         (["retrieval.index=null", "retrieval.url=http://127.0.0.1:9", "retrieval.retries=0"],
+                          "unreachable"),
+                         ([f"data.train=[{tmp_path / 'nope.jsonl'}]"], "nope.jsonl: file not found"),
+                         ([f"data.dev=[{tmp_path / 'nope.jsonl'}]", "grpo.eval_every=1"], "nope.jsonl: file not")]:
+        r = runner.invoke(app, train + [x for s in sets for x in ("--set", s)])
+        assert r.exit_code == 2 and needle in flat(r), (sets, flat(r))
+    assert not (tmp_path / "run").exists()
