@@ -162,6 +162,8 @@ def search(
     try:
         if not 1 <= topk <= 50:
             raise SearchE1Error(f"--topk {topk}: must be within 1..50")
+        if (index is None) == (url is None):
+            raise SearchE1Error("--index/--url: give exactly one (an index folder, or a retrieval server's URL)")
         cfg = from_dict(RetrievalConfig, {"index": index, "url": url, "cache_size": 0})
         results = make_retriever(cfg).search(list(queries), topk)
     except SearchE1Error as e:
@@ -410,8 +412,9 @@ def eval_cmd(
                                      "engine": engine, "vllm_url": vllm_url,
                                      "vllm_gpu_memory_utilization": vllm_gpu_memory_utilization,
                                      "vllm_kwargs": extra})
-        if mode != "direct" and index is None and retriever_url is None:
-            raise SearchE1Error("--index or --retriever-url is required for modes agent and naive-rag")
+        if mode != "direct" and (index is None) == (retriever_url is None):
+            raise SearchE1Error("--index/--retriever-url: modes agent and naive-rag need exactly one (an index "
+                                "folder, or a retrieval server's URL)")
         _check_out_file(out)
         datasets = load_qa_files(data)
         picked = {k: len(v[offset:][:limit]) for k, v in datasets.items()}

@@ -47,9 +47,17 @@ def test_bad_data_file_names_line_and_field(tmp_path):
     assert "bad.jsonl:2" in r.output and "golden_answers" in r.output
 
 
-def test_search_needs_exactly_one_source():
+def test_search_needs_exactly_one_source(tmp_path):
+    """The message named the config fields (`index`/`url`), not the options (search, and eval given both)."""
     r = runner.invoke(app, ["search", "x"])
-    assert r.exit_code == 2 and "exactly one" in r.output
+    assert r.exit_code == 2 and "--index/--url: give exactly one" in flat(r)
+    r = runner.invoke(app, ["search", "x", "--index", str(tmp_path), "--url", "http://127.0.0.1:9"])
+    assert r.exit_code == 2 and "--index/--url: give exactly one" in flat(r)
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"id": "1", "question": "q?", "golden_answers": ["a"]}) + "\n")
+    r = runner.invoke(app, ["eval", "--model", "m", "--data", str(data), "--index", str(tmp_path),
+                            "--retriever-url", "http://127.0.0.1:9"])
+    assert r.exit_code == 2 and "--index/--retriever-url: modes agent and naive-rag need exactly one" in flat(r)
 
 
 def test_eval_direct_with_a_local_model_folder(tmp_path):
