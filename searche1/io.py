@@ -86,15 +86,22 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, overwrite: bool = False, replaces: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one rename, on error it is deleted.
 
-    Raises FileExistsError up front when ``path`` exists and ``overwrite`` is False. Temp folders left by killed
-    writers (dead PID, this host) are removed; a concurrent live writer's are not.
+    Raises FileExistsError up front when ``path`` exists and ``overwrite`` is False, or when ``replaces`` names the
+    file that marks the kind of folder written (an index's metadata, say) and an existing non-empty ``path`` lacks
+    it: ``--overwrite`` then never deletes a folder of another kind (a training run, a model). Temp folders left by
+    killed writers (dead PID, this host) are removed; a concurrent live writer's are not.
     """
     path = Path(path)
     if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path} already exists (fix: choose another --out or pass --overwrite)")
+    if replaces and path.exists() and (not path.is_dir() or any(path.iterdir())) and not (path / replaces).is_file():
+        held = ", ".join(sorted(p.name for p in path.iterdir())[:5]) if path.is_dir() else "a file"
+        raise FileExistsError(f"{path} exists and is not the kind of folder written here (no {replaces}; it holds "
+                              f"{held}), so --overwrite does not replace it (fix: choose another --out, or delete "
+                              "it yourself if it is unwanted)")
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(path)
     tmp = _tmp_sibling(path, "tmp")

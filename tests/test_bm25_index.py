@@ -110,6 +110,19 @@ def test_failed_build_leaves_nothing(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_overwrite_replaces_only_an_index(tmp_path):
+    """`searche1 index --out RUN --overwrite` deleted a training run (any folder) to put the index there."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="no searche1_index.json; it holds checkpoints, metrics.jsonl"):
+        build_index(PASSAGES, run, overwrite=True, show_progress=False)
+    assert (run / "metrics.jsonl").read_text() == "{}\n" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    build_index(PASSAGES, tmp_path / "idx", show_progress=False)
+    build_index(PASSAGES[:2], tmp_path / "idx", overwrite=True, show_progress=False)
+    assert read_index_meta(tmp_path / "idx")["num_docs"] == 2
+
+
 def test_empty_corpus_file_is_a_data_error(tmp_path):
     """`searche1 index --corpus EMPTY` was a ValueError traceback from bm25s; now a DataError naming the file."""
     empty = tmp_path / "empty.jsonl"

@@ -101,3 +101,21 @@ def test_failed_text_write_leaves_no_temp_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     sio.write_json(tmp_path / "r.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.json"]
+
+
+def test_atomic_dir_replaces_only_its_kind(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="no MARK; it holds x.txt"):
+        with atomic_dir(other, overwrite=True, replaces="MARK"):
+            pass
+    assert (other / "x.txt").read_text() == "keep"
+    for target in (tmp_path / "new", tmp_path / "empty"):
+        if target.name == "empty":
+            target.mkdir()
+        with atomic_dir(target, replaces="MARK") as tmp:
+            (tmp / "MARK").write_text("1")
+        with atomic_dir(target, overwrite=True, replaces="MARK") as tmp:
+            (tmp / "MARK").write_text("2")
+        assert (target / "MARK").read_text() == "2"

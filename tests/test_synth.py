@@ -309,7 +309,13 @@ def test_write_world_refuses_to_overwrite(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
 
     other = generate_world(seed=1)
-    write_world(other, out, overwrite=True)
+    with pytest.raises(FileExistsError, match="no corpus.jsonl; it holds keep.txt"):  # not a world: never deleted
+        write_world(other, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "precious"
+    write_world(world, out / "w")
+    (out / "w" / "keep.txt").write_text("a world's extra file")
+    write_world(other, out / "w", overwrite=True)
+    out = out / "w"
     assert not (out / "keep.txt").exists()
     assert _read_jsonl(out / "corpus.jsonl") == [p.to_json() for p in other.passages]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]

@@ -58,7 +58,7 @@ def write_world(world: World, out_dir: str | Path, *, overwrite: bool = False) -
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, replaces="corpus.jsonl") as tmp:
         _write_jsonl(tmp / "corpus.jsonl", (p.to_json() for p in world.passages))
         for split in SPLITS:
             (tmp / split).mkdir()

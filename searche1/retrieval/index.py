@@ -47,7 +47,7 @@ def build_index(
         raise DataError(source, "holds no passages: nothing to index",
                         fix="check the path, or that the corpus file was written completely")
     t0 = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, replaces=META_FILE) as tmp:
         if kind == "bm25":
             from searche1.retrieval.bm25 import BM25Retriever
 
