@@ -2,7 +2,7 @@
 turns of up to ``--turn-tokens`` tokens, so per-turn work (retrieval, tokenising blocks) weighs little.
 
     python benchmarks/decode_compare.py --model DIR --data DIR --out FILE.json [--index DIR] [--batch 512]
-                                        [--vllm-multiprocessing]
+                                        [--vllm-multiprocessing] [--vllm-kwargs JSON]
 
 Without ``--index`` a BM25 index of ``DATA/corpus.jsonl`` is built first (6 s for the searchqa corpus on a 2-core
 CPU), so this needs nothing from an earlier run.
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--vllm-multiprocessing", action="store_true", help="vLLM's engine in its own process")
     ap.add_argument("--device", default="cuda", help="of the HF engine (cpu: a smoke test of this script)")
     ap.add_argument("--shape", default=None, help="random-weight model of this shape (e.g. qwen2.5-3b, tiny)")
+    ap.add_argument("--vllm-kwargs", default="{}", help="JSON: extra vllm.LLM keywords (what vllm_check.py started "
+                    "with, e.g. enforce_eager)")
     ap.add_argument("--profile", action="store_true", help="a host (cProfile) table of one more vLLM run, default "
                     "settings, to OUT.profile.txt")
     args = ap.parse_args()
@@ -95,7 +97,8 @@ def main() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the HF engine's blocks back to the GPU before vLLM measures free memory
-    llm = load_llm(path, gpu_memory_utilization=0.4, dtype="bfloat16", max_model_len=2048)
+    llm = load_llm(path, **{"gpu_memory_utilization": 0.4, "dtype": "bfloat16", "max_model_len": 2048,
+                            **json.loads(args.vllm_kwargs)})
     v = VLLMEngine(llm, tok, retriever, replace(cfg, vllm_logprobs=True), eos_token_ids=eos)
     rollout_tps(v, qs[:8], seed=1)
     # sampler log-probs for every episode (as measured in session 5), for 1 in 8 (the default while the trainer

@@ -20,7 +20,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || true
-timeout "${LIMIT:-400}" python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/log" || true
+# the work folders (models, index, runs; projection-model: a 6 GB checkpoint with vLLM) stay out of $OUT: the device
+# tool brings back 8 files of it at most
+timeout "${LIMIT:-400}" python3 benchmarks/gpu_check.py --out /tmp/gc-hf "$@" 2>&1 | tee "$OUT/log" || true
+cp /tmp/gc-hf/*.json /tmp/gc-hf/*.txt "$OUT/" 2>/dev/null || true
 # paper-scale projection: per-token costs of a Qwen2.5-3B-shaped model on this GPU (vLLM decode when it imports)
-timeout "${PLIMIT:-150}" python3 benchmarks/projection.py --engine vllm --out "$OUT/projection.json" 2>&1 \
-  | tee "$OUT/projection.log"
+timeout "${PLIMIT:-150}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj-hf/projection.json 2>&1 \
+  | tee "$OUT/projection.log" || true
+cp /tmp/proj-hf/projection.json "$OUT/"  # (fails, and so the script, when the projection wrote nothing)

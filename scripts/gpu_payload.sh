@@ -6,8 +6,12 @@
 #   there:  bash scripts/gpu_payload.sh stash  .gg/part-KK      # one call per part, to a warm machine: /tmp/stash
 #   there:  bash scripts/gpu_payload.sh unpack                  # last call: checks the sha256, installs into /tmp/site
 #   there:  OUT=... STAGES="check demo" bash scripts/gpu_vllm_check.sh   # sets PYTHONPATH=/tmp/site:$PWD itself
+# Each call carries (device tool `carry`) one part; the last one also .gg/SHA256 and may chain all three, e.g.
+#   stash .gg/part-03 && unpack && STAGES=... bash scripts/gpu_vllm_check.sh. A machine idle past its warm time (30 s)
+# goes back with /tmp/stash: send the parts' calls back to back.
 #
-# What travels (~250 MB in 5 parts; the 2026-11-27 H100 run took 6 s per part on a warm machine): vLLM 0.20.0 (the
+# What travels (~243 MiB in 4 parts of 61 MiB, each under the 64 MiB a call carries with the ~1.6 MiB work tree;
+# the 2026-11-27 H100 run took 6 s per 60 MB part on a warm machine): vLLM 0.20.0 (the
 # newest release that pins torch 2.11.0, the GPU image's torch, built for CUDA 13 like it) without its FA2 and MoE
 # kernels (FA3 stays: vLLM imports vllm_flash_attn at start-up and fails without FA2 or FA3, and FA3 is the Hopper
 # backend it picks); the 18 small wheels the image lacks for `from vllm import LLM` (found by importing vLLM's
@@ -18,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VLLM=${VLLM:-0.20.0}
-PART_MB=${PART_MB:-60}
+PART_MB=${PART_MB:-61}
 case "${1:-}" in
 build)
   data=${2:-../shared/data/searchqa}
@@ -52,7 +56,8 @@ stash)
 unpack)
   cat /tmp/stash/part-* > /tmp/payload.tar
   sum=$(sha256sum /tmp/payload.tar | cut -d' ' -f1)
-  [ "$sum" = "$(cat .gg/SHA256)" ] || { echo "payload sha256 mismatch: carry every part, then unpack"; exit 1; }
+  [ "$sum" = "$(cat .gg/SHA256)" ] || { echo "payload sha256 mismatch: carry every part (and .gg/SHA256), then" \
+    "unpack; stashed here: $(ls /tmp/stash | tr '\n' ' ')(a machine idle past its warm time starts bare)"; exit 1; }
   mkdir -p /tmp/payload /tmp/site /tmp/data && tar -C /tmp/payload -xf /tmp/payload.tar
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     /tmp/payload/whl/*.whl

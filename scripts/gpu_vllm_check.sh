@@ -13,7 +13,7 @@
 #   decode-mp   the same with vLLM in its own engine process (not yet run)
 #   decode-3b   the same (in-process) on a Qwen2.5-3B-shaped model with random weights and SmolLM2's tokenizer,
 #               256 episodes: where the GPU, not the host, sets the pace (not yet run; ~4 min estimated)
-#               (the decode stages also write a host cProfile table of one more vLLM run: $OUT/<stage>.profile.txt)
+#               (the decode stages also write a host cProfile table of one more vLLM run: <stage>.profile.txt)
 #   server      `vllm serve` on the base model (VLLM_SERVER_DEV_MODE=1, port 8011), then gpu_check.py --engine
 #               vllm-server: GRPO rollouts from the server, weights reloaded by path (not yet run; needs the
 #               server wheels gpu_payload.sh now carries)
@@ -22,78 +22,117 @@
 #   eval        `searche1 eval` of the same dev questions (EVAL_N per dataset, 40) with --engine hf and --engine vllm
 #               (the demo's warmed model and index when `demo` ran, else the base model and a new BM25 index):
 #               evaluation seconds (settings.seconds: the engine's start not counted) and EM of each (not yet run)
-# A call runs at most 10 minutes: split the stages over calls to a warm machine. Results are copied to $OUT (the
-# device tool returns at most 8 files, two folders down).
+# A call runs at most 10 minutes: split the stages over calls to a warm machine. Every stage's timeout is cut to
+# what is left of BUDGET seconds (default 570; set it under the call's limit), so the script ends, and bundles what it
+# has, before the device tool kills it. Results and logs go to /tmp/gvc/res, then to $OUT as results.tgz (all of
+# them, updated after each stage) plus the first 6 JSON results beside it: the device tool returns at most 8 files.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu-vllm-check}
 STAGES=${STAGES:-check demo}
-mkdir -p "$OUT"
+BUDGET=${BUDGET:-570}
+RES=/tmp/gvc/res
+rm -rf "$RES"; mkdir -p "$RES" "$OUT"
+bundle() {  # everything in $RES to $OUT/results.tgz, and the first JSON results as they are
+  tar -C "$RES" -czf /tmp/gvc/results.tgz . && cp /tmp/gvc/results.tgz "$OUT/"
+  find "$OUT" -maxdepth 1 -name '*.json' -delete; find "$RES" -maxdepth 1 -name '*.json' | sort | head -6 \
+    | xargs -r cp -t "$OUT/"
+}
+trap bundle EXIT
+lim() {  # a stage's limit: $1 seconds, or what is left of BUDGET if less (0: skip the stage)
+  local left=$((BUDGET - SECONDS - 15)); ((left < 30)) && left=0; echo $(($1 < left ? $1 : left))
+}
+run() {  # run LIMIT CMD...: CMD under timeout (SIGKILL 10 s after SIGTERM); skipped when no time is left
+  local t; t=$(lim "$1"); shift
+  if ((t == 0)); then echo "skipped (BUDGET=$BUDGET s spent): $*"; return 124; fi
+  timeout -k 10 "$t" "$@"
+}
+kw() { cat /tmp/vc/vllm_kwargs.json 2>/dev/null || echo "$KW"; }  # the keywords vLLM started with in `check`
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1  # no internet there: nothing may wait on the hub or usage stats
 KW=${VLLM_KWARGS:-'{}'}  # e.g. '{"enforce_eager": true}'; vllm_check.py falls back to it if vLLM does not start
 has() { [[ " $STAGES " == *" $1 "* ]]; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES/gpu.txt"
 if has check; then
-  timeout "${CHECK_LIMIT:-150}" python3 benchmarks/vllm_check.py --model smollm2-135m-instruct --out /tmp/vc \
-    --kwargs "$KW" > "$OUT/vllm_check.log" 2>&1
+  rm -f /tmp/vc/vllm_kwargs.json /tmp/vc/vllm_check.json  # (each stage first drops what an earlier call left)
+  run "${CHECK_LIMIT:-150}" python3 benchmarks/vllm_check.py --model smollm2-135m-instruct --out /tmp/vc \
+    --kwargs "$KW" > "$RES/vllm_check.log" 2>&1
   echo "vllm_check exit $?"
-  cp /tmp/vc/vllm_check.json "$OUT/" 2>/dev/null
-  tail -25 "$OUT/vllm_check.log"
+  cp /tmp/vc/vllm_check.json "$RES/" 2>/dev/null
+  tail -25 "$RES/vllm_check.log"
   [ -f /tmp/vc/vllm_kwargs.json ] || { echo "vLLM did not start"; exit 1; }
+  bundle
 fi
 if has demo; then
-  timeout "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gc --data /tmp/data/searchqa --engine vllm \
-    --vllm-kwargs "$(cat /tmp/vc/vllm_kwargs.json 2>/dev/null || echo "$KW")" --eval-limit "${EVAL_LIMIT:-30}" \
-    --profile "$@" > "$OUT/gpu_check.log" 2>&1
+  rm -f /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json /tmp/gc/*profile*.txt
+  run "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gc --data /tmp/data/searchqa --engine vllm \
+    --vllm-kwargs "$(kw)" --eval-limit "${EVAL_LIMIT:-30}" --profile "$@" > "$RES/gpu_check.log" 2>&1
   echo "gpu_check exit $?"
-  cp /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json /tmp/gc/rollout_vllm_profile.txt "$OUT/" 2>/dev/null
-  cp /tmp/gc/work/demo/run/phase-00-grpo/metrics.jsonl "$OUT/grpo_metrics.jsonl" 2>/dev/null
-  tail -45 "$OUT/gpu_check.log"
+  cp /tmp/gc/gpu_check.json /tmp/gc/rollout_vllm.json /tmp/gc/*profile*.txt "$RES/" 2>/dev/null
+  cp /tmp/gc/work/demo/run/phase-00-grpo/metrics.jsonl "$RES/grpo_metrics.jsonl" 2>/dev/null
+  tail -45 "$RES/gpu_check.log"
+  bundle
 fi
 for mode in decode decode-mp decode-3b; do
   has $mode || continue
   idx=(); [ -d /tmp/gc/work/demo/index ] && idx=(--index /tmp/gc/work/demo/index)  # else it builds one (~6 s)
   extra=(); [ $mode = decode-mp ] && extra=(--vllm-multiprocessing)
   [ $mode = decode-3b ] && extra=(--shape qwen2.5-3b --batch 256)
-  timeout "${DECODE_LIMIT:-420}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
-    "${idx[@]}" --data /tmp/data/searchqa --out "$OUT/$mode.json" "${extra[@]}" --profile > "/tmp/$mode.log" 2>&1
-  echo "$mode exit $?"; tail -22 "/tmp/$mode.log"
+  run "${DECODE_LIMIT:-420}" python3 benchmarks/decode_compare.py --model smollm2-135m-instruct \
+    "${idx[@]}" --data /tmp/data/searchqa --out "$RES/$mode.json" "${extra[@]}" --vllm-kwargs "$(kw)" --profile \
+    > "$RES/$mode.log" 2>&1
+  echo "$mode exit $?"; tail -22 "$RES/$mode.log"
+  bundle
 done
 if has server; then
   model=$(python3 -c "from searche1.models import resolve_model_path as r; print(r('smollm2-135m-instruct'))")
-  VLLM_SERVER_DEV_MODE=1 setsid python3 -m vllm.entrypoints.cli.main serve "$model" --port 8011 \
-    --logprobs-mode processed_logprobs --gpu-memory-utilization 0.3 --max-model-len 2048 > /tmp/serve.log 2>&1 &
-  for _ in $(seq 150); do  # (no curl assumed on the image)
+  # its own session (the device tool would not end it with the call): stopped below by its process group (its pid,
+  # written by the session leader itself), not by its name
+  rm -f /tmp/gvc/serve.pid
+  VLLM_SERVER_DEV_MODE=1 setsid bash -c 'echo $$ > /tmp/gvc/serve.pid; exec "$@"' serve python3 -m \
+    vllm.entrypoints.cli.main serve "$model" --port 8011 --logprobs-mode processed_logprobs \
+    --gpu-memory-utilization 0.3 --max-model-len 2048 > "$RES/serve.log" 2>&1 &
+  for _ in $(seq 20); do [ -s /tmp/gvc/serve.pid ] && break; sleep 0.5; done
+  server=$(cat /tmp/gvc/serve.pid)
+  stop_server() { kill -- -"$server" 2>/dev/null; for _ in $(seq 30); do
+    kill -0 "$server" 2>/dev/null || return 0; sleep 1; done; kill -9 -- -"$server" 2>/dev/null; }
+  trap 'stop_server; bundle' EXIT
+  for _ in $(seq 150); do  # (no curl assumed on the image); gives up at once if the server died
+    kill -0 "$server" 2>/dev/null || { echo "vllm serve exited"; break; }
     python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8011/health', timeout=2)" 2>/dev/null && break
     sleep 1
   done
-  timeout "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gs --data /tmp/data/searchqa \
+  rm -f /tmp/gs/gpu_check.json
+  run "${LIMIT:-390}" python3 benchmarks/gpu_check.py --out /tmp/gs --data /tmp/data/searchqa \
     --engine vllm-server --vllm-url http://127.0.0.1:8011 --eval-limit "${EVAL_LIMIT:-30}" --batches 128 "$@" \
-    > "$OUT/gpu_check_server.log" 2>&1
-  echo "server gpu_check exit $?"; pkill -f "vllm.entrypoints.cli.main serve" || true
-  cp /tmp/gs/gpu_check.json "$OUT/gpu_check_server.json" 2>/dev/null
-  tail -20 /tmp/serve.log; tail -30 "$OUT/gpu_check_server.log"
+    > "$RES/gpu_check_server.log" 2>&1
+  echo "server gpu_check exit $?"; stop_server; trap bundle EXIT  # GPU memory back before the next stage
+  cp /tmp/gs/gpu_check.json "$RES/gpu_check_server.json" 2>/dev/null
+  tail -20 "$RES/serve.log"; tail -30 "$RES/gpu_check_server.log"
+  bundle
 fi
 if has projection; then
-  timeout "${PLIMIT:-300}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj/projection.json \
-    > /tmp/projection.log 2>&1
-  echo "projection exit $?"; cp /tmp/proj/projection.json "$OUT/" 2>/dev/null; tail -20 /tmp/projection.log
+  rm -f /tmp/proj/projection.json
+  run "${PLIMIT:-300}" python3 benchmarks/projection.py --engine vllm --out /tmp/proj/projection.json \
+    > "$RES/projection.log" 2>&1
+  echo "projection exit $?"; cp /tmp/proj/projection.json "$RES/" 2>/dev/null; tail -20 "$RES/projection.log"
+  bundle
 fi
 if has eval; then
-  if [ -f /tmp/gc/gpu_check.json ]; then
-    read -r model index < <(python3 -c "import json; p = json.load(open('/tmp/gc/gpu_check.json'))['paths']; \
-print(p['warm'], p['index'])")
+  if python3 -c "import json; p = json.load(open('/tmp/gc/gpu_check.json'))['paths']; print(p['warm'], p['index'])" \
+      > /tmp/gvc/paths 2>/dev/null; then  # (no paths yet when the demo stage was cut short)
+    read -r model index < /tmp/gvc/paths
   else
     model=smollm2-135m-instruct index=/tmp/eval-index
-    [ -d $index ] || python3 -m searche1 index --corpus /tmp/data/searchqa/corpus.jsonl --out $index > /dev/null
+    [ -d $index ] || python3 -m searche1 index --corpus /tmp/data/searchqa/corpus.jsonl --out $index \
+      > "$RES/eval_index.log" 2>&1
   fi
   for engine in hf vllm; do
-    timeout "${ELIMIT:-240}" python3 -m searche1 eval --model "$model" --index "$index" --engine $engine \
-      --data /tmp/data/searchqa/dev --limit "${EVAL_N:-40}" --vllm-kwargs "$KW" --out "$OUT/eval_$engine.json" \
-      > "/tmp/eval_$engine.log" 2>&1
-    echo "eval $engine exit $?"; tail -14 "/tmp/eval_$engine.log"
+    run "${ELIMIT:-240}" python3 -m searche1 eval --model "$model" --index "$index" --engine $engine \
+      --data /tmp/data/searchqa/dev --limit "${EVAL_N:-40}" --vllm-kwargs "$(kw)" --out "$RES/eval_$engine.json" \
+      > "$RES/eval_$engine.log" 2>&1
+    echo "eval $engine exit $?"; tail -14 "$RES/eval_$engine.log"
   done
-  python3 -c "import json; r = {e: json.load(open(f'$OUT/eval_{e}.json')) for e in ('hf', 'vllm')}; \
-print({e: (v['settings']['seconds'], v['average']['em']) for e, v in r.items()})" 2>&1 | tee "$OUT/eval_timing.txt"
+  python3 -c "import json; r = {e: json.load(open(f'$RES/eval_{e}.json')) for e in ('hf', 'vllm')}; \
+print({e: (v['settings']['seconds'], v['average']['em']) for e, v in r.items()})" 2>&1 | tee "$RES/eval_timing.txt"
 fi

@@ -36,6 +36,15 @@ def test_push_weights_paths(fake_vllm):
         push_weights(fake_colocated()[0], model)
 
 
+def test_push_weights_warns_when_vllm_keeps_its_prefix_cache(fake_vllm, caplog):
+    """vLLM 0.20's reset_prefix_cache returns False (and resets nothing) while requests hold KV blocks: said aloud."""
+    llm, loaded = fake_colocated(apply_model=lambda m: lambda fn: [fn(m)])
+    llm.reset_prefix_cache = lambda: False
+    with caplog.at_level("WARNING", logger="searche1.rollout.vllm_engine"):
+        push_weights(llm, torch.nn.Linear(3, 2))
+    assert set(loaded) == {"weight", "bias"} and "kept its prefix cache" in caplog.text
+
+
 def test_push_weights_merges_a_lora_policy(fake_vllm):
     """A peft LoRA policy reaches vLLM under the HF names, with its adapters merged (vLLM's model has none)."""
     from peft import LoraConfig, get_peft_model
@@ -171,5 +180,5 @@ def test_pipeline_ofsd_samples_with_the_runs_vllm_engine(fake_vllm, tmp_path):
     last_push = max(i for i, k in enumerate(kinds) if k == "push")
     assert "generate" in kinds[last_push:]  # the OFSD phase sampled after its push
     state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
-    grpo_out = final_weights(state["phases"][0]["model"])
+    grpo_out = final_weights(tmp_path / "run" / state["phases"][0]["model"])  # recorded relative to the run
     assert all(torch.equal(llm.events[last_push][1][k], v) for k, v in grpo_out.items())

@@ -17,7 +17,8 @@ from searche1.rollout.vllm_engine import VLLMEngine, turn_seed
 
 from tiny import tiny_model
 from toy_retriever import OverlapRetriever
-from vllm_fakes import FILLER, encode, FakeLLM, BoomRetriever, ALL_LP, examples, make, spans, assert_logprobs_from_fake
+from vllm_fakes import FILLER, encode, FakeEngine, FakeLLM, BoomRetriever, ALL_LP, examples, make, spans
+from vllm_fakes import assert_logprobs_from_fake
 from vllm_fakes import fake_vllm, tok  # noqa: F401 (fixtures; fake_vllm is autouse)
 
 
@@ -45,6 +46,23 @@ def test_search_then_answer(tok):
     assert sp0.stop == ["</search>", "</answer>"] and sp0.stop_token_ids == [tok.eos_token_id]
     assert (sp0.logprobs, sp0.temperature, sp0.top_p, sp0.n, sp0.max_tokens) == (1, 1.0, 1.0, 1, 24)
     assert sp0.include_stop_str_in_output is True and sp0.skip_special_tokens is False
+    assert (sp0.top_k, sp0.min_p, sp0.repetition_penalty) == (0, 0.0, 1.0)  # neutral, as the HF engine samples
+
+
+def test_fakes_refuse_what_vllm_020_refuses(fake_vllm):
+    """The fakes hold the engine to vLLM 0.20's names (tests/vllm_020_api.json): an unknown SamplingParams or
+    vllm.LLM keyword raises as it does there (and load_llm's logprobs_mode fallback does not swallow it)."""
+    from searche1.rollout.vllm_engine import load_llm
+
+    with pytest.raises(TypeError, match="Unexpected keyword argument 'stop_strings'"):
+        fake_vllm.SamplingParams(max_tokens=3, stop_strings=["</search>"])
+    fake_vllm.LLM = lambda **kw: kw
+    assert load_llm("m", enforce_eager=True)["enable_prefix_caching"] is True
+    with pytest.raises(TypeError, match="unexpected keyword argument 'prefix_caching'"):
+        load_llm("m", prefix_caching=True)
+    engine = FakeEngine(None)
+    with pytest.raises(TypeError, match="request_id must be a string"):
+        engine.add_request(3, {"prompt_token_ids": [1]}, fake_vllm.SamplingParams(output_kind="final_only"))
 
 
 STOP_REASON_QS = ["What is the capital of France?", "Capital of Germany?", "Where is the Eiffel Tower?", "Danube?",

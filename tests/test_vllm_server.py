@@ -34,6 +34,18 @@ def test_server_client_gives_the_same_episodes(tok, with_token_ids):
     assert b["model"] == "tiny" and isinstance(b["prompt"], list) and all(isinstance(t, int) for t in b["prompt"])
     assert b["logprobs"] == 1 and b["return_tokens_as_token_ids"] and b["stop"] == ["</search>", "</answer>"]
     assert {x["seed"] for x in bodies} == {turn_seed(1, i, t) for i, t in [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]}
+    # sent neutral: else vllm serve takes them from the model's generation_config.json (e.g. top_k 20)
+    assert (b["top_k"], b["min_p"], b["repetition_penalty"]) == (0, 0.0, 1.0)
+
+
+def test_mock_server_refuses_fields_vllm_ignores(tok):
+    """vLLM 0.20's server drops /v1/completions fields it does not know without a word; the mock refuses them, so
+    a misspelt field fails here instead of sampling otherwise on the GPU."""
+    from searche1.rollout.vllm_engine import TurnRequest
+
+    client = VLLMServerClient("h:1", transport=mock_server(tok, {}, True, []), retries=0)
+    with pytest.raises(RuntimeError, match=r"answered 400.*topk"):
+        client.generate([TurnRequest([1, 2], 4, 0)], {"stop": [], "stop_token_ids": [], "topk": 5})
 
 
 def test_server_reload_weights(tok):

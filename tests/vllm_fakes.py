@@ -1,6 +1,8 @@
 """Stand-ins for vLLM in its engine's tests: a fake ``vllm`` module (autouse fixture ``fake_vllm``: import it), a
 scripted ``vllm.LLM`` (FakeLLM) that stops like vLLM, a random one for training runs (RandomLLM), a mock ``vllm
-serve`` (mock_server), fake colocated engines for ``push_weights``. Not shown by any of them: real vLLM behaviour."""
+serve`` (mock_server), fake colocated engines for ``push_weights``. Not shown by any of them: real vLLM behaviour
+(benchmarks/vllm_frontend_check.py runs the engine through vLLM's real front end); but they refuse the keywords,
+``SamplingParams`` fields and ``/v1/completions`` fields that vLLM 0.20 refuses or ignores (vllm_020_api.json)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import random
 import sys
 import types
+from pathlib import Path
 
 import httpx
 import pytest
@@ -36,13 +39,44 @@ def encode(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-FakeSamplingParams = types.SimpleNamespace  # keyword arguments become attributes, like SamplingParams
+API = json.loads((Path(__file__).with_name("vllm_020_api.json")).read_text())  # names real vLLM 0.20 takes
+
+
+class FakeSamplingParams(types.SimpleNamespace):
+    """Keyword arguments become attributes, like ``SamplingParams``; a name vLLM 0.20's has not is refused with its
+    error (msgspec: "Unexpected keyword argument")."""
+
+    def __init__(self, **kw) -> None:
+        if bad := sorted(set(kw) - set(API["sampling_params"])):
+            raise TypeError(f"Unexpected keyword argument {bad[0]!r}")
+        super().__init__(**{"output_kind": "cumulative", **kw})
+
+
+def checked_llm(factory):
+    """``factory`` (a fake ``vllm.LLM``) behind vLLM 0.20's check of its keywords: ``LLM.__init__`` passes those it
+    does not name to ``EngineArgs``, which refuses any other."""
+
+    def make(*args, **kw):
+        if len(args) > 1 or (args and "model" in kw):
+            raise TypeError("LLM.__init__() takes 1 positional argument (model)")
+        if bad := sorted(set(kw) - set(API["llm_kwargs"])):
+            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {bad[0]!r}")
+        return factory(*args, **kw)
+
+    return make
+
+
+class FakeVLLMModule(types.ModuleType):
+    """The fake ``vllm`` module: a test's ``fake_vllm.LLM = ...`` gets vLLM 0.20's keyword check (checked_llm)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, checked_llm(value) if name == "LLM" else value)
 
 
 @pytest.fixture(autouse=True)
 def fake_vllm(monkeypatch):
     """A stand-in ``vllm`` module, so the engine's lazy ``from vllm import SamplingParams`` works."""
-    mod = types.ModuleType("vllm")
+    mod = FakeVLLMModule("vllm")
     mod.SamplingParams = FakeSamplingParams
     mod.__version__ = "0.0-fake"
     mod.sampling_params = types.ModuleType("vllm.sampling_params")
@@ -72,11 +106,15 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.max_queued = self.steps = 0
 
-    def add_request(self, request_id: str, prompt: dict, params) -> None:
+    def add_request(self, request_id: str, prompt: dict, params, arrival_time=None, lora_request=None,
+                    tokenization_kwargs=None, trace_headers=None, priority=0, prompt_text=None) -> str:
+        if not isinstance(request_id, str):  # as vLLM 0.20's LLMEngine.add_request
+            raise TypeError(f"request_id must be a string, got {type(request_id)}")
         assert request_id not in self.queue and params.output_kind == "final_only"
         self.queue[request_id] = (list(prompt["prompt_token_ids"]), params)
         self.added.append(request_id)
         self.max_queued = max(self.max_queued, len(self.queue))
+        return f"{request_id}-internal"  # vLLM 0.20 returns its internal id (external id + a random suffix)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.queue)
@@ -87,7 +125,8 @@ class FakeEngine:
         return [types.SimpleNamespace(request_id=rid, finished=True, outputs=[self.llm.complete(*self.queue.pop(rid))])
                 for rid in done]
 
-    def abort_request(self, request_ids: list[str]) -> None:
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
+        assert isinstance(request_ids, list) and not internal  # our external ids, as step() reports them
         self.aborted.extend(request_ids)
         for rid in request_ids:
             self.queue.pop(rid, None)
@@ -123,7 +162,8 @@ class FakeLLM:
         return types.SimpleNamespace(token_ids=tuple(out), logprobs=None if sp.logprobs is None else lps,
                                      finish_reason=finish, stop_reason=None)
 
-    def generate(self, prompts, sampling_params, use_tqdm=True):
+    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None,
+                 tokenization_kwargs=None, mm_processor_kwargs=None):  # vLLM 0.20's LLM.generate signature
         self.calls += 1
         assert isinstance(sampling_params, list) and len(sampling_params) == len(prompts)
         return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
@@ -181,6 +221,8 @@ def mock_server(tok, scripts, with_token_ids: bool, log: list[dict]):
             return httpx.Response(200, json={"data": [{"id": "tiny"}]})
         body = json.loads(request.content)
         log.append(body)
+        if bad := sorted(set(body) - set(API["completion_request"])):  # vLLM 0.20 would ignore them, silently
+            return httpx.Response(400, json={"error": f"not /v1/completions fields in vLLM 0.20: {bad}"})
         sp = FakeSamplingParams(**{k: body[k] for k in ("max_tokens", "stop", "stop_token_ids", "seed", "logprobs")})
         c = fake.complete(body["prompt"], sp)
         lp = None if c.logprobs is None else {  # asked for none: none come back (nor ids through them)
@@ -221,7 +263,8 @@ class RandomLLM:
     def reset_prefix_cache(self) -> None:
         pass
 
-    def generate(self, prompts, sampling_params, use_tqdm=True):
+    def generate(self, prompts, sampling_params=None, *, use_tqdm=True, lora_request=None, priority=None,
+                 tokenization_kwargs=None, mm_processor_kwargs=None):
         self.events.append(("generate", len(prompts)))
         self.params.append(list(sampling_params))
         outs = []

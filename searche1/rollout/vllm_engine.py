@@ -158,12 +158,18 @@ class VLLMEngine:
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """Settings shared by every request (``SamplingParams`` keywords, also valid ``/v1/completions`` fields);
-        ``logprobs`` is set per request (:func:`request_logprobs`)."""
+        ``logprobs`` is set per request (:func:`request_logprobs`). top_k, min_p and repetition_penalty are sent
+        neutral: a ``vllm serve`` fills fields a request leaves out from the model's generation_config.json (vLLM
+        0.20 ``CompletionRequest.to_sampling_params``; Qwen2.5-Instruct's sets top_k 20, repetition_penalty 1.05),
+        which the HF engine and the trainer's re-scoring do not apply."""
         cfg = self.cfg
         return {
             "n": 1,
             "temperature": 0.0 if cfg.greedy else cfg.temperature,
             "top_p": 1.0 if cfg.greedy else cfg.top_p,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
             "stop": list(protocol.TURN_STOP_STRINGS),
             "stop_token_ids": sorted(self.eos_ids),
             "include_stop_str_in_output": True,
@@ -453,8 +459,10 @@ def push_weights(llm: Any, model: Any) -> int:
             f"{type(llm).__name__}): no llm_engine.model_executor.driver_worker...model, apply_model or "
             "collective_rpc. Fix: set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM, or use the server "
             "mode and VLLMServerClient.reload_weights(path)")
-    if callable(getattr(llm, "reset_prefix_cache", None)):
-        llm.reset_prefix_cache()
+    # vLLM 0.20 (BlockPool.reset_prefix_cache) keeps the cache and returns False while a request holds KV blocks
+    if callable(getattr(llm, "reset_prefix_cache", None)) and llm.reset_prefix_cache() is False:
+        log.warning("push_weights: vLLM kept its prefix cache (requests in flight?): cached prompts may be served "
+                    "with KV blocks of the old weights")
     return len(weights)
 
 
