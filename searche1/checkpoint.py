@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from searche1.errors import ConfigError
 from searche1.io import atomic_dir, fault_point
 
 STATE_FILE = "trainer_state.json"
@@ -121,7 +122,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_RE.match(p.name)) and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
@@ -147,7 +149,13 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, 
     else:
         _load_weights(path, model, is_sharded, load_model_state)
     if optimizer is not None:  # index-keyed (plain AdamW, ZeRO) or name-keyed (FSDP), into any layout
-        load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))
+        try:
+            load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=False))
+        except (ValueError, KeyError, IndexError, RuntimeError) as e:
+            raise ConfigError(
+                f"{path}: its optimizer state does not fit the parameters this config trains ({e}) (fix: resume "
+                "with the settings the run was started with (model.train_layers, model.lora_r, ...), or start a "
+                f"new run from its weights: model.name_or_path: {path})") from None
     if scheduler is not None and (path / "scheduler.pt").is_file():
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if restore_rng:
