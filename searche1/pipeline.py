@@ -48,7 +48,8 @@ class PipelineConfig(TrainConfig):
         super().validate()
         bad = [p for p in self.schedule if p not in PHASES]
         if bad or not self.schedule:
-            raise ConfigError(f"schedule: {bad[0] if bad else '[]'!r} is not a phase; valid phases: grpo, ofsd")
+            hint = " (a list is written [grpo, ofsd]: --set 'schedule=[grpo, ofsd]')" if "," in "".join(bad) else ""
+            raise ConfigError(f"schedule: {bad[0] if bad else '[]'!r} is not a phase; valid phases: grpo, ofsd{hint}")
         # the GRPO names resolve only when training starts (after the model is loaded and --out written): check
         # them here, so a typo fails before anything is loaded or written
         from searche1.algos import get_advantage, get_policy_loss

@@ -117,8 +117,10 @@ def test_recorded_paths_of_earlier_versions_still_resolve(tmp_path, monkeypatch)
 
 
 def test_schedule_validation():
-    with pytest.raises(ConfigError, match="schedule: 'sft' is not a phase; valid phases: grpo, ofsd"):
+    with pytest.raises(ConfigError, match="schedule: 'sft' is not a phase; valid phases: grpo, ofsd$"):
         from_dict(PipelineConfig, {"data": {"train": ["x"]}, "schedule": ["grpo", "sft"]})
+    with pytest.raises(ConfigError, match=r"a list is written \[grpo, ofsd\]"):  # --set schedule=grpo,ofsd
+        from_dict(PipelineConfig, {"data": {"train": ["x"]}, "schedule": "grpo,ofsd"})
 
 
 @pytest.mark.parametrize("key, value, needle", [
