@@ -116,6 +116,14 @@ def test_corpus_truncated_or_corrupt_gzip(tmp_path: Path) -> None:
         load_qa(trunc.rename(tmp_path / "qa.jsonl.gz"))
 
 
+def test_corpus_folder_is_not_file_not_found(tmp_path: Path) -> None:
+    """`searche1 index --corpus FOLDER` said 'file not found' for a folder that exists."""
+    write_lines(tmp_path / "corpus.jsonl", [{"id": "1", "contents": "x"}])
+    with pytest.raises(DataError, match="is a folder, not a jsonl file") as exc:
+        load_corpus(tmp_path)
+    assert f"e.g. {tmp_path / 'corpus.jsonl'}" in str(exc.value)
+
+
 def test_corpus_duplicate_mentions_first_line(tmp_path: Path) -> None:
     f = write_lines(tmp_path / "c.jsonl", [{"id": 1, "contents": "a"}, "", {"id": "1", "contents": "b"}])
     with pytest.raises(DataError, match="first seen on line 1") as exc:

@@ -53,6 +53,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
     A truncated or corrupt gzip file, or a read error, raises :class:`DataError` naming the line being read."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("*.jsonl*"))
+        raise DataError(path, "is a folder, not a jsonl file",
+                        fix="pass a file" + (f", e.g. {inside[0]}" if inside else ""))
     if not path.is_file():
         raise DataError(path, "file not found", fix="check the path")
     try:
