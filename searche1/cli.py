@@ -135,6 +135,11 @@ def serve(
 
             retriever = RemoteRetriever(upstream)
             info, what = {"upstream": upstream, "kind": "proxy"}, f"a caching proxy of {upstream}"
+            try:
+                retriever.health()
+            except SearchE1Error as e:  # it may come up later: warn, and serve
+                console.print(f"[yellow]warning[/]: the upstream does not answer now ({e}); requests fail with "
+                              "HTTP 500 until it does")
     except SearchE1Error as e:
         _fail(e)
     if cache_size:

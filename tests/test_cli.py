@@ -211,3 +211,16 @@ def test_train_checks_retrieval_and_data_before_the_model_loads(tmp_path, monkey
         r = runner.invoke(app, train + [x for s in sets for x in ("--set", s)])
         assert r.exit_code == 2 and needle in flat(r), (sets, flat(r))
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_proxy_warns_when_the_upstream_is_down(monkeypatch):
+    """A proxy of a server that is down started silently and answered every request with HTTP 500."""
+    import searche1.retrieval.client
+    import searche1.retrieval.server
+
+    served = []
+    monkeypatch.setattr(searche1.retrieval.server, "serve", lambda app, **kw: served.append(kw))
+    monkeypatch.setattr(searche1.retrieval.client.RemoteRetriever, "_delay", lambda self, attempt: 0.0)
+    r = runner.invoke(app, ["serve", "--upstream", "http://127.0.0.1:9", "--port", "0"])
+    assert r.exit_code == 0 and served, r.output
+    assert "the upstream does not answer now" in flat(r) and "unreachable" in flat(r)
