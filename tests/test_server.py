@@ -168,6 +168,25 @@ def test_retriever_exception_is_500_and_server_survives(retriever, client) -> No
     assert client.post("/retrieve", json={"queries": ["Paris"]}).status_code == 200
 
 
+def test_an_upstream_that_is_down_logs_one_line_per_request(caplog) -> None:
+    """A proxy (`serve --upstream`) whose upstream is down logged a full traceback for every request."""
+    import logging
+
+    from searche1.errors import RetrievalError
+
+    class Down:
+        def search(self, queries, topk=3):
+            raise RetrievalError("retrieval server at http://up:8000 unreachable after 4 attempts")
+
+    c = TestClient(create_app(Down()))
+    with caplog.at_level(logging.ERROR, logger="searche1.retrieval.server"):
+        r = c.post("/retrieve", json={"queries": ["a"]})
+    assert r.status_code == 500 and "unreachable" in r.json()["detail"]
+    (rec,) = [r for r in caplog.records if r.name == "searche1.retrieval.server"]
+    assert "unreachable after 4 attempts" in rec.getMessage() and rec.exc_info is None
+    assert_healthy(c)
+
+
 def test_retriever_wrong_length_is_500(client) -> None:
     class Short:
         def search(self, queries, topk=3):

@@ -32,7 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from searche1.errors import ConfigError
+from searche1.errors import ConfigError, RetrievalError
 from searche1.retrieval.base import Retriever
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,10 @@ def create_app(retriever: Retriever, limits: ServerLimits = ServerLimits(), info
             response = JSONResponse(body)
         except Exception as e:  # noqa: BLE001 -- any retriever failure is a 500, the server keeps serving
             state["errors"] += 1
-            log.exception("retriever failed on a batch of %d queries", len(req.queries))
+            if isinstance(e, RetrievalError):  # an upstream down (proxy): one line per request, not a traceback
+                log.error("retriever failed on a batch of %d queries: %s", len(req.queries), e)
+            else:
+                log.exception("retriever failed on a batch of %d queries", len(req.queries))
             return JSONResponse({"detail": f"retriever failed: {type(e).__name__}: {e}"}, status_code=500)
         state["queries_served"] += len(req.queries)
         return response
