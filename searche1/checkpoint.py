@@ -138,6 +138,26 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def refuse_run_folder(path: str | Path, what: str) -> None:
+    """Raise a ConfigError naming the model to use when ``path`` (given as ``what``, e.g. ``--model``) is a
+    training run folder rather than a model folder: transformers said only "Unrecognized model ... Should have a
+    `model_type` key in its config.json"."""
+    path = Path(path)
+    if not path.is_dir() or (path / "model.safetensors").is_file():
+        return
+    if (path / "pipeline.json").is_file():
+        from searche1.pipeline import _recorded_path
+
+        done = json.loads((path / "pipeline.json").read_text()).get("phases") or []
+        model = _recorded_path(path, done[-1]["model"]) if done else None
+    elif (path / "checkpoints").is_dir():
+        model = latest_checkpoint(path)
+    else:
+        return
+    fix = f"{what} {model} (its newest model)" if model else "a model folder: this run has saved none yet"
+    raise ConfigError(f"{what} {path}: is a training run folder, not a model (fix: {fix})")
+
+
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, restore_rng: bool = True) -> dict:
     """Load weights (and optimizer, scheduler, RNG) from a checkpoint folder into existing objects; returns its state.
     A peft LoRA model (built on the run's base model) gets the checkpoint's adapter."""

@@ -305,10 +305,12 @@ def train(
 def _preflight(cfg) -> None:
     """Check what training reads only after the model has loaded (a minute or more for a large policy): the
     retrieval settings, the index or server, and the data files."""
+    from searche1.checkpoint import refuse_run_folder
     from searche1.config import ConfigError
     from searche1.data.qa import load_qa, load_qa_files
     from searche1.retrieval.index import read_index_meta
 
+    refuse_run_folder(cfg.model.name_or_path, "model.name_or_path:")
     try:
         cfg.retrieval.validate()
     except ConfigError as e:
@@ -399,6 +401,7 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl)")] = None,
 ) -> None:
     """Greedy evaluation: EM/F1, searches, valid format per dataset and the average; markdown table on stdout."""
+    from searche1.checkpoint import refuse_run_folder
     from searche1.config import from_dict
     from searche1.data.qa import load_qa_files
     from searche1.evaluate import EvalConfig, evaluate, markdown_table
@@ -429,6 +432,7 @@ def eval_cmd(
         if not all(picked.values()):
             console.print(f"[yellow]--offset {offset} leaves no question of: "
                           f"{', '.join(k for k, n in picked.items() if not n)}[/]")
+        refuse_run_folder(model, "--model")
         retriever = _retriever(index, retriever_url) if mode != "direct" else None
         if retriever is not None:  # a server that is down fails now, not after the model has loaded
             retriever.search(["searche1 eval: retriever check"], 1)

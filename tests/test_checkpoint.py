@@ -18,3 +18,29 @@ def test_resume_with_other_trainable_parameters_names_the_checkpoint_and_fix(tmp
     with pytest.raises(ConfigError, match="step-000001: its optimizer state does not fit") as e:
         run_grpo(more, tmp_path / "run", resume=True, progress=False, episode_reward=parity_reward)
     assert "model.train_layers" in str(e.value) and "model.name_or_path:" in str(e.value)
+
+
+def test_a_run_folder_given_as_a_model_names_its_newest_model(tmp_path):
+    """`searche1 eval --model RUN` (or model.name_or_path: RUN) was transformers' "Unrecognized model in RUN.
+    Should have a `model_type` key in its config.json"."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from searche1.checkpoint import refuse_run_folder
+    from searche1.cli import app
+
+    for step in (1, 2):
+        (tmp_path / "grpo" / "checkpoints" / f"step-00000{step}").mkdir(parents=True)
+        (tmp_path / "grpo" / "checkpoints" / f"step-00000{step}" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ConfigError, match="--model .*grpo: is a training run folder, not a model .*step-000002"):
+        refuse_run_folder(tmp_path / "grpo", "--model")
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({"phases": [{"model": "phase-01-ofsd/model"}]}))
+    with pytest.raises(ConfigError, match="fix: --model .*pipe/phase-01-ofsd/model"):
+        refuse_run_folder(tmp_path / "pipe", "--model")
+    refuse_run_folder(tmp_path / "pipe" / "phase-01-ofsd", "--model")  # not a run: left to the model loader
+    data = tmp_path / "dev.jsonl"
+    data.write_text(json.dumps({"question": "q?", "golden_answers": ["a"]}) + "\n")
+    r = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "grpo"), "--data", str(data), "--mode", "direct"])
+    assert r.exit_code == 2 and "step-000002" in r.output
