@@ -164,7 +164,10 @@ def load_policy(cfg: ModelConfig | None = None, *, trainable: bool = False):
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     if trainable and cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if callable(getattr(model, "activation_checkpointing_enable", None)):  # transformers >= 5.2x: new name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if trainable and cfg.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 

@@ -277,9 +277,12 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
 
     base = make_config(tmp_path, steps=2)
     ckpt = replace(base, model=replace(base.model, gradient_checkpointing=True))
+
     def checkpointing(cfg) -> bool:
         m = load_policy(cfg.model, trainable=True)[0]
-        return getattr(m, "is_activation_checkpointing", None) or m.is_gradient_checkpointing  # name since 5.x
+        name = "is_activation_checkpointing" if hasattr(m, "is_activation_checkpointing") else \
+            "is_gradient_checkpointing"  # the old name, deprecated in transformers 5.2x
+        return getattr(m, name)
 
     assert checkpointing(ckpt) and not checkpointing(base)
     run_grpo(base, tmp_path / "plain", progress=False, episode_reward=parity_reward)
