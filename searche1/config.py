@@ -110,6 +110,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+class UnknownFieldError(ConfigError):
+    """A key that is no field of its section; ``dotted`` is its path, ``key`` its last part."""
+
+    def __init__(self, message: str, dotted: str, key: str) -> None:
+        super().__init__(message)
+        self.dotted, self.key = dotted, key
+
+
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; raise :class:`ConfigError` naming ``path.field`` on any problem."""
     hints = get_type_hints(cls)
@@ -122,7 +130,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         dotted = f"{path + '.' if path else ''}{k}"
         if dotted in RENAMED:
             raise ConfigError(f"{dotted}: {RENAMED[dotted]}")
-        raise ConfigError(f"{dotted}: unknown field of {cls.__name__} ({hint})")
+        raise UnknownFieldError(f"{dotted}: unknown field of {cls.__name__} ({hint})", dotted, str(k))
     kwargs = {}
     for name, value in data.items():
         f = fields[name]
@@ -191,6 +199,12 @@ def _apply(cls: type[T], data: dict, overrides: dict | None, where: str) -> T:
         node[leaf] = value
     try:
         return from_dict(cls, data)
+    except UnknownFieldError as e:  # a field put in the wrong section (`lr:` at the top, `grpo.topk`): say where
+        homes = [name for name, *_ in describe(cls) if name.rsplit(".", 1)[-1] == e.key and name != e.dotted]
+        if homes:
+            raise ConfigError(f"{where}: {e.dotted}: not a field there; '{e.key}' is {' or '.join(homes)} (fix: "
+                              "set it there)") from None
+        raise ConfigError(f"{where}: {e}") from None
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -159,3 +159,15 @@ def test_a_config_of_an_earlier_version_names_the_replacement(key, needle):
 
     with pytest.raises(ConfigError, match=needle):
         load_config(PipelineConfig, None, {key: True})
+
+
+def test_a_field_in_the_wrong_section_names_its_section():
+    """`lr:` at the top level or `grpo.topk` listed the section's valid fields (or guessed a wrong one)."""
+    from searche1.pipeline import PipelineConfig
+
+    with pytest.raises(ConfigError, match="defaults: lr: not a field there; 'lr' is grpo.lr or ofsd.lr"):
+        load_config(PipelineConfig, None, {"lr": 1e-5})
+    with pytest.raises(ConfigError, match="grpo.topk: not a field there; 'topk' is rollout.topk or ofsd.topk"):
+        load_config(PipelineConfig, None, {"grpo.topk": 2})
+    with pytest.raises(ConfigError, match="grpo.lrr: unknown field of GRPOConfig .did you mean 'lr'"):
+        load_config(PipelineConfig, None, {"grpo.lrr": 2})
