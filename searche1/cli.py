@@ -77,7 +77,7 @@ def index(
         help="dense only: local sentence-transformers folder or pkg:NAME")] = None,
     query_prefix: Annotated[str, typer.Option(help="dense only: prefix for queries (E5: 'query: ')")] = "",
     passage_prefix: Annotated[str, typer.Option(help="dense only: prefix for passages (E5: 'passage: ')")] = "",
-    overwrite: Annotated[bool, typer.Option(help="replace an existing index folder")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing index folder (never another kind)")] = False,
 ) -> None:
     """Build a BM25 or dense index over a corpus."""
     from searche1.retrieval.index import build_index
@@ -183,7 +183,7 @@ def search(
 def data_synth(
     out: Annotated[Path, typer.Option(help="output folder (corpus.jsonl, train/, dev/)")],
     seed: Annotated[int, typer.Option(help="world seed: the same seed gives byte-identical files")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing folder")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing world folder (never another kind)")] = False,
 ) -> None:
     """Generate a deterministic fictional encyclopedia with single- and multi-hop questions."""
     from searche1.data.synth import generate_world, write_world
@@ -274,7 +274,8 @@ def warmup(
 @app.command()
 def train(
     config: Annotated[Path, typer.Option(help="YAML config (see configs/)")],
-    out: Annotated[Path, typer.Option(help="run folder: metrics.jsonl, checkpoints/, config.json")],
+    out: Annotated[Path, typer.Option(help="run folder: config.json and metrics.jsonl, checkpoints/ (GRPO only) or "
+                                           "pipeline.json, phase-NN-KIND/ (a schedule)")],
     resume: Annotated[bool, typer.Option(help="continue the run in --out from its newest complete checkpoint (a "
                                               "pipeline skips its finished phases); a new or empty --out starts one")
                       ] = False,

@@ -224,3 +224,12 @@ def test_serve_proxy_warns_when_the_upstream_is_down(monkeypatch):
     r = runner.invoke(app, ["serve", "--upstream", "http://127.0.0.1:9", "--port", "0"])
     assert r.exit_code == 0 and served, r.output
     assert "the upstream does not answer now" in flat(r) and "unreachable" in flat(r)
+
+
+def test_help_of_out_and_overwrite_matches_behaviour():
+    """train --out listed only a GRPO run's files; --overwrite of index/data synth now replaces only its kind."""
+    def text(*cmd):
+        return flat(runner.invoke(app, [*cmd, "--help"])).replace("│ ", "").replace(" │", "")
+
+    assert "pipeline.json" in text("train")
+    assert "never another kind" in text("index") and "never another kind" in text("data", "synth")
