@@ -50,16 +50,6 @@ class PipelineConfig(TrainConfig):
         if bad or not self.schedule:
             hint = " (a list is written [grpo, ofsd]: --set 'schedule=[grpo, ofsd]')" if "," in "".join(bad) else ""
             raise ConfigError(f"schedule: {bad[0] if bad else '[]'!r} is not a phase; valid phases: grpo, ofsd{hint}")
-        # the GRPO names resolve only when training starts (after the model is loaded and --out written): check
-        # them here, so a typo fails before anything is loaded or written
-        from searche1.algos import get_advantage, get_policy_loss
-        from searche1.rewards import get_reward
-
-        for name, get in (("advantage", get_advantage), ("loss_agg", get_policy_loss), ("reward", get_reward)):
-            try:
-                get(getattr(self.grpo, name))
-            except ConfigError as e:
-                raise ConfigError(f"grpo.{name}: {e}") from None
 
 
 def _phase_dir(out: Path, i: int, kind: str) -> Path:

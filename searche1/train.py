@@ -96,6 +96,16 @@ class GRPOConfig:
             raise ConfigError("lr: must be > 0")
         if self.sharding not in ("none", "optimizer", "full"):
             raise ConfigError(f"sharding: unknown '{self.sharding}' (fix: use none, optimizer or full)")
+        # the registry names resolve only when training starts (after the model is loaded and --out written): check
+        # them here, so a typo fails before anything is loaded or written
+        from searche1.algos import get_advantage, get_policy_loss
+        from searche1.rewards import get_reward
+
+        for name, get in (("advantage", get_advantage), ("loss_agg", get_policy_loss), ("reward", get_reward)):
+            try:
+                get(getattr(self, name))
+            except ConfigError as e:
+                raise ConfigError(f"{name}: {e}") from None
 
 
 @dataclass

@@ -131,9 +131,12 @@ def test_schedule_validation():
 def test_grpo_names_fail_when_the_config_loads(key, value, needle):
     """A mistyped registry name failed only once training started, after the model loaded and --out got a
     config.json and an empty metrics.jsonl, so the corrected command then refused the folder ("already holds a
-    run"). It now fails with the config."""
-    with pytest.raises(ConfigError, match=needle):
-        from_dict(PipelineConfig, {"data": {"train": ["x"]}, "grpo": {key: value}})
+    run"). It now fails with the config, a GRPO-only one too."""
+    from searche1.train import TrainConfig
+
+    for cls in (PipelineConfig, TrainConfig):
+        with pytest.raises(ConfigError, match=needle):
+            from_dict(cls, {"data": {"train": ["x"]}, "grpo": {key: value}})
 
 
 def test_gradient_checkpointing_gives_the_same_pipeline(tmp_path):
