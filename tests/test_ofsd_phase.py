@@ -305,3 +305,13 @@ def test_lora_teacher_is_the_adapter_off(tok, pairs):
     torch.testing.assert_close(before, after)  # the teacher (adapter off) did not move
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in base0.items())  # only the adapter trained
     assert not FrozenTeacher(model).adapter_off  # a trained adapter is deep-copied instead
+
+
+def test_sampling_shows_a_progress_bar_of_episodes(tok, capsys):
+    """Re-sampling is most of an OFSD phase on a CPU: it has its own bar, which counts every episode."""
+    c = cfg()
+    sample_groups(tiny_model(tok), tok, tiny_retriever(), QS, c, ROLLOUT, seed=0, episode_reward=parity_reward,
+                  progress=True)
+    n = min(c.questions, len(QS)) * c.samples_per_question
+    err = capsys.readouterr().err
+    assert "ofsd sampling: 100%" in err and f"{n}/{n}" in err, err[-300:]

@@ -297,13 +297,16 @@ def _adapter_is_fresh(model: Any) -> bool:
 def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequence[Any], cfg: OFSDConfig,
                   rollout_cfg: RolloutConfig, *, seed: int = 0,
                   episode_reward: EpisodeReward | None = None, dist: Dist | None = None,
-                  engine: Any = None) -> tuple[list[list[Episode]], dict]:
+                  engine: Any = None, progress: bool = False) -> tuple[list[list[Episode]], dict]:
     """K scored rollouts for each of ``cfg.questions`` seeded-sampled questions, grouped per question, sampled by
     ``engine`` (anything with the rollout engines' ``run``, e.g. the run's vLLM engine) or else an HF engine on
     ``model``.
 
     With ``dist``, each rank samples its contiguous share of the questions and the scored groups are gathered, so
-    every rank returns all groups (in question order) and the same statistics."""
+    every rank returns all groups (in question order) and the same statistics. ``progress``: a bar of episodes
+    (rank 0's share), since sampling is most of a phase's time on a CPU."""
+    from tqdm.auto import tqdm
+
     from searche1.rewards import get_reward
     from searche1.rollout.hf_engine import HFEngine
 
@@ -315,10 +318,13 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
     lo, hi = d.rank * len(qs) // d.world, (d.rank + 1) * len(qs) // d.world
     was = model.training
     model.eval()
+    bar = tqdm(total=(hi - lo) * K, desc="ofsd sampling", disable=not progress or not d.is_main, unit="ep")
     try:
         sampler = engine if engine is not None else HFEngine(model, tokenizer, retriever, rollout_cfg)
-        eps = sampler.run([q for q in qs[lo:hi] for _ in range(K)], seed=seed, first_index=lo * K)
+        eps = sampler.run([q for q in qs[lo:hi] for _ in range(K)], seed=seed, first_index=lo * K,
+                          progress=bar.update)
     finally:
+        bar.close()
         model.train(was)
     reward_fn = get_reward(cfg.reward)
     for e in eps:
@@ -533,7 +539,7 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     was_training = model.training
     d = dist or Dist()
     groups, roll_stats = sample_groups(model, tokenizer, retriever, questions, cfg, rollout_cfg, seed=seed,
-                                       episode_reward=episode_reward, dist=d, engine=engine)
+                                       episode_reward=episode_reward, dist=d, engine=engine, progress=progress)
     pairs, pair_stats = mine_pairs(groups, student=cfg.student, reference=cfg.reference,  # type: ignore[arg-type]
                                    correct_threshold=cfg.correct_threshold)
     t_roll = time.perf_counter() - t0
