@@ -89,7 +89,7 @@ def _stage(name: str, timings: dict, t0: float) -> None:
     console.print(f"[green]✓[/] {name} ({timings[name]:.0f} s)")
 
 
-def _evaluate(cfg: DemoConfig, model_dir: Path, dev_files: list[Path], path: Path) -> dict:
+def _evaluate(cfg: DemoConfig, model_dir: Path, dev_files: list[Path], path: Path, progress: bool = True) -> dict:
     """Greedy agent evaluation with the run's search settings, written to ``path``; reused when it exists."""
     if path.is_file():
         return json.loads(path.read_text())
@@ -99,7 +99,7 @@ def _evaluate(cfg: DemoConfig, model_dir: Path, dev_files: list[Path], path: Pat
 
     model, tok = load_policy(replace(cfg.model, name_or_path=str(model_dir)))
     ecfg = replace(cfg, data=replace(cfg.data, dev=dev_files, dev_limit=cfg.eval_limit))
-    dev_eval(model, tok, make_retriever(cfg.retrieval), load_qa_files(dev_files), ecfg, path)
+    dev_eval(model, tok, make_retriever(cfg.retrieval), load_qa_files(dev_files), ecfg, path, progress=progress)
     return json.loads(path.read_text())
 
 
@@ -151,7 +151,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data: Path | None = None, out: Pa
 
     t0 = time.perf_counter()
     console.print(f"[bold]evaluation of the base model[/]: {cfg.eval_limit} dev questions per dataset")
-    base_eval = _evaluate(cfg, base, dev_files, out / "eval-base.json")
+    base_eval = _evaluate(cfg, base, dev_files, out / "eval-base.json", progress)
     _stage("evaluation of the base model", timings, t0)
 
     t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data: Path | None = None, out: Pa
 
     t0 = time.perf_counter()
     console.print("[bold]evaluation after warm-up[/] (before RL)")
-    before = _evaluate(cfg, warm, dev_files, out / "eval-before.json")
+    before = _evaluate(cfg, warm, dev_files, out / "eval-before.json", progress)
     _stage("evaluation before", timings, t0)
 
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def run_demo(cfg: DemoConfig | None = None, *, data: Path | None = None, out: Pa
 
     t0 = time.perf_counter()
     console.print("[bold]evaluation after[/]")
-    after = _evaluate(cfg, final, dev_files, out / "eval-after.json")
+    after = _evaluate(cfg, final, dev_files, out / "eval-after.json", progress)
     _stage("evaluation after", timings, t0)
 
     t0 = time.perf_counter()

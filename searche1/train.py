@@ -303,7 +303,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
-        metrics_log.log(0, dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / "step-0.json", engine))
+        metrics_log.log(0, dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / "step-0.json", engine,
+                                    progress=progress))
     d.barrier()
     bar = tqdm(total=g.steps, initial=start, desc="grpo", disable=not progress or not d.is_main, unit="step")
     done_here = 0
@@ -410,7 +411,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         if dev and (step % g.eval_every == 0 or step == g.steps):
             if d.is_main:
                 metrics.update(dev_eval(eval_model, tok, retriever, dev, cfg, out / "evals" / f"step-{step}.json",
-                                        engine))
+                                        engine, progress=progress))
             metrics = d.gather(metrics)[0]  # every rank takes rank 0's view (collapse decisions agree)
         collapsed = health.update(metrics)
         if collapsed:
@@ -487,12 +488,13 @@ def _dump_grads(model, path: Path, d) -> None:
 
 
 def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path | None = None,
-             engine=None) -> dict:
+             engine=None, progress: bool = False) -> dict:
     """Greedy agent evaluation on the dev sets with the run's search settings; the full ``searche1 eval`` JSON is
     written to ``save_to`` (``evals/step-N.json``, per-question outcomes in ``step-N.samples.jsonl`` for paired
     comparisons: ``searche1 compare``) and the namespaced summary is returned for the metrics log. With the run's
     ``engine`` a vLLM one (its weights are the trainer's: pushed after every step), the evaluation decodes with it
-    (``searche1 eval --engine vllm`` gives the same decoding); else with our HF engine on ``model``."""
+    (``searche1 eval --engine vllm`` gives the same decoding); else with our HF engine on ``model``. ``progress``:
+    a bar of questions (an evaluation takes minutes on a CPU)."""
     from searche1.evaluate import EvalConfig, evaluate
     from searche1.io import write_json
 
@@ -502,7 +504,7 @@ def dev_eval(model, tok, retriever, dev: dict, cfg: TrainConfig, save_to: Path |
     ecfg = EvalConfig(mode="agent", limit=cfg.data.dev_limit, max_searches=r.max_searches, topk=r.topk,
                       max_doc_tokens=r.max_doc_tokens, max_turn_tokens=r.max_turn_tokens, batch_size=r.batch_size,
                       engine=r.engine if vllm else "hf", vllm_url=r.vllm_url)
-    res = evaluate(model, tok, retriever, dev, ecfg, progress=False,
+    res = evaluate(model, tok, retriever, dev, ecfg, progress=progress,
                    samples_out=save_to.with_suffix(".samples.jsonl") if save_to is not None else None,
                    engine=engine.with_config(replace(ecfg.rollout(), vllm_stream_turns=r.vllm_stream_turns))
                    if vllm else None)

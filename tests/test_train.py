@@ -209,12 +209,13 @@ def test_train_layers_config_errors(tmp_path):
         load_policy(ModelConfig(name_or_path=cfg.model.name_or_path, device="cpu", train_layers=3), trainable=True)
 
 
-def test_dev_evaluation_before_during_and_after_training(tmp_path):
+def test_dev_evaluation_before_during_and_after_training(tmp_path, capsys):
     cfg = make_config(tmp_path)
     cfg.data.dev = [tmp_path / "train.jsonl"]
     cfg.data.dev_limit = 2
     cfg.grpo.eval_every = 2
-    out = run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward)
+    out = run_grpo(cfg, tmp_path / "run", progress=True, episode_reward=parity_reward)
+    assert capsys.readouterr().err.count("eval agent: 100%") == 3  # each evaluation has its own progress bar
     rows = read_metrics(out)
     assert [r["step"] for r in rows if "dev/em" in r] == [0, 2, 3]  # before, every 2 steps, after the last
     assert sorted(p.name for p in (out / "evals").glob("*.json")) == ["step-0.json", "step-2.json", "step-3.json"]
