@@ -253,7 +253,7 @@ def warmup(
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate")] = 5e-5,
     max_hops: Annotated[int, typer.Option(help="searches per demonstration at most")] = 2,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing warm-up folder (never another kind)")] = False,
 ) -> None:
     """Format warm-up (a bootstrap, not part of Search-E1): fine-tune briefly on protocol demonstrations built from
     the training questions and the retriever (search, read, answer; two hops where the data allows)."""

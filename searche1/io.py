@@ -85,6 +85,19 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def check_out_dir(path: str | Path, *, overwrite: bool = False, replaces: str | None = None) -> None:
+    """The up-front refusals of :func:`atomic_dir`, on their own: call it before long work whose result goes to
+    ``path``, so a refused ``--out`` fails before the work, not after it."""
+    path = Path(path)
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists (fix: choose another --out or pass --overwrite)")
+    if replaces and path.exists() and (not path.is_dir() or any(path.iterdir())) and not (path / replaces).is_file():
+        held = ", ".join(sorted(p.name for p in path.iterdir())[:5]) if path.is_dir() else "a file"
+        raise FileExistsError(f"{path} exists and is not the kind of folder written here (no {replaces}; it holds "
+                              f"{held}), so --overwrite does not replace it (fix: choose another --out, or delete "
+                              "it yourself if it is unwanted)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False, replaces: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one rename, on error it is deleted.
@@ -95,13 +108,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False, replaces: str | Non
     killed writers (dead PID, this host) are removed; a concurrent live writer's are not.
     """
     path = Path(path)
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path} already exists (fix: choose another --out or pass --overwrite)")
-    if replaces and path.exists() and (not path.is_dir() or any(path.iterdir())) and not (path / replaces).is_file():
-        held = ", ".join(sorted(p.name for p in path.iterdir())[:5]) if path.is_dir() else "a file"
-        raise FileExistsError(f"{path} exists and is not the kind of folder written here (no {replaces}; it holds "
-                              f"{held}), so --overwrite does not replace it (fix: choose another --out, or delete "
-                              "it yourself if it is unwanted)")
+    check_out_dir(path, overwrite=overwrite, replaces=replaces)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(path)
     tmp = _tmp_sibling(path, "tmp")

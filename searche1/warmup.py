@@ -498,15 +498,14 @@ def run_warmup(model_spec: str | Path, index_dir_or_retriever: str | Path | Retr
     """
     from searche1.config import to_dict
     from searche1.checkpoint import save_policy
-    from searche1.io import atomic_dir, write_json
+    from searche1.io import atomic_dir, check_out_dir, write_json
     from searche1.models import ModelConfig, load_policy
 
     cfg = cfg or WarmupConfig()
     cfg.validate()
     rollout_cfg = rollout_cfg or RolloutConfig()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists (fix: choose another --out or pass --overwrite)")
+    check_out_dir(out_dir, overwrite=overwrite, replaces=WARMUP_FILE)  # before any work
     if isinstance(index_dir_or_retriever, (str, Path)):
         from searche1.retrieval.index import load_retriever
 
@@ -567,7 +566,7 @@ def run_warmup(model_spec: str | Path, index_dir_or_retriever: str | Path | Retr
                     "response": tok.decode(example.response_ids, skip_special_tokens=False)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, replaces=WARMUP_FILE) as tmp:  # --overwrite: only a warm-up
         save_policy(model, tok, tmp)  # HF layout; LoRA merged
         write_json(tmp / WARMUP_FILE, record)
     return out_dir

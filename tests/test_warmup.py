@@ -329,6 +329,13 @@ def test_run_warmup_writes_loadable_folder(tmp_path, model_dir):
     run_warmup(model_dir, index, [qa], out, dataclasses.replace(cfg, num_examples=2), overwrite=True,
                progress=False)
     assert json.loads((out / "warmup.json").read_text())["demos"]["used"] == 2
+    # --overwrite replaces only a warm-up: a training run is refused before any work (no index is even opened)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="no warmup.json"):
+        run_warmup(model_dir, tmp_path / "no-index", [qa], run, cfg, overwrite=True, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
 
 
 def test_run_warmup_failure_leaves_nothing(tmp_path, model_dir, monkeypatch):
