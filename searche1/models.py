@@ -132,6 +132,9 @@ def resolve_model_path(name_or_path: str) -> Path:
     """An existing folder is used as is; an embedded model name is fetched (converted once, then cached)."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
+        from searche1.checkpoint import refuse_run_folder
+
+        refuse_run_folder(p, "model")  # a run folder holds a config.json too, but not the model's
         if not (p / "config.json").is_file():
             raise DataError(p, "not a Hugging Face model folder (config.json missing)")
         return p

@@ -44,3 +44,16 @@ def test_a_run_folder_given_as_a_model_names_its_newest_model(tmp_path):
     data.write_text(json.dumps({"question": "q?", "golden_answers": ["a"]}) + "\n")
     r = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "grpo"), "--data", str(data), "--mode", "direct"])
     assert r.exit_code == 2 and "step-000002" in r.output
+
+
+def test_resolve_model_path_refuses_a_run_folder(tmp_path):
+    """Every command that loads a model (warm-up, the OFSD CLI, library calls) gets the run-folder hint, not only
+    eval and train: a run folder has a config.json (the run's), which passed for a model folder."""
+    from searche1.models import resolve_model_path
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (tmp_path / "run" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is a training run folder, not a model .*step-000003"):
+        resolve_model_path(str(tmp_path / "run"))
