@@ -187,6 +187,26 @@ def batch_denominator(mask: torch.Tensor, agg: str, max_len: int) -> float:
     return float(mask.shape[0] * max_len)  # dr_grpo
 
 
+RETRIEVAL_FAILURE_LIMIT = 0.5
+"""A GRPO step whose episodes ended on a retrieval error in this share or more stops the run before its update."""
+
+
+def check_retrieval(eps: list[Episode], d, step: int) -> None:
+    """Stop the run (a :class:`RetrievalError`, before the step's update) when most of the step's episodes, over all
+    ranks, ended on a retrieval error: the retriever is down (the client has already retried), and training on
+    those episodes would teach the policy that searching fails. Isolated failures only end their own episodes."""
+    from searche1.errors import RetrievalError
+    from searche1.rollout.types import StopReason
+
+    bad = [e for e in eps if e.stop_reason == StopReason.RETRIEVAL_ERROR]
+    failed, total = d.sum_all([len(bad), len(eps)])
+    if total and failed >= RETRIEVAL_FAILURE_LIMIT * total:
+        first = bad[0].metrics.get("retrieval_error", "?") if bad else "on another rank"
+        raise RetrievalError(f"step {step}: {failed:.0f} of {total:.0f} episodes ended on a retrieval error (first: "
+                             f"{first}); the step was not trained (fix: bring the retriever back, then run the same "
+                             "command with --resume: it continues from the newest checkpoint)")
+
+
 def rollout_metrics(eps: list[Episode]) -> dict:
     from collections import Counter
 
@@ -317,6 +337,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         eps = engine.run([q for q in qs for _ in range(g.group_size)], seed=g.seed * 1_000_003 + step,
                          first_index=mine.start * g.group_size)
         t_roll = time.perf_counter() - t0
+        check_retrieval(eps, d, step)
         rewards = []
         for e in eps:
             r, m = episode_reward(e) if episode_reward is not None else reward_fn(e.answer, e.answers)

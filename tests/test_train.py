@@ -415,3 +415,23 @@ def test_lora_checkpoints_are_merged_hf_folders_and_resume_exactly(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, rtol=1e-4, atol=1e-5)
     assert hf_state_dict(peft_model).keys() == merged.state_dict().keys()  # HF names, no adapter tensors
+
+
+def test_a_step_whose_searches_mostly_fail_stops_before_training():
+    """A retriever that is down (after the client's retries) used to end episodes with retrieval_error and training
+    went on, teaching the policy that searching fails; a majority of such episodes now stops the run, untrained."""
+    from searche1.distributed import Dist
+    from searche1.errors import RetrievalError
+    from searche1.rollout.types import StopReason
+    from searche1.train import check_retrieval
+
+    def eps(n_bad: int, n: int = 10) -> list[Episode]:
+        out = [Episode(example_id=str(i), question="q", answers=["a"], prompt_ids=[1],
+                       stop_reason=StopReason.RETRIEVAL_ERROR if i < n_bad else StopReason.ANSWERED) for i in range(n)]
+        for e in out[:n_bad]:
+            e.metrics["retrieval_error"] = "connection refused"
+        return out
+
+    check_retrieval(eps(4), Dist(), 3)  # isolated failures only end their own episodes
+    with pytest.raises(RetrievalError, match="step 3: 5 of 10 episodes .*connection refused.*--resume"):
+        check_retrieval(eps(5), Dist(), 3)
