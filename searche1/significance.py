@@ -91,6 +91,9 @@ def read_samples(path: str | Path) -> dict[tuple[str, str], float]:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise DataError(path, f"not a samples record ({e})", line=n,
                                 fix="samples lines need dataset, id and em") from None
+    if not out:
+        raise DataError(path, "holds no per-question record (an evaluation cut short, or an empty file)",
+                        fix="rerun `searche1 eval --out X.json` to the end")
     return out
 
 

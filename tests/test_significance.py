@@ -93,6 +93,9 @@ def test_bad_samples_files_are_named(tmp_path):
     (tmp_path / "bad.samples.jsonl").write_text('{"dataset": "nq", "id": "1", "em": 1}\n{"dataset": "nq"}\n')
     with pytest.raises(DataError, match=r"bad.samples.jsonl:2: not a samples record"):
         read_samples(tmp_path / "bad.samples.jsonl")
+    (tmp_path / "empty.samples.jsonl").write_text("\n")  # an evaluation cut short: named, not "share no question"
+    with pytest.raises(DataError, match=r"empty.samples.jsonl: holds no per-question record"):
+        read_samples(tmp_path / "empty.json")
     with pytest.raises(DataError, match="share no question"):
         compare({("a", "1"): 1.0}, {("b", "1"): 1.0})
     r = CliRunner().invoke(app, ["compare", str(tmp_path / "x.json"), str(tmp_path / "y.json")])
