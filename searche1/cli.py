@@ -399,13 +399,15 @@ def eval_cmd(
     vllm_url: Annotated[Optional[str], typer.Option(help="vllm-server: the `vllm serve` of this model")] = None,
     vllm_gpu_memory_utilization: Annotated[float, typer.Option(help="vllm: share of GPU memory")] = 0.85,
     vllm_kwargs: Annotated[str, typer.Option(help="vllm: JSON object of extra vllm.LLM keywords")] = "{}",
-    out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="write the results JSON here (+ .samples.jsonl); finished "
+                                                     "datasets are kept in .partial.jsonl until the end, so the "
+                                                     "same command after an interruption skips them")] = None,
 ) -> None:
     """Greedy evaluation: EM/F1, searches, valid format per dataset and the average; markdown table on stdout."""
     from searche1.checkpoint import refuse_run_folder
     from searche1.config import from_dict
     from searche1.data.qa import load_qa_files
-    from searche1.evaluate import EvalConfig, evaluate, markdown_table
+    from searche1.evaluate import EvalConfig, evaluate, markdown_table, resume_key
     from searche1.models import ModelConfig, load_policy, load_tokenizer, resolve_model_path
 
     try:
@@ -450,9 +452,15 @@ def eval_cmd(
         _fail(e)
     try:
         results = evaluate(policy, tok, retriever, datasets, cfg, engine=sampler,
-                           samples_out=out.with_suffix(".samples.jsonl") if out else None)
+                           samples_out=out.with_suffix(".samples.jsonl") if out else None,
+                           resume=resume_key(model, cfg) if out else None)
     except SearchE1Error as e:  # e.g. the retrieval server went down during a naive-rag search
         _fail(e)
+    except KeyboardInterrupt:
+        hint = ("the same command skips the datasets it finished" if out else
+                "nothing was kept (with --out, finished datasets are kept and the same command skips them)")
+        console.print(f"[yellow]interrupted[/]: {hint}")
+        raise typer.Exit(130)
     results["settings"]["model"] = model
     typer.echo(markdown_table(results))
     if out:

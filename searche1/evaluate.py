@@ -101,11 +101,63 @@ def summarize(episodes: list[Episode], mode: str, tokenizer) -> dict:
     }
 
 
+def resume_key(model: str | Path, cfg: EvalConfig) -> str:
+    """What an evaluation's finished datasets are valid for: the model folder (its path and the time its files were
+    written, so a retrained model in the same folder is not mixed in) and every setting."""
+    path = Path(model).expanduser()
+    stamp = max((f.stat().st_mtime_ns for f in path.iterdir() if f.is_file()), default=0) if path.is_dir() else 0
+    return json.dumps({"model": str(path.resolve()) if path.exists() else str(model), "stamp": stamp,
+                       "settings": cfg.__dict__}, sort_keys=True, default=str)
+
+
+class _Partial:
+    """Finished datasets of an interrupted evaluation, one JSON line each (``X.partial.jsonl`` beside ``X.json``),
+    appended and fsynced as each dataset ends; a cut-off last line is ignored. Records are reused only under the
+    same :func:`resume_key` and the same selected question ids."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+
+    @staticmethod
+    def ids(exs: list[QAExample]) -> str:
+        import hashlib
+
+        return hashlib.sha256("\n".join(e.id for e in exs).encode()).hexdigest()[:16]
+
+    def load(self) -> dict[str, dict]:
+        done: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the line being written when the evaluation stopped
+                if isinstance(r, dict) and r.get("key") == self.key:
+                    done[r["dataset"]] = r
+            if not done:  # another model or other settings: stale, start afresh
+                self.path.unlink()
+        return done
+
+    def add(self, name: str, exs: list[QAExample], summary: dict, samples: list[dict]) -> None:
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"key": self.key, "dataset": name, "ids": self.ids(exs), "summary": summary, "samples": samples}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], cfg: EvalConfig,
-             *, progress: bool = True, samples_out: Path | None = None, engine=None) -> dict:
+             *, progress: bool = True, samples_out: Path | None = None, engine=None,
+             resume: str | None = None) -> dict:
     """Run ``cfg.mode`` on every dataset and return the results dict (see module docstring). ``engine``: a rollout
     engine built with ``cfg.rollout()`` (a vLLM one: ``factory.saved_model_engine``, or a run's engine
-    ``.with_config``); by default our HF engine on ``model``."""
+    ``.with_config``); by default our HF engine on ``model``. ``resume`` (a :func:`resume_key`, with
+    ``samples_out``): each finished dataset is kept in ``X.partial.jsonl`` beside the samples file, so an
+    interrupted evaluation run again with the same model and settings skips the datasets it finished; the file is
+    removed when the evaluation completes."""
     from tqdm.auto import tqdm
 
     from searche1.rollout.hf_engine import HFEngine
@@ -122,8 +174,22 @@ def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], 
 
     total = sum(len(select(v)) for v in datasets.values())
     bar = tqdm(total=total, desc=f"eval {cfg.mode}", disable=not progress, unit="q")
+    partial = None
+    if resume is not None and samples_out is not None:
+        partial = _Partial(samples_out.parent / samples_out.name.replace(".samples.jsonl", ".partial.jsonl"), resume)
+    done = partial.load() if partial else {}
+    resumed: list[str] = []
     for name, exs in datasets.items():
         exs = select(exs)
+        if name in done and done[name]["ids"] == _Partial.ids(exs):
+            results[name] = done[name]["summary"]
+            samples += done[name]["samples"]
+            bar.update(len(exs))
+            resumed.append(name)
+            if progress:
+                bar.write(f"{name}: finished earlier, taken from {partial.path}")  # type: ignore[union-attr]
+            continue
+        first = len(samples)
         prompts = None
         if cfg.mode != "agent":
             passages = [None] * len(exs)
@@ -142,17 +208,22 @@ def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], 
                             "pred": pred, "em": em, "searches": ep.searches, "stop": ep.stop_reason.value,
                             "response": ep.response_text})
         results[name] = summarize(eps, cfg.mode, tokenizer)
+        if partial is not None:
+            partial.add(name, exs, results[name], samples[first:])
     bar.close()
     names = [k for k, v in results.items() if v.get("n")]
     avg = {k: round(sum(results[d][k] for d in names) / len(names), 4)
            for k in ("em", "f1", "searches", "valid_format", "response_tokens")} if names else {}
     out = {"mode": cfg.mode, "datasets": results, "average": avg,
-           "settings": {**cfg.__dict__, "seconds": round(time.perf_counter() - t0, 1)}}
+           "settings": {**cfg.__dict__, "seconds": round(time.perf_counter() - t0, 1),
+                        **({"resumed_datasets": resumed} if resumed else {})}}
     if samples_out is not None:
         samples_out.parent.mkdir(parents=True, exist_ok=True)
         with open(samples_out, "w", encoding="utf-8") as f:
             for s in samples:
                 f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    if partial is not None:
+        partial.path.unlink(missing_ok=True)
     return out
 
 
