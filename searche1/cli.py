@@ -28,6 +28,20 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _options(cls, values: dict):
+    """``from_dict(cls, values)`` for a command whose options are ``cls``'s fields: an invalid value's error names
+    the option (``--batch-size: must be >= 1``), not the config field (``batch_size: ...``)."""
+    from searche1.config import ConfigError, from_dict
+
+    try:
+        return from_dict(cls, values)
+    except ConfigError as e:
+        name, sep, rest = str(e).partition(":")
+        if sep and name in values:
+            raise ConfigError(f"--{name.replace('_', '-')}:{rest}") from None
+        raise
+
+
 def _overrides(items: list[str]) -> dict:
     """``--set key=value`` options as a dict (values parsed as YAML)."""
     import yaml
@@ -257,14 +271,13 @@ def warmup(
 ) -> None:
     """Format warm-up (a bootstrap, not part of Search-E1): fine-tune briefly on protocol demonstrations built from
     the training questions and the retriever (search, read, answer; two hops where the data allows)."""
-    from searche1.config import from_dict
     from searche1.warmup import WarmupConfig, run_warmup
 
     if not data:
         _fail(ValueError("--data: give at least one training QA file"))
     try:
-        cfg = from_dict(WarmupConfig, {"num_examples": num_examples, "epochs": epochs, "batch_size": batch_size,
-                                       "lr": lr, "max_hops": max_hops, "seed": seed})
+        cfg = _options(WarmupConfig, {"num_examples": num_examples, "epochs": epochs, "batch_size": batch_size,
+                                      "lr": lr, "max_hops": max_hops, "seed": seed})
         path = run_warmup(model, index, data, out, cfg, overwrite=overwrite)
     except (SearchE1Error, FileExistsError, ValueError) as e:
         _fail(e)
@@ -405,7 +418,6 @@ def eval_cmd(
 ) -> None:
     """Greedy evaluation: EM/F1, searches, valid format per dataset and the average; markdown table on stdout."""
     from searche1.checkpoint import refuse_run_folder
-    from searche1.config import from_dict
     from searche1.data.qa import load_qa_files
     from searche1.evaluate import EvalConfig, evaluate, markdown_table, resume_key
     from searche1.models import ModelConfig, load_policy, load_tokenizer, resolve_model_path
@@ -417,12 +429,12 @@ def eval_cmd(
             extra = json.loads(vllm_kwargs)
         except json.JSONDecodeError as e:
             raise SearchE1Error(f"--vllm-kwargs: not JSON ({e}); fix: an object such as '{{\"enforce_eager\": true}}'")
-        cfg = from_dict(EvalConfig, {"mode": mode, "limit": limit, "offset": offset, "batch_size": batch_size,
-                                     "max_turn_tokens": max_turn_tokens, "max_searches": max_searches,
-                                     "topk": topk, "max_doc_tokens": max_doc_tokens, "turn_start": turn_start,
-                                     "engine": engine, "vllm_url": vllm_url,
-                                     "vllm_gpu_memory_utilization": vllm_gpu_memory_utilization,
-                                     "vllm_kwargs": extra})
+        cfg = _options(EvalConfig, {"mode": mode, "limit": limit, "offset": offset, "batch_size": batch_size,
+                                    "max_turn_tokens": max_turn_tokens, "max_searches": max_searches,
+                                    "topk": topk, "max_doc_tokens": max_doc_tokens, "turn_start": turn_start,
+                                    "engine": engine, "vllm_url": vllm_url,
+                                    "vllm_gpu_memory_utilization": vllm_gpu_memory_utilization,
+                                    "vllm_kwargs": extra})
         if mode != "direct" and (index is None) == (retriever_url is None):
             raise SearchE1Error("--index/--retriever-url: modes agent and naive-rag need exactly one (an index "
                                 "folder, or a retrieval server's URL)")

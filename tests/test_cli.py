@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from searche1.cli import app
@@ -164,6 +165,19 @@ def test_eval_bad_out_offset_or_server_fail_before_the_model_loads(tmp_path, mon
     assert r.exit_code == 2 and "skips every question" in flat(r)
     r = runner.invoke(app, base + ["--mode", "naive-rag", "--retriever-url", "http://127.0.0.1:9"])
     assert r.exit_code == 2 and "unreachable" in flat(r), r.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["eval", "--model", "m", "--data", "d.jsonl", "--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["eval", "--model", "m", "--data", "d.jsonl", "--mode", "foo"], "--mode: 'foo' is not one of"),
+    (["eval", "--model", "m", "--data", "d.jsonl", "--max-turn-tokens", "0"], "--max-turn-tokens: must be >= 1"),
+    (["warmup", "--model", "m", "--index", "i", "--data", "d.jsonl", "--out", "o", "--epochs", "0"],
+     "--epochs: must be"),
+])
+def test_bad_option_values_name_the_option(args, needle):
+    """eval and warmup validate their options as config fields: the error names the option, not the field."""
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and needle in flat(r), r.output
 
 
 def test_compare_out_folder_is_a_clean_error(tmp_path):
