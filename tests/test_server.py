@@ -178,10 +178,12 @@ def test_an_upstream_that_is_down_logs_one_line_per_request(caplog) -> None:
         def search(self, queries, topk=3):
             raise RetrievalError("retrieval server at http://up:8000 unreachable after 4 attempts")
 
-    c = TestClient(create_app(Down()))
+    assert TestClient(create_app(Down())).post("/retrieve", json={"queries": ["a"]}).status_code == 500  # an index
+    caplog.clear()
+    c = TestClient(create_app(Down(), info={"kind": "proxy"}))
     with caplog.at_level(logging.ERROR, logger="searche1.retrieval.server"):
         r = c.post("/retrieve", json={"queries": ["a"]})
-    assert r.status_code == 500 and "unreachable" in r.json()["detail"]
+    assert r.status_code == 502 and "unreachable" in r.json()["detail"]  # a proxy's upstream failed: bad gateway
     (rec,) = [r for r in caplog.records if r.name == "searche1.retrieval.server"]
     assert "unreachable after 4 attempts" in rec.getMessage() and rec.exc_info is None
     assert_healthy(c)

@@ -12,7 +12,7 @@ retriever injected, so tests and benchmarks can wrap a fake). Endpoints:
 Departures from Search-R1's server: requests are size-limited (:class:`ServerLimits`) and strictly validated (wrong
 types, unknown keys, an empty or oversized batch, an over-long query, ``topk`` out of range, a body too large); every
 rejection is a 4xx with ``{"detail": "<message naming the field and the limit>"}`` and the server keeps serving. A
-retriever exception is a 500 with a message, not a crash. ``topk: null`` means the default (3), as in Search-R1.
+retriever exception is a 500 with a message (a proxy's failed upstream: 502), not a crash. ``topk: null`` means the default (3), as in Search-R1.
 The retriever runs in the threadpool so the event loop keeps answering ``/health`` during a long search.
 :func:`serve` binds 127.0.0.1 unless told otherwise; :func:`start_in_thread` runs a server in a background thread for
 tests and benchmarks.
@@ -183,7 +183,9 @@ def create_app(retriever: Retriever, limits: ServerLimits = ServerLimits(), info
                 log.error("retriever failed on a batch of %d queries: %s", len(req.queries), e)
             else:
                 log.exception("retriever failed on a batch of %d queries", len(req.queries))
-            return JSONResponse({"detail": f"retriever failed: {type(e).__name__}: {e}"}, status_code=500)
+            # a proxy whose upstream failed is a bad gateway (clients retry 502 as they do 500)
+            status = 502 if isinstance(e, RetrievalError) and info.get("kind") == "proxy" else 500
+            return JSONResponse({"detail": f"retriever failed: {type(e).__name__}: {e}"}, status_code=status)
         state["queries_served"] += len(req.queries)
         return response
 
