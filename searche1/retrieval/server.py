@@ -13,9 +13,9 @@ Departures from Search-R1's server: requests are size-limited (:class:`ServerLim
 types, unknown keys, an empty or oversized batch, an over-long query, ``topk`` out of range, a body too large); every
 rejection is a 4xx with ``{"detail": "<message naming the field and the limit>"}`` and the server keeps serving. A
 retriever exception is a 500 with a message (a proxy's failed upstream: 502), not a crash. ``topk: null`` means
-the default (3), as in Search-R1. The retriever runs in the threadpool so the event loop keeps answering ``/health`` during a long search.
-:func:`serve` binds 127.0.0.1 unless told otherwise; :func:`start_in_thread` runs a server in a background thread for
-tests and benchmarks.
+the default (3), as in Search-R1. The retriever runs in the threadpool so the event loop keeps answering
+``/health`` during a long search. :func:`serve` binds 127.0.0.1 unless told otherwise; :func:`start_in_thread` runs
+a server in a background thread for tests and benchmarks.
 """
 
 from __future__ import annotations
