@@ -85,11 +85,11 @@ def test_eval_cli_with_the_vllm_engine(fake_vllm, tok, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--engine", "vllm", "--turn-start", "constrained"], "turn_start"),
-    (["--engine", "vllm-server"], "vllm_url"),
+    (["--engine", "vllm", "--turn-start", "constrained"], "--turn-start: "),
+    (["--engine", "vllm-server"], "--vllm-url: engine vllm-server needs"),
     (["--engine", "sglang"], "'sglang' is not one of"),
     (["--engine", "vllm", "--vllm-kwargs", "{enforce_eager"], "--vllm-kwargs: not JSON"),
-    (["--engine", "vllm", "--vllm-kwargs", "[1]"], "vllm_kwargs: expected a mapping"),
+    (["--engine", "vllm", "--vllm-kwargs", "[1]"], "--vllm-kwargs: expected a mapping"),
     (["--engine", "vllm"], "pip install 'searche1[vllm]'"),  # rich markup must not eat [vllm]
 ])
 def test_eval_engine_errors(args, message, tmp_path, monkeypatch):
