@@ -330,7 +330,8 @@ def _summary_table(run: Run) -> list[str]:
                 steps = f"{ph.steps}/{ph.planned_steps}"
         else:
             cells = ["–"] * 4
-            notes = [f"pairs {_fmt(m.get('ofsd/pairs'), 0)}", f"sampling EM {_fmt(m.get('ofsd/reward_em'))}",
+            asked = f" from {_fmt(m['ofsd/questions'], 0)} questions" if "ofsd/questions" in m else ""
+            notes = [f"pairs {_fmt(m.get('ofsd/pairs'), 0)}{asked}", f"sampling EM {_fmt(m.get('ofsd/reward_em'))}",
                      f"KL {_fmt(m.get('ofsd/kl_first'), 4)} → {_fmt(m.get('ofsd/kl_last'), 4)}"] if m else []
         lines.append(f"| {ph.index} | {ph.kind} | {ph.status} | {steps} | {secs} | " + " | ".join(cells)
                      + f" | {', '.join(notes)} |")

@@ -199,16 +199,17 @@ OFSD_RANK_SCRIPT = textwrap.dedent("""
     from searche1.ofsd.phase import run_ofsd_phase
     d = init_distributed("cpu")
     tok = tiny_tokenizer()
-    out = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS, cfg(epochs=2, teacher_mode={mode!r}, topk=32),
-                         ROLLOUT, {work!r}, progress=False, episode_reward=parity_reward, dist=d)
+    out = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS,
+                         cfg(epochs=2, teacher_mode={mode!r}, topk=32, **{extra!r}), ROLLOUT, {work!r}, progress=False, episode_reward=parity_reward, dist=d)
     if d.is_main:
         json.dump(out, open({metrics!r}, "w"))
 """)
 
 
-@pytest.mark.parametrize("mode", ["exact", "topk"])
-def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode):
-    """The OFSD phase data-parallel: same rollouts, pairs and per-step full gradients as one process."""
+@pytest.mark.parametrize("mode, extra", [("exact", {}), ("topk", {}), ("exact", {"questions": 2, "min_pairs": 5})])
+def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode, extra):
+    """The OFSD phase data-parallel: same rollouts, pairs and per-step full gradients as one process; with
+    ``min_pairs`` the ranks also extend the sampling by the same batches of questions."""
     from test_ofsd_phase import QS, ROLLOUT, cfg, parity_reward
     from tiny import tiny_model, tiny_retriever, tiny_tokenizer
 
@@ -216,14 +217,16 @@ def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode
 
     tok = tiny_tokenizer()
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
-    a = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS, cfg(epochs=2, teacher_mode=mode, topk=32),
+    a = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS, cfg(epochs=2, teacher_mode=mode, topk=32, **extra),
                        ROLLOUT, tmp_path / "single", progress=False, episode_reward=parity_reward)
-    launch_ranks(OFSD_RANK_SCRIPT.format(tests=str(TESTS), mode=mode, work=str(tmp_path / "dp"),
+    launch_ranks(OFSD_RANK_SCRIPT.format(tests=str(TESTS), mode=mode, extra=extra, work=str(tmp_path / "dp"),
                                          metrics=str(tmp_path / "dp.json")), world=2, grads=tmp_path / "grads-dp")
     b = json.loads((tmp_path / "dp.json").read_text())
     assert a["ofsd/pairs"] >= 3 and a["ofsd/steps"] >= 4  # odd pair counts leave one rank idle in some steps
+    if extra:
+        assert a["ofsd/batches"] >= 2  # the first 2 questions gave fewer than 5 pairs
     for k in ("ofsd/rollouts", "ofsd/reward_em", "ofsd/pairs", "ofsd/steps", "ofsd/train_tokens",
-              "ofsd/teacher_bytes_per_token"):
+              "ofsd/teacher_bytes_per_token", "ofsd/questions", "ofsd/batches"):
         assert b[k] == a[k], k
     for k in ("ofsd/kl_first", "ofsd/kl_last", "ofsd/loss", "ofsd/grad_norm"):
         assert b[k] == pytest.approx(a[k], rel=1e-4), k

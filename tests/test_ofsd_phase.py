@@ -315,3 +315,55 @@ def test_sampling_shows_a_progress_bar_of_episodes(tok, capsys):
     n = min(c.questions, len(QS)) * c.samples_per_question
     err = capsys.readouterr().err
     assert "ofsd sampling: 100%" in err and f"{n}/{n}" in err, err[-300:]
+
+
+def only_question_reward(text):
+    """Every rollout of question ``text`` is correct (so its group gives a pair), every other one wrong."""
+    def reward(ep):
+        r = float(ep.question == text)
+        return r, {"reward/em": r, "reward/f1": r}
+    return reward
+
+
+def test_min_pairs_samples_further_batches_until_enough_pairs(tok):
+    """``min_pairs``: the first batch is exactly the one ``min_pairs: 0`` draws (same questions, same rollouts);
+    further batches of new questions follow until the groups give enough pairs, and no batch after that."""
+    base, base_stats = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS, cfg(questions=2), ROLLOUT, seed=3,
+                                     episode_reward=zero_reward)
+    assert base_stats["ofsd/questions"] == 2 and base_stats["ofsd/batches"] == 1
+    first = [g[0].question for g in base]
+    target = next(q.question for q in QS if q.question not in first)
+    groups, stats = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS, cfg(questions=2, min_pairs=1),
+                                  ROLLOUT, seed=3, episode_reward=only_question_reward(target))
+    asked = [g[0].question for g in groups]
+    assert asked[:2] == first and len(set(asked)) == len(asked)  # only adds, never repeats a question
+    assert [e.response_ids for g in groups[:2] for e in g] == [e.response_ids for g in base for e in g]
+    assert all(len({e.question for e in g}) == 1 and len(g) == 4 for g in groups)
+    assert target in asked[-2:]  # it stopped with the batch that brought the first pair
+    assert len(mine_pairs(groups)[0]) == 1
+    assert stats["ofsd/questions"] == len(groups) and stats["ofsd/batches"] == (len(groups) + 1) // 2
+    assert stats["ofsd/rollouts"] == 4 * len(groups)
+
+
+@pytest.mark.parametrize("max_questions, questions, batches", [(3, 3, 2), (0, 6, 3)])
+def test_min_pairs_stops_at_max_questions_or_the_pool(tok, max_questions, questions, batches):
+    """A policy that never answers right: sampling stops at ``max_questions`` (0: 4 × questions, here the pool of 6)."""
+    groups, stats = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS,
+                                  cfg(questions=2, min_pairs=1, max_questions=max_questions), ROLLOUT, seed=0,
+                                  episode_reward=zero_reward)
+    assert len(groups) == questions and stats["ofsd/questions"] == questions and stats["ofsd/batches"] == batches
+    assert len({g[0].question for g in groups}) == questions
+
+
+def test_min_pairs_met_by_the_first_batch_samples_no_more(tok):
+    all_right = lambda ep: (1.0, {"reward/em": 1.0, "reward/f1": 1.0})  # noqa: E731
+    groups, stats = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS, cfg(questions=2, min_pairs=2),
+                                  ROLLOUT, seed=0, episode_reward=all_right)
+    assert len(groups) == 2 and stats["ofsd/batches"] == 1
+
+
+@pytest.mark.parametrize("kw, field", [({"min_pairs": -1}, "min_pairs"), ({"max_questions": -1}, "max_questions"),
+                                       ({"questions": 4, "max_questions": 3}, "max_questions")])
+def test_min_pairs_options_are_checked(kw, field):
+    with pytest.raises(ConfigError, match=field):
+        OFSDConfig(**kw).validate()

@@ -232,9 +232,10 @@ def test_a_schedule_opening_with_ofsd_gets_its_phase_line(tmp_path: Path, monkey
     run = tmp_path / "run"
     (run / "phase-00-ofsd").mkdir(parents=True)
     (run / "phase-00-ofsd" / "metrics.json").write_text(json.dumps(
-        {"ofsd/pairs": 4.0, "ofsd/steps": 2.0, "ofsd/kl_first": 0.5, "ofsd/kl_last": 0.3}))
+        {"ofsd/pairs": 4.0, "ofsd/steps": 2.0, "ofsd/kl_first": 0.5, "ofsd/kl_last": 0.3, "ofsd/questions": 16.0}))
     _grpo_run(run / "phase-01-grpo", steps=3, planned=3, dev_at={0: (0.0, 0.0), 3: (0.25, 0.125)})
     (run / "pipeline.json").write_text(json.dumps({"schedule": ["ofsd", "grpo"], "phases": [
         {"index": 0, "kind": "ofsd", "seconds": 3}, {"index": 1, "kind": "grpo", "seconds": 9}]}))
-    write_report(run)
+    md = write_report(run).read_text()
     assert "OFSD phase" in lines
+    assert "pairs 4 from 16 questions" in md  # a phase that min_pairs extended says how far

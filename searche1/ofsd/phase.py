@@ -9,6 +9,10 @@
 
 Choices and departures from the paper (all options of :class:`OFSDConfig` unless stated):
 
+* **Questions.** ``questions`` training questions are drawn (seeded) per phase; the paper re-samples every training
+  question. A small or weak policy may answer none of a small draw right, leaving no pair and a phase that changes
+  nothing; ``min_pairs`` (default 0 = off) then samples further batches of new questions until the pairs suffice or
+  ``max_questions`` are drawn (:func:`sample_groups`).
 * **Teacher.** A deep copy of the policy (eval mode, ``requires_grad`` off): costs one more copy of the weights.
   The paper trains a LoRA adapter and uses "adapter off" as the teacher. For a peft model whose LoRA adapter is
   still fresh (every ``lora_B`` is zero, so adapter-off *is* θ_r) the teacher is the same model run inside
@@ -102,6 +106,11 @@ EpisodeReward = Callable[[Episode], tuple[float, dict]]
 class OFSDConfig:
     samples_per_question: int = field(default=5, metadata={"help": "rollouts re-sampled per question (K)"})
     questions: int = field(default=32, metadata={"help": "training questions sampled per phase (seeded; all if fewer)"})
+    min_pairs: int = field(default=0, metadata={
+        "help": "if the sampled questions give fewer pairs, sample further batches of `questions` new questions "
+                "until this many (0 = one batch, as the paper)"})
+    max_questions: int = field(default=0, metadata={
+        "help": "cap on the questions one phase samples while min_pairs extends it (0 = 4 × questions)"})
     context: str = field(default="sibling", metadata={"help": "teacher's privileged context: sibling | answer | "
                                                               "hindsight"})
     show_information: bool = field(default=True, metadata={"help": "sibling: show τ_ref's retrieved passages"})
@@ -135,6 +144,12 @@ class OFSDConfig:
                      "pairs_per_shard", "max_teacher_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
+        for name in ("min_pairs", "max_questions"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0")
+        if 0 < self.max_questions < self.questions:
+            raise ConfigError(f"max_questions: {self.max_questions} is below questions ({self.questions}) (fix: set it "
+                              "to at least questions, or 0 for 4 × questions)")
         if self.samples_per_question < 2:
             raise ConfigError("samples_per_question: pair mining needs at least 2 rollouts per question")
         if self.lr <= 0:
@@ -302,9 +317,16 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
     ``engine`` (anything with the rollout engines' ``run``, e.g. the run's vLLM engine) or else an HF engine on
     ``model``.
 
-    With ``dist``, each rank samples its contiguous share of the questions and the scored groups are gathered, so
-    every rank returns all groups (in question order) and the same statistics. ``progress``: a bar of episodes
-    (rank 0's share), since sampling is most of a phase's time on a CPU."""
+    ``cfg.min_pairs`` > 0 (not in the paper, which re-samples every training question): while the groups so far
+    give fewer pairs than that (:func:`~searche1.ofsd.pairs.mine_pairs` with ``cfg``'s rules), another batch of
+    ``cfg.questions`` questions not yet drawn is sampled, up to ``cfg.max_questions`` questions in all (0 = 4 ×
+    ``questions``) or the whole pool. The first batch is the one ``min_pairs: 0`` draws, so the extension only adds.
+    The stats add ``ofsd/questions`` (questions sampled) and ``ofsd/batches``.
+
+    With ``dist``, each rank samples its contiguous share of every batch and the scored groups are gathered, so
+    every rank returns all groups (in question order), the same statistics and the same decision to extend.
+    Episode generators are keyed by the global episode index, so the rollouts do not depend on the number of ranks.
+    ``progress``: a bar of episodes (rank 0's share), since sampling is most of a phase's time on a CPU."""
     from tqdm.auto import tqdm
 
     from searche1.rewards import get_reward
@@ -312,27 +334,51 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
 
     if not questions:
         raise ConfigError("OFSD phase: no training questions given")
-    qs = random.Random(seed).sample(list(questions), min(cfg.questions, len(questions)))
+    pool = list(questions)
+    rng = random.Random(seed)
+    # positions, not the questions: sample() only indexes its population, so this draws what sample(pool, k) would
+    drawn = rng.sample(range(len(pool)), min(cfg.questions, len(pool)))
+    cap = min(len(pool), cfg.max_questions or 4 * cfg.questions)
     K = cfg.samples_per_question
     d = dist or Dist()
-    lo, hi = d.rank * len(qs) // d.world, (d.rank + 1) * len(qs) // d.world
+    reward_fn = get_reward(cfg.reward)
+    sampler = engine if engine is not None else HFEngine(model, tokenizer, retriever, rollout_cfg)
     was = model.training
     model.eval()
-    bar = tqdm(total=(hi - lo) * K, desc="ofsd sampling", disable=not progress or not d.is_main, unit="ep")
+    bar = tqdm(total=0, desc="ofsd sampling", disable=not progress or not d.is_main, unit="ep")
+    eps: list[Episode] = []
+    batches = 0
     try:
-        sampler = engine if engine is not None else HFEngine(model, tokenizer, retriever, rollout_cfg)
-        eps = sampler.run([q for q in qs[lo:hi] for _ in range(K)], seed=seed, first_index=lo * K,
-                          progress=bar.update)
+        while True:
+            batch = [pool[i] for i in drawn[len(eps) // K:]]
+            lo, hi = d.rank * len(batch) // d.world, (d.rank + 1) * len(batch) // d.world
+            bar.total += (hi - lo) * K
+            bar.refresh()
+            mine = sampler.run([q for q in batch[lo:hi] for _ in range(K)], seed=seed, first_index=len(eps) + lo * K,
+                               progress=bar.update)
+            for e in mine:
+                r, m = episode_reward(e) if episode_reward is not None else reward_fn(e.answer, e.answers)
+                e.reward = float(r)
+                e.metrics.update(m)
+            eps += [e for part in d.gather(mine) for e in part] if d.enabled else mine
+            batches += 1
+            if cfg.min_pairs <= 0 or len(drawn) >= cap:
+                break
+            groups = [eps[i * K:(i + 1) * K] for i in range(len(drawn))]
+            found = len(mine_pairs(groups, student=cfg.student, reference=cfg.reference,  # type: ignore[arg-type]
+                                   correct_threshold=cfg.correct_threshold)[0])
+            if found >= cfg.min_pairs:
+                break
+            seen = set(drawn)
+            rest = [i for i in range(len(pool)) if i not in seen]
+            more = rng.sample(rest, min(cfg.questions, cap - len(drawn), len(rest)))
+            if d.is_main:
+                log.info("OFSD phase: %d pair(s) from %d questions, below min_pairs %d: sampling %d more questions",
+                         found, len(drawn), cfg.min_pairs, len(more))
+            drawn += more
     finally:
         bar.close()
         model.train(was)
-    reward_fn = get_reward(cfg.reward)
-    for e in eps:
-        r, m = episode_reward(e) if episode_reward is not None else reward_fn(e.answer, e.answers)
-        e.reward = float(r)
-        e.metrics.update(m)
-    if d.enabled:
-        eps = [e for part in d.gather(eps) for e in part]
     n = len(eps)
     stats = {
         "ofsd/reward": sum(e.reward for e in eps) / n,
@@ -341,8 +387,10 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
         "ofsd/searches": sum(e.searches for e in eps) / n,
         "ofsd/policy_tokens": sum(e.num_policy_tokens for e in eps) / n,
         "ofsd/rollouts": float(n),
+        "ofsd/questions": float(len(drawn)),
+        "ofsd/batches": float(batches),
     }
-    return [eps[i * K:(i + 1) * K] for i in range(len(qs))], stats
+    return [eps[i * K:(i + 1) * K] for i in range(len(drawn))], stats
 
 
 # ------------------------------------------------------------------------------------------------------ training
@@ -580,8 +628,9 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
         metrics.update(train_stats)
     else:
         in_loop_teacher = 0.0
-        log.warning("OFSD phase: no distillation pairs to train on (%s)", {k: v for k, v in metrics.items()
-                                                                            if k.startswith("ofsd/skipped")})
+        log.warning("OFSD phase: no distillation pairs to train on (%s); the policy is unchanged (fix: more "
+                    "ofsd.questions, or ofsd.min_pairs to sample further questions until there are pairs)",
+                    {k: v for k, v in metrics.items() if k.startswith("ofsd/skipped")})
     t_train = time.perf_counter() - t2 - in_loop_teacher
     model.train(was_training)
     del teacher
