@@ -21,7 +21,7 @@ from common import RESULTS_DIR, log, write_results  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--label", required=True)
+    ap.add_argument("--label", help="name of this model's rows (required unless --render)")
     ap.add_argument("--modes", nargs="+", default=["direct", "naive-rag", "agent"],
                     help="direct, naive-rag, agent, agent-constrained")
     ap.add_argument("--limit", type=int, default=40)
@@ -32,6 +32,8 @@ def main() -> None:
     if args.render:
         print(render(json.loads(Path(args.out).read_text())["runs"]))
         return
+    if not args.label:
+        ap.error("--label is required (e.g. --label base), unless --render")
 
     from searche1.data.qa import load_qa_files
     from searche1.evaluate import EvalConfig, evaluate, markdown_table

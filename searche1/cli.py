@@ -153,7 +153,7 @@ def serve(
                 retriever.health()
             except SearchE1Error as e:  # it may come up later: warn, and serve
                 console.print(f"[yellow]warning[/]: the upstream does not answer now ({e}); requests fail with "
-                              "HTTP 500 until it does")
+                              "HTTP 502 until it does")
     except SearchE1Error as e:
         _fail(e)
     if cache_size:

@@ -360,6 +360,10 @@ def test_qa_files_folder_and_write(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a Hugging Face"):
         load_qa(d)
 
+    write_lines(tmp_path / "corpus.jsonl", [{"id": "d1", "contents": "\"T\"\ntext"}])
+    with pytest.raises(DataError, match=f"is a data folder .*fix: pass {tmp_path / 'train'} for training"):
+        load_qa_files([tmp_path])  # a searchqa-style folder: its corpus is not a QA file, say which subfolder
+
     out = tmp_path / "out" / "nq.jsonl"
     assert write_qa(grouped["nq"], out) == 1
     assert json.loads(out.read_text()) == {"id": "1", "question": "a?", "golden_answers": ["x"], "metadata": {}}

@@ -78,7 +78,7 @@ def test_written_files_byte_identical(tmp_path):
     c = write_world(generate_world(seed=4), tmp_path / "c")
     assert _files(a) == _files(b)
     assert set(_files(a)) == set(_files(c)) == {
-        "README.md", "corpus.jsonl", "train/synth_single.jsonl", "train/synth_multihop.jsonl",
+        "README.md", "corpus.jsonl", "searche1_world.json", "train/synth_single.jsonl", "train/synth_multihop.jsonl",
         "dev/synth_single.jsonl", "dev/synth_multihop.jsonl",
     }
     assert _files(a)["corpus.jsonl"] != _files(c)["corpus.jsonl"]
@@ -309,7 +309,7 @@ def test_write_world_refuses_to_overwrite(world, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
 
     other = generate_world(seed=1)
-    with pytest.raises(FileExistsError, match="no corpus.jsonl; it holds keep.txt"):  # not a world: never deleted
+    with pytest.raises(FileExistsError, match="no searche1_world.json; it holds keep.txt"):  # not a world: kept
         write_world(other, out, overwrite=True)
     assert (out / "keep.txt").read_text() == "precious"
     write_world(world, out / "w")
@@ -319,6 +319,31 @@ def test_write_world_refuses_to_overwrite(world, tmp_path):
     assert not (out / "keep.txt").exists()
     assert _read_jsonl(out / "corpus.jsonl") == [p.to_json() for p in other.passages]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth"]
+
+
+def test_write_world_overwrite_never_replaces_an_index_or_a_dataset(world, tmp_path):
+    """A BM25 index and the searchqa data hold a corpus.jsonl too: that alone does not make a folder a world."""
+    from searche1.retrieval.index import build_index
+
+    data = write_world(world, tmp_path / "w")
+    idx = build_index(data / "corpus.jsonl", tmp_path / "idx", kind="bm25")
+    qa = tmp_path / "searchqa"
+    (qa / "dev").mkdir(parents=True)
+    (qa / "corpus.jsonl").write_text((data / "corpus.jsonl").read_text())
+    (qa / "README.md").write_text("# searchqa\n")
+    for folder in (idx, qa):
+        before = _files(folder)
+        with pytest.raises(FileExistsError, match="no searche1_world.json"):
+            write_world(world, folder, overwrite=True)
+        assert _files(folder) == before
+
+
+def test_write_world_overwrites_a_world_written_before_the_marker(world, tmp_path):
+    out = write_world(generate_world(seed=1), tmp_path / "old")
+    (out / "searche1_world.json").unlink()  # what a world written by an older version looks like
+    write_world(world, out, overwrite=True)
+    assert _read_jsonl(out / "corpus.jsonl") == [p.to_json() for p in world.passages]
+    assert json.loads((out / "searche1_world.json").read_text())["seed"] == world.seed
 
 
 def test_write_world_into_empty_dir_and_file_target(world, tmp_path):

@@ -245,6 +245,9 @@ def load_qa_files(paths: Iterable[str | Path]) -> dict[str, list[QAExample]]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir() and not is_hf_dataset_dir(p):
+            if (p / "corpus.jsonl").is_file() and any((p / s).is_dir() for s in ("train", "dev")):
+                raise DataError(p, "is a data folder (corpus.jsonl, train/, dev/), not a folder of QA files",
+                                fix=f"pass {p / 'train'} for training questions or {p / 'dev'} for evaluation")
             found = sorted(p.glob("*.jsonl"))
             if not found:
                 raise DataError(p, "folder holds no *.jsonl files", fix="pass QA files or a folder of *.jsonl")

@@ -11,6 +11,20 @@ from searche1.io import atomic_dir
 if TYPE_CHECKING:
     from searche1.data.synth import World
 
+
+#: the file that marks a folder as a synthetic world (``corpus.jsonl`` alone does not: an index and the searchqa data
+#: hold one too), so ``data synth --overwrite`` never replaces anything else
+WORLD_MARKER = "searche1_world.json"
+
+
+def _is_world_readme(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == "# Synthetic world" and "generate_world" in f.read(400)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _write_jsonl(path: Path, records) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for rec in records:
@@ -49,16 +63,25 @@ def _readme(world: World) -> str:
 def write_world(world: World, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``world`` to ``out_dir`` atomically and return its path.
 
-    Layout: ``corpus.jsonl``, ``train/<dataset>.jsonl``, ``dev/<dataset>.jsonl``, ``README.md``. The files are built
+    Layout: ``corpus.jsonl``, ``train/<dataset>.jsonl``, ``dev/<dataset>.jsonl``, ``README.md`` and the marker
+    :data:`WORLD_MARKER` (seed, parameters). The files are built
     in a temporary folder next to ``out_dir`` and renamed into place, so readers never see a half-written world.
-    Raises :class:`FileExistsError` if ``out_dir`` exists and is not empty, unless ``overwrite`` is true.
+    Raises :class:`FileExistsError` if ``out_dir`` exists and is not empty, unless ``overwrite`` is true and it is
+    a world (an index or a dataset folder, with a ``corpus.jsonl`` of its own, is never replaced).
     """
     from searche1.data.synth import SPLITS
+
+    from searche1.data.synth import GENERATOR_VERSION
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
-    with atomic_dir(out, overwrite=overwrite, replaces="corpus.jsonl") as tmp:
+    # --overwrite replaces only a world: one with the marker, or one written before the marker (its README's title)
+    legacy = not (out / WORLD_MARKER).is_file() and _is_world_readme(out / "README.md")
+    with atomic_dir(out, overwrite=overwrite, replaces=None if legacy else WORLD_MARKER) as tmp:
+        (tmp / WORLD_MARKER).write_text(json.dumps({"format": "searche1-world", "generator_version": GENERATOR_VERSION,
+                                                    "seed": world.seed, "params": world.params}, sort_keys=True)
+                                        + "\n", encoding="utf-8", newline="\n")
         _write_jsonl(tmp / "corpus.jsonl", (p.to_json() for p in world.passages))
         for split in SPLITS:
             (tmp / split).mkdir()
