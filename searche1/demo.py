@@ -53,8 +53,8 @@ class DemoConfig(PipelineConfig):
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
         steps=3, questions_per_step=4, group_size=5, lr=1e-5, warmup_steps=1, skip_zero_std_groups=True,
         save_every=1, keep_last=1))
-    ofsd: OFSDConfig = field(default_factory=lambda: OFSDConfig(questions=8, samples_per_question=5, epochs=2,
-                                                                 lr=1e-5))
+    ofsd: OFSDConfig = field(default_factory=lambda: OFSDConfig(questions=8, min_pairs=2, max_questions=24,
+                                                                 samples_per_question=5, epochs=2, lr=1e-5))
     warmup: WarmupConfig = field(default_factory=lambda: WarmupConfig(num_examples=48, batch_size=4, lr=1e-4,
                                                                       max_hops=1))
     eval_limit: int = field(default=8, metadata={"help": "dev questions per dataset in the before/after table"})

@@ -345,9 +345,10 @@ def test_min_pairs_samples_further_batches_until_enough_pairs(tok):
     assert stats["ofsd/rollouts"] == 4 * len(groups)
 
 
-@pytest.mark.parametrize("max_questions, questions, batches", [(3, 3, 2), (0, 6, 3)])
+@pytest.mark.parametrize("max_questions, questions, batches", [(3, 3, 2), (0, 6, 3), (1, 2, 1)])
 def test_min_pairs_stops_at_max_questions_or_the_pool(tok, max_questions, questions, batches):
-    """A policy that never answers right: sampling stops at ``max_questions`` (0: 4 × questions, here the pool of 6)."""
+    """A policy that never answers right: sampling stops at ``max_questions`` (0: 4 × questions, here the pool of 6;
+    below ``questions``: the one batch)."""
     groups, stats = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS,
                                   cfg(questions=2, min_pairs=1, max_questions=max_questions), ROLLOUT, seed=0,
                                   episode_reward=zero_reward)
@@ -362,8 +363,7 @@ def test_min_pairs_met_by_the_first_batch_samples_no_more(tok):
     assert len(groups) == 2 and stats["ofsd/batches"] == 1
 
 
-@pytest.mark.parametrize("kw, field", [({"min_pairs": -1}, "min_pairs"), ({"max_questions": -1}, "max_questions"),
-                                       ({"questions": 4, "max_questions": 3}, "max_questions")])
+@pytest.mark.parametrize("kw, field", [({"min_pairs": -1}, "min_pairs"), ({"max_questions": -1}, "max_questions")])
 def test_min_pairs_options_are_checked(kw, field):
     with pytest.raises(ConfigError, match=field):
         OFSDConfig(**kw).validate()

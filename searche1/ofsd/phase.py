@@ -110,7 +110,8 @@ class OFSDConfig:
         "help": "if the sampled questions give fewer pairs, sample further batches of `questions` new questions "
                 "until this many (0 = one batch, as the paper)"})
     max_questions: int = field(default=0, metadata={
-        "help": "cap on the questions one phase samples while min_pairs extends it (0 = 4 × questions)"})
+        "help": "cap on the questions one phase samples while min_pairs extends it (0 = 4 × questions; at or below "
+                "questions: no extension)"})
     context: str = field(default="sibling", metadata={"help": "teacher's privileged context: sibling | answer | "
                                                               "hindsight"})
     show_information: bool = field(default=True, metadata={"help": "sibling: show τ_ref's retrieved passages"})
@@ -147,9 +148,6 @@ class OFSDConfig:
         for name in ("min_pairs", "max_questions"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must be >= 0")
-        if 0 < self.max_questions < self.questions:
-            raise ConfigError(f"max_questions: {self.max_questions} is below questions ({self.questions}) (fix: set it "
-                              "to at least questions, or 0 for 4 × questions)")
         if self.samples_per_question < 2:
             raise ConfigError("samples_per_question: pair mining needs at least 2 rollouts per question")
         if self.lr <= 0:
