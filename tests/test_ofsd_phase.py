@@ -346,12 +346,15 @@ def test_min_pairs_samples_further_batches_until_enough_pairs(tok):
 
 
 @pytest.mark.parametrize("max_questions, questions, batches", [(3, 3, 2), (0, 6, 3), (1, 2, 1)])
-def test_min_pairs_stops_at_max_questions_or_the_pool(tok, max_questions, questions, batches):
+def test_min_pairs_stops_at_max_questions_or_the_pool(tok, capsys, max_questions, questions, batches):
     """A policy that never answers right: sampling stops at ``max_questions`` (0: 4 × questions, here the pool of 6;
-    below ``questions``: the one batch)."""
+    below ``questions``: the one batch). The bar grows with each batch and says why."""
     groups, stats = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS,
                                   cfg(questions=2, min_pairs=1, max_questions=max_questions), ROLLOUT, seed=0,
-                                  episode_reward=zero_reward)
+                                  episode_reward=zero_reward, progress=True)
+    err = capsys.readouterr().err
+    n = 4 * questions
+    assert f"{n}/{n}" in err and ("0/1 pairs from 2 questions" in err) == (batches > 1), err[-300:]
     assert len(groups) == questions and stats["ofsd/questions"] == questions and stats["ofsd/batches"] == batches
     assert len({g[0].question for g in groups}) == questions
 

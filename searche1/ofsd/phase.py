@@ -373,6 +373,8 @@ def sample_groups(model: Any, tokenizer: Any, retriever: Any, questions: Sequenc
             if d.is_main:
                 log.info("OFSD phase: %d pair(s) from %d questions, below min_pairs %d: sampling %d more questions",
                          found, len(drawn), cfg.min_pairs, len(more))
+            bar.set_description(f"ofsd sampling ({found}/{cfg.min_pairs} pairs from {len(drawn)} questions, "
+                                f"{len(more)} more)")
             drawn += more
     finally:
         bar.close()
