@@ -233,6 +233,39 @@ def test_greedy_is_padding_invariant(model, tok):
     assert_logprobs_match(model, batched)
 
 
+def test_shared_prefix_len():
+    from searche1.rollout.hf_engine import MIN_SHARED_PREFIX as M, shared_prefix_len
+
+    base = list(range(100, 100 + M + 4))
+    assert shared_prefix_len([base]) == 0  # one row: nothing to share
+    assert shared_prefix_len([base + [1, 2], base + [3]]) == M + 4
+    assert shared_prefix_len([base, base, base]) == M + 3  # identical prompts: each row keeps its last token
+    assert shared_prefix_len([base + [1], base[:M] + [7, 8]]) == M
+    assert shared_prefix_len([base + [1], base[:M - 1] + [7, 8]]) == 0  # too short to be worth a prefill
+    assert shared_prefix_len([[5] + base, base]) == 0
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_shared_prefix_prefill_gives_the_full_prefill_episodes(model, tok, group):
+    """``shared_prefix`` only changes how the prompt's cache is computed: the same tokens, log-probs within float
+    rounding, and sampler log-probs that still match a re-scoring pass. ``group``: G copies of one question (a GRPO
+    group), whose prompts are shared but for their last token."""
+    from searche1.rollout.hf_engine import shared_prefix_len
+    from searche1.rollout.tokens import prompt_batch
+
+    qs = [FREE_QUESTIONS[2]] * 4 if group else FREE_QUESTIONS
+    exs = make_examples(qs)
+    prompts = prompt_batch(tok, qs, RolloutConfig())
+    assert shared_prefix_len(prompts) >= (len(prompts[0]) - 1 if group else 16)  # the path is really taken
+    on = engine(model, tok, batch_size=8, temperature=0.8).run(exs, seed=4)
+    off = engine(model, tok, batch_size=8, temperature=0.8, shared_prefix=False).run(exs, seed=4)
+    assert [e.response_ids for e in on] == [e.response_ids for e in off]
+    for a, b in zip(on, off):
+        assert a.prompt_ids == b.prompt_ids and a.stop_reason == b.stop_reason
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+    assert_logprobs_match(model, on, temperature=0.8)
+
+
 def test_greedy_after_search_is_padding_invariant(model, tok):
     """q0 searches (short turn), then decodes freely; its batch mates have longer turns, other search counts and
     stop turns, so q0's row holds mid-sequence pads, a chunk-padded info block and survives row removal."""

@@ -2,7 +2,9 @@
 
 How it works (one batch of B episodes):
 
-1. Prompts are left-padded and prefilled once.
+1. Prompts are prefilled once: the prefix they all share (the agent's instructions: 132 of SmolLM2's ~142 prompt
+   tokens) in one row whose cache is then repeated over the batch, and the rest of each prompt left-padded after it
+   (``rollout.shared_prefix``; the cache holds the same keys and values as a full prefill, up to float rounding).
 2. A *turn*: every live row samples token by token (our own sampling loop over the model's forward, not
    ``generate``) until its turn text contains ``</search>`` or ``</answer>``, it emits EOS, or the turn budget runs
    out. Rows that finished their turn early feed a pad token with attention-mask 0 so the cache stays aligned.
@@ -60,6 +62,24 @@ def _safe_search(retriever: Retriever, queries: list[str], topk: int) -> list[li
 def episode_seed(seed: int, index: int) -> int:
     """The seed of episode ``index`` of a run seeded with ``seed`` (a 63-bit mix, distinct across steps)."""
     return (seed * 6364136223846793005 + (index + 1) * 1442695040888963407) % (1 << 63)
+
+
+#: the shortest common prompt prefix worth a prefill of its own
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the prefix every prompt shares, kept one token short of the shortest prompt (each row needs a token
+    of its own to give its next-token logits); 0 for a single prompt or a prefix under :data:`MIN_SHARED_PREFIX`."""
+    if len(prompts) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 class HFEngine:
@@ -195,17 +215,25 @@ class HFEngine:
             prompts = prompt_batch(self.tok, [e.question for e in examples], self.cfg)
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
-        # ---- prefill the left-padded prompts
-        P = max(len(e.prompt_ids) for e in eps)
-        ids = torch.full((len(eps), P), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(eps), P), dtype=torch.long)
-        for r, e in enumerate(eps):
-            ids[r, P - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
-            attn[r, P - len(e.prompt_ids):] = 1
-        ids, attn = ids.to(dev), attn.to(dev)
+        # ---- prefill: the prompts' common prefix once (batch 1, then repeated over the rows), then the rest of each
+        # prompt left-padded after it: [prefix | pads | rest], pads masked, positions skip them
         from transformers import DynamicCache
 
         cache = DynamicCache()
+        C = shared_prefix_len([e.prompt_ids for e in eps]) if cfg.shared_prefix else 0
+        if C:
+            one = torch.ones((1, C), dtype=torch.long, device=dev)
+            self._forward(torch.tensor([eps[0].prompt_ids[:C]], device=dev), one, cache, C)
+            cache.batch_repeat_interleave(len(eps))
+        P = max(len(e.prompt_ids) for e in eps) - C
+        ids = torch.full((len(eps), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(eps), C + P), dtype=torch.long)
+        attn[:, :C] = 1
+        for r, e in enumerate(eps):
+            n = len(e.prompt_ids) - C
+            ids[r, P - n:] = torch.tensor(e.prompt_ids[C:])
+            attn[r, C + P - n:] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
         last = self._forward(ids, attn, cache, P)  # (B, V)
         rows = list(range(len(eps)))  # cache row -> episode index
         total_len = [len(e.prompt_ids) for e in eps]
