@@ -31,6 +31,7 @@ from searche1 import protocol
 from searche1.data.types import QAExample
 from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
+from searche1.rollout.kv_cache import make_cache
 from searche1.rollout.tokens import info_blocks, prompt_batch
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
@@ -217,9 +218,7 @@ class HFEngine:
                        prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
         # ---- prefill: the prompts' common prefix once (batch 1, then repeated over the rows), then the rest of each
         # prompt left-padded after it: [prefix | pads | rest], pads masked, positions skip them
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = make_cache()
         C = shared_prefix_len([e.prompt_ids for e in eps]) if cfg.shared_prefix else 0
         if C:
             one = torch.ones((1, C), dtype=torch.long, device=dev)
