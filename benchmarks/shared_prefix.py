@@ -1,7 +1,8 @@
 """The HF engine's shared-prefix prefill (``rollout.shared_prefix``) against a full prefill of every prompt, on CPU.
 
-The agent prompt is ~90% instructions that every question shares (SmolLM2: 132 of ~142 tokens), so prefilling
-that prefix once per batch instead of once per episode saves prefill work in every rollout and evaluation. Two
+The agent prompt is ~90% instructions that every question shares (SmolLM2: 132 of ~142 tokens), and a GRPO batch
+repeats each question's prompt G times, so prefilling each distinct prompt once and their common prefix once per
+batch, instead of every prompt per episode, saves prefill work in every rollout and evaluation. Two
 shapes, the demo's settings (searchqa, BM25 top-3, 64-token passages, 48 tokens per turn, ≤ 4 searches):
 
 * ``grpo``: 8 training questions × G = 5 rollouts in one batch of 40, temperature 1, seeded;

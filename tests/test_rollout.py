@@ -245,18 +245,19 @@ def test_shared_prefix_len():
     assert shared_prefix_len([[5] + base, base]) == 0
 
 
-@pytest.mark.parametrize("group", [False, True])
-def test_shared_prefix_prefill_gives_the_full_prefill_episodes(model, tok, group):
-    """``shared_prefix`` only changes how the prompt's cache is computed: the same tokens, log-probs within float
-    rounding, and sampler log-probs that still match a re-scoring pass. ``group``: G copies of one question (a GRPO
-    group), whose prompts are shared but for their last token."""
+@pytest.mark.parametrize("shape", ["distinct", "one group", "groups"])
+def test_shared_prefix_prefill_gives_the_full_prefill_episodes(model, tok, shape):
+    """``shared_prefix`` only changes how the prompts' cache is computed: the same tokens, log-probs within float
+    rounding, and sampler log-probs that still match a re-scoring pass. Shapes: distinct questions (the shared
+    prefix); G copies of one question (one prompt prefilled, its rows copied); two GRPO groups (both)."""
     from searche1.rollout.hf_engine import shared_prefix_len
     from searche1.rollout.tokens import prompt_batch
 
-    qs = [FREE_QUESTIONS[2]] * 4 if group else FREE_QUESTIONS
+    qs = {"distinct": FREE_QUESTIONS, "one group": [FREE_QUESTIONS[2]] * 4,
+          "groups": [FREE_QUESTIONS[1]] * 3 + [FREE_QUESTIONS[2]] * 3}[shape]
     exs = make_examples(qs)
-    prompts = prompt_batch(tok, qs, RolloutConfig())
-    assert shared_prefix_len(prompts) >= (len(prompts[0]) - 1 if group else 16)  # the path is really taken
+    prompts = prompt_batch(tok, list(dict.fromkeys(qs)), RolloutConfig())
+    assert shared_prefix_len(prompts) >= 16 or len(prompts) == 1  # the path is really taken
     on = engine(model, tok, batch_size=8, temperature=0.8).run(exs, seed=4)
     off = engine(model, tok, batch_size=8, temperature=0.8, shared_prefix=False).run(exs, seed=4)
     assert [e.response_ids for e in on] == [e.response_ids for e in off]

@@ -2,9 +2,11 @@
 
 How it works (one batch of B episodes):
 
-1. Prompts are prefilled once: the prefix they all share (the agent's instructions: 132 of SmolLM2's ~142 prompt
-   tokens) in one row whose cache is then repeated over the batch, and the rest of each prompt left-padded after it
-   (``rollout.shared_prefix``; the cache holds the same keys and values as a full prefill, up to float rounding).
+1. Prompts are prefilled once each (``rollout.shared_prefix``): a prompt repeated in the batch (a GRPO group) is
+   computed once and its cache rows copied, and the prefix all prompts share (the agent's instructions: 132 of
+   SmolLM2's ~142 prompt tokens) is computed in one row whose cache is repeated over the distinct prompts, with the
+   rest of each prompt left-padded after it. The cache holds the keys and values of a full prefill, up to float
+   rounding. The cache grows in place (:mod:`searche1.rollout.kv_cache`), not by one copy per token.
 2. A *turn*: every live row samples token by token (our own sampling loop over the model's forward, not
    ``generate``) until its turn text contains ``</search>`` or ``</answer>``, it emits EOS, or the turn budget runs
    out. Rows that finished their turn early feed a pad token with attention-mask 0 so the cache stays aligned.
@@ -216,24 +218,36 @@ class HFEngine:
             prompts = prompt_batch(self.tok, [e.question for e in examples], self.cfg)
         eps = [Episode(example_id=e.id, question=e.question, answers=list(e.answers), dataset=e.dataset,
                        prompt_ids=list(prompts[k])) for k, e in enumerate(examples)]
-        # ---- prefill: the prompts' common prefix once (batch 1, then repeated over the rows), then the rest of each
-        # prompt left-padded after it: [prefix | pads | rest], pads masked, positions skip them
+        # ---- prefill, with shared_prefix: each distinct prompt once (a GRPO group repeats one prompt G times), and
+        # the prefix all distinct prompts share once (batch 1, then repeated over them), then the rest of each
+        # left-padded after it: [prefix | pads | rest], pads masked, positions skip them; finally the rows of the
+        # distinct prompts are copied out to their episodes. Without: every prompt in full, left-padded.
         cache = make_cache()
-        C = shared_prefix_len([e.prompt_ids for e in eps]) if cfg.shared_prefix else 0
+        if cfg.shared_prefix:
+            index: dict[tuple[int, ...], int] = {}
+            row_of = [index.setdefault(tuple(e.prompt_ids), len(index)) for e in eps]  # episode -> distinct prompt
+            uniq = [list(p) for p in index]
+        else:
+            row_of, uniq = list(range(len(eps))), [e.prompt_ids for e in eps]
+        C = shared_prefix_len(uniq) if cfg.shared_prefix else 0
         if C:
             one = torch.ones((1, C), dtype=torch.long, device=dev)
-            self._forward(torch.tensor([eps[0].prompt_ids[:C]], device=dev), one, cache, C)
-            cache.batch_repeat_interleave(len(eps))
-        P = max(len(e.prompt_ids) for e in eps) - C
-        ids = torch.full((len(eps), P), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((len(eps), C + P), dtype=torch.long)
+            self._forward(torch.tensor([uniq[0][:C]], device=dev), one, cache, C)
+            cache.batch_repeat_interleave(len(uniq))
+        P = max(map(len, uniq)) - C
+        ids = torch.full((len(uniq), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(uniq), C + P), dtype=torch.long)
         attn[:, :C] = 1
-        for r, e in enumerate(eps):
-            n = len(e.prompt_ids) - C
-            ids[r, P - n:] = torch.tensor(e.prompt_ids[C:])
+        for r, p in enumerate(uniq):
+            n = len(p) - C
+            ids[r, P - n:] = torch.tensor(p[C:])
             attn[r, C + P - n:] = 1
         ids, attn = ids.to(dev), attn.to(dev)
-        last = self._forward(ids, attn, cache, P)  # (B, V)
+        last = self._forward(ids, attn, cache, P)  # (distinct prompts, V)
+        if len(uniq) < len(eps):
+            idx = torch.tensor(row_of, device=dev)
+            cache.batch_select_indices(idx)
+            attn, last = attn[idx], last[idx]
         rows = list(range(len(eps)))  # cache row -> episode index
         total_len = [len(e.prompt_ids) for e in eps]
 

@@ -36,8 +36,8 @@ class RolloutConfig:
     greedy: bool = field(default=False, metadata={"help": "argmax decoding (evaluation)"})
     batch_size: int = field(default=32, metadata={"help": "episodes decoded together"})
     shared_prefix: bool = field(default=True, metadata={
-        "help": "hf engine: prefill the prompts' common prefix (the instructions) once per batch, not once per "
-                "episode; false = every prompt prefilled in full"})
+        "help": "hf engine: prefill each distinct prompt once (not once per rollout of a group) and the prompts' "
+                "common prefix (the instructions) once per batch; false = every prompt prefilled in full"})
     chat: bool | None = field(default=None, metadata={"help": "use the chat template (None = if the tokenizer has one)"})
     engine: Literal["hf", "vllm", "vllm-server"] = field(default="hf", metadata={
         "help": "hf: batched HF generate loop in the trainer's process; vllm: a colocated vLLM engine (GPU) whose "
