@@ -23,6 +23,44 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# ---- the HF engine benchmarks' set-up ------------------------------------------------------------------------------
+def add_engine_args(ap: Any) -> None:
+    """The options of the HF engine benchmarks (shared_prefix.py, kv_cache.py): model, searchqa data, repeats,
+    threads."""
+    ap.add_argument("--model", default="runs/warmup-smollm2")
+    ap.add_argument("--data", type=Path, default=None, help="searchqa folder (default ../shared/data/searchqa)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+
+
+def load_engine_model(args: Any) -> tuple[Any, Any]:
+    """``(tokenizer, fp32 model in eval mode)`` of ``args.model``, with ``args.threads`` torch threads."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from searche1.models import resolve_model_path
+
+    torch.set_num_threads(args.threads)
+    path = resolve_model_path(args.model)
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def searchqa_rollouts(args: Any) -> tuple[Any, list, list]:
+    """``(BM25 retriever over the searchqa corpus (runs/searchqa-bm25, built once), train questions, the first 5 dev
+    questions of each dataset)``; exits with a message when there is no searchqa data."""
+    from searche1.data.qa import load_qa_files
+    from searche1.paths import searchqa_dir
+    from searche1.retrieval.index import ensure_index, load_retriever
+
+    data = args.data or searchqa_dir()
+    if data is None:
+        sys.exit("no searchqa data (fix: pass --data DIR)")
+    retriever = load_retriever(ensure_index(data / "corpus.jsonl", REPO_ROOT / "runs" / "searchqa-bm25"))
+    train = [q for exs in load_qa_files(sorted((data / "train").glob("*.jsonl"))).values() for q in exs]
+    dev = [q for exs in load_qa_files(sorted((data / "dev").glob("*.jsonl"))).values() for q in exs[:5]]
+    return retriever, train, dev
+
+
 # ---- timing -----------------------------------------------------------------------------------------------------
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds`` (wall clock, ``time.perf_counter``)."""

@@ -21,7 +21,17 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, log, print_table, rnd, time_call, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    add_engine_args,
+    load_engine_model,
+    log,
+    print_table,
+    rnd,
+    searchqa_rollouts,
+    time_call,
+    write_results,
+)
 
 
 def prefilled(model, L: int, batch: int, steps: int):
@@ -64,25 +74,18 @@ def decode_steps(model, cache, ids, kv, L: int, steps: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="runs/warmup-smollm2")
-    ap.add_argument("--data", type=Path, default=None, help="searchqa folder (default ../shared/data/searchqa)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    add_engine_args(ap)
     ap.add_argument("--lengths", default="150,400,800,1600")
     ap.add_argument("--skip-rollout", action="store_true")
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+    from transformers import DynamicCache
 
-    from searche1.models import resolve_model_path
     from searche1.rollout import hf_engine
     from searche1.rollout.kv_cache import make_cache
 
-    torch.set_num_threads(args.threads)
-    path = resolve_model_path(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok, model = load_engine_model(args)
     results: dict = {"model": str(args.model), "repeats": args.repeats, "threads": args.threads, "batch": 20,
                      "decode": {}}
     rows = []
@@ -112,16 +115,9 @@ def main() -> None:
 
     if args.skip_rollout:
         return
-    from searche1.data.qa import load_qa_files
     from searche1.demo import DemoConfig
-    from searche1.paths import searchqa_dir
-    from searche1.retrieval.index import ensure_index, load_retriever
 
-    data = args.data or searchqa_dir()
-    if data is None:
-        sys.exit("no searchqa data (fix: pass --data DIR)")
-    retriever = load_retriever(ensure_index(data / "corpus.jsonl", Path("runs/searchqa-bm25")))
-    train = [q for exs in load_qa_files(sorted((data / "train").glob("*.jsonl"))).values() for q in exs]
+    retriever, train, _ = searchqa_rollouts(args)
     exs = [q for q in train[:8] for _ in range(5)]
     cfg = replace(DemoConfig().rollout, batch_size=40)
     t = {"dynamic": [], "growing": []}

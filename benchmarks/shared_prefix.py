@@ -24,39 +24,31 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, log, print_table, rnd, time_call, write_results  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    add_engine_args,
+    load_engine_model,
+    log,
+    print_table,
+    rnd,
+    searchqa_rollouts,
+    time_call,
+    write_results,
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="runs/warmup-smollm2")
-    ap.add_argument("--data", type=Path, default=None, help="searchqa folder (default ../shared/data/searchqa)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    add_engine_args(ap)
     args = ap.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from searche1.data.qa import load_qa_files
     from searche1.demo import DemoConfig
-    from searche1.models import resolve_model_path
-    from searche1.paths import searchqa_dir
-    from searche1.retrieval.index import ensure_index, load_retriever
     from searche1.rollout.hf_engine import HFEngine, shared_prefix_len
     from searche1.rollout.tokens import prompt_batch
 
-    torch.set_num_threads(args.threads)
-    data = args.data or searchqa_dir()
-    if data is None:
-        sys.exit("no searchqa data (fix: pass --data DIR)")
-    path = resolve_model_path(args.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    retriever = load_retriever(ensure_index(data / "corpus.jsonl", Path("runs/searchqa-bm25")))
+    tok, model = load_engine_model(args)
+    retriever, train, dev = searchqa_rollouts(args)
     base = DemoConfig().rollout
-    train = [q for exs in load_qa_files(sorted((data / "train").glob("*.jsonl"))).values() for q in exs]
-    dev = [q for exs in load_qa_files(sorted((data / "dev").glob("*.jsonl"))).values() for q in exs[:5]]
     shapes = {
         "grpo": ([q for q in train[:8] for _ in range(5)], replace(base, batch_size=40), 0),
         "eval": (dev[:32], replace(base, batch_size=32, greedy=True), None),
