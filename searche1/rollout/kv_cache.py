@@ -47,7 +47,7 @@ def _growing_layer_class() -> Any:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             need = self._len + key_states.shape[-2]
-            if self._bk is None or need > self._bk.shape[-2] or self._bk.shape[0] != key_states.shape[0]:
+            if self._bk is None or need > self._bk.shape[-2]:
                 old = 0 if self._bk is None else self._bk.shape[-2]
                 cap = max(need + MIN_SPARE, int(old * GROWTH))
                 b, h, _, d = key_states.shape
