@@ -64,8 +64,8 @@ def write_world(world: World, out_dir: str | Path, *, overwrite: bool = False) -
     """Write ``world`` to ``out_dir`` atomically and return its path.
 
     Layout: ``corpus.jsonl``, ``train/<dataset>.jsonl``, ``dev/<dataset>.jsonl``, ``README.md`` and the marker
-    :data:`WORLD_MARKER` (seed, parameters). The files are built
-    in a temporary folder next to ``out_dir`` and renamed into place, so readers never see a half-written world.
+    :data:`WORLD_MARKER` (seed, parameters). The files are built in a temporary folder next to ``out_dir`` and
+    renamed into place, so readers never see a half-written world.
     Raises :class:`FileExistsError` if ``out_dir`` exists and is not empty, unless ``overwrite`` is true and it is
     a world (an index or a dataset folder, with a ``corpus.jsonl`` of its own, is never replaced).
     """
