@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the HF engine benchmarks' set-up ------------------------------------------------------------------------------
 def add_engine_args(ap: Any) -> None:
-    """The options of the HF engine benchmarks (shared_prefix.py, kv_cache.py): model, searchqa data, repeats,
-    threads."""
+    """The options of the HF engine benchmarks (shared_prefix.py, kv_cache.py, train_logits.py): model, searchqa data,
+    repeats, threads."""
     ap.add_argument("--model", default="runs/warmup-smollm2")
     ap.add_argument("--data", type=Path, default=None, help="searchqa folder (default ../shared/data/searchqa)")
     ap.add_argument("--repeats", type=int, default=3)

@@ -36,6 +36,7 @@ from searche1.io import fault_point
 from searche1.models import ModelConfig
 from searche1.retrieval.config import RetrievalConfig
 from searche1.rollout.types import Episode, RolloutConfig
+from searche1.scoring import masked_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     pipeline passes its starting model, see ``grpo.kl_reference``)."""
     from tqdm.auto import tqdm
 
-    from searche1.algos import get_advantage, get_policy_loss, kl_k3, token_logprobs
+    from searche1.algos import get_advantage, get_policy_loss, kl_k3
     from searche1.checkpoint import checkpoint_at_or_before, latest_checkpoint, load_checkpoint, save_checkpoint
     from searche1.data.qa import load_qa, load_qa_files
     from searche1.distributed import (
@@ -381,16 +382,16 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             total = 0.0
             for s in range(0, len(rows), g.micro_batch_size):
                 sl = slice(s, s + g.micro_batch_size)
-                with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-                    logits = model(input_ids=ids[sl].to(device), attention_mask=attn[sl].to(device)).logits
                 temp = cfg.rollout.temperature if not cfg.rollout.greedy else 1.0  # the sampler's distribution
-                logp = token_logprobs(logits[:, :-1], ids[sl, 1:].to(device), temperature=temp)  # (b, T-1) fp32
+                # (b, T-1) fp32, the LM head only at columns with policy tokens (searche1.scoring)
+                logp = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
+                                       autocast=autocast)
                 loss, m = loss_fn(logp, old[sl].to(device), a[sl].to(device), mask[sl].to(device),
                                   clip_low=g.clip_low, clip_high=g.clip_high, max_len=gen_budget, denom=denom)
                 if ref_model is not None:
                     with torch.no_grad():
-                        ref_logits = ref_model(input_ids=ids[sl].to(device), attention_mask=attn[sl].to(device)).logits
-                        ref_logp = token_logprobs(ref_logits[:, :-1], ids[sl, 1:].to(device), temperature=temp)
+                        ref_logp = masked_logprobs(ref_model, ids[sl], attn[sl], mask[sl], temperature=temp,
+                                                   device=device, autocast=autocast)
                     kl, km = kl_k3(logp, ref_logp, mask[sl].to(device), agg=g.loss_agg, max_len=gen_budget,
                                    denom=denom)
                     loss = loss + g.kl_beta * kl
@@ -480,16 +481,14 @@ def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, de
              has_sampler: torch.Tensor):
     """The trainer's own log-probs of the sampled tokens (the PPO "old" policy) and their mean absolute gap to the
     sampler's over the policy tokens of the rows where ``has_sampler`` (bool, per row), as (sum, tokens)."""
-    from searche1.algos import token_logprobs
-
     was = model.training
     model.eval()
     temp = rollout.temperature if not rollout.greedy else 1.0
     new = torch.zeros_like(old)
     for s in range(0, ids.shape[0], micro):
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=ids[s:s + micro].to(device), attention_mask=attn[s:s + micro].to(device)).logits
-        new[s:s + micro] = token_logprobs(logits[:, :-1], ids[s:s + micro, 1:].to(device), temperature=temp).cpu()
+        sl = slice(s, s + micro)
+        new[sl] = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
+                                  autocast=autocast).cpu()
     model.train(was)
     m = mask * has_sampler[:, None].to(mask.dtype)
     return new * mask, (float(((new - old).abs() * m).sum()), float(m.sum()))

@@ -394,6 +394,8 @@ def train_warmup(model, tokenizer, demos: Sequence[Demo], cfg: WarmupConfig | No
     import torch
     from tqdm.auto import tqdm
 
+    from searche1.scoring import masked_logprobs
+
     cfg = cfg or WarmupConfig()
     cfg.validate()
     keep = [d for d in demos if len(d) <= cfg.max_len]
@@ -431,8 +433,10 @@ def train_warmup(model, tokenizer, demos: Sequence[Demo], cfg: WarmupConfig | No
             for s in range(per_epoch):
                 batch = [keep[j] for j in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
                 ids, attn, labels = (t.to(device) for t in collate(batch, pad_id))
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+                # the mean cross-entropy of the policy tokens (as HF's ``labels`` loss), the LM head only at them
+                on = (labels[:, 1:] != IGNORE_INDEX).float()  # (B, T-1): position t predicts ids[:, t+1]
+                logp = masked_logprobs(model, ids, attn, on, device=device, autocast=bf16)
+                loss = -(logp * on).sum() / on.sum().clamp(min=1.0)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
