@@ -15,6 +15,9 @@ Measured here (median of 3 after a warm-up):
 * ``train_tps``    tokens/s of forward + backward + AdamW step on ``--micro`` × ``--seq`` token micro-batches
                    (full fine-tuning, bf16 weights, gradient checkpointing off).
 
+Both take the trainer's path (searche1.scoring): the LM head only at the share of columns that hold policy tokens
+(``--policy-tokens`` over the episode's tokens). Runs before 2026-11-28 computed full logits there.
+
 The plan (questions per step, G, steps per round, OFSD questions, K, epochs) comes from ``--config``. What no
 measurement here can give is stated as an assumption, with a flag: tokens per episode (``--prompt-tokens``,
 ``--policy-tokens``, ``--searches`` × ``topk`` × ``max_doc_tokens``), the share of OFSD groups that yield a pair
@@ -137,8 +140,13 @@ def build_model(shape: str, device: str, folder: Path | None = None, vocab_size:
     return model
 
 
-def measure(model, device: str, batch: int, prompt: int, decode: int, micro: int, seq: int) -> Costs:
+def measure(model, device: str, batch: int, prompt: int, decode: int, micro: int, seq: int,
+            policy_frac: float = 1.0) -> Costs:
+    """Per-token costs; the forward and train passes take the trainer's path (:func:`searche1.scoring.
+    masked_logprobs`: the LM head at the ``policy_frac`` share of columns that hold policy tokens)."""
     import torch
+
+    from searche1.scoring import masked_logprobs
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     V = model.config.vocab_size
@@ -158,16 +166,19 @@ def measure(model, device: str, batch: int, prompt: int, decode: int, micro: int
     t_prefill = _median(prefill)
     t_gen = _median(lambda: generate(decode))
     train_ids = torch.randint(0, V, (micro, seq), device=device)
+    train_attn = torch.ones_like(train_ids)
+    mask = torch.zeros((micro, seq - 1), device=device)
+    mask[:, -max(1, round((seq - 1) * policy_frac)):] = 1  # how many columns counts, not where they are
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
     def forward():
         with torch.no_grad():
-            model(input_ids=train_ids)
+            masked_logprobs(model, train_ids, train_attn, mask, device=device)
         sync()
 
     def train_step():
-        out = model(input_ids=train_ids, labels=train_ids)
-        out.loss.backward()
+        logp = masked_logprobs(model, train_ids, train_attn, mask, device=device)
+        (-(logp * mask).sum() / mask.sum()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
@@ -225,7 +236,9 @@ def main() -> None:
     log(f"building a random {a.shape} model on {a.device}")
     model = build_model(a.shape, a.device, folder)
     n_params = sum(p.numel() for p in model.parameters())
-    costs = measure(model, a.device, a.batch, a.prompt, a.decode, a.micro, a.seq)
+    plan = plan_from_config(a.config, a)
+    policy_frac = plan.policy_tokens / (plan.prompt_tokens + plan.policy_tokens + plan.retrieved_tokens)
+    costs = measure(model, a.device, a.batch, a.prompt, a.decode, a.micro, a.seq, policy_frac)
     engine, decode = "hf", {"hf": rnd(costs.decode_tps, 1)}
     if a.engine == "vllm":
         try:
@@ -236,7 +249,6 @@ def main() -> None:
             decode.update(vllm=rnd(costs.decode_tps, 1), vllm_over_hf=rnd(costs.decode_tps / decode["hf"], 2))
         except ImportError as e:
             log(f"vLLM not importable ({e}): decode measured with HF generate")
-    plan = plan_from_config(a.config, a)
     hours = project(costs, plan, a.gpus)
     device_name = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
     print_table(f"Per-token costs on one {device_name}, {a.shape} ({n_params / 1e9:.2f}B params, random weights)",
@@ -251,7 +263,8 @@ def main() -> None:
                           "gpus": a.gpus, "costs": {k: rnd(v, 1) for k, v in asdict(costs).items()},
                           "decode_tps_by_engine": decode,
                           "plan": asdict(plan), "hours": {k: rnd(v, 3) for k, v in hours.items()},
-                          "measure": {k: getattr(a, k) for k in ("batch", "prompt", "decode", "micro", "seq")}},
+                          "measure": {**{k: getattr(a, k) for k in ("batch", "prompt", "decode", "micro", "seq")},
+                                      "policy_frac": rnd(policy_frac, 3)}},
                   packages=("torch", "transformers", "vllm"))
 
 
