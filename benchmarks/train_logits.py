@@ -1,13 +1,16 @@
-"""The policy update with the LM head only at policy-token columns (searche1.scoring) against full logits, on CPU.
+"""The policy update's three ways of scoring the episodes, on CPU: full logits (the trainer until 2026-11-28), the
+LM head at policy-token columns only, and that plus a group's prompt run once per micro-batch (the trainer now).
 
 A GRPO update runs a forward and a backward over whole episodes (prompt, turns, retrieved passages), but its loss
-needs log-probs at the policy's own tokens only; :func:`searche1.scoring.masked_logprobs` computes the vocabulary
-projection and log-softmax at the columns where some row of the micro-batch has one. This script rolls out the
-demo's GRPO batch (4 training questions × G = 5, the demo's rollout settings, seeded) with the HF engine, then times
-one pass of the update over it (micro-batches of 4: forward, policy-gradient loss, backward) both ways, alternating,
-and compares the medians. Two models: the demo's (only the last 10 of 30 layers train) and a full fine-tune. The
-gradients of the two ways must agree (reported: the largest difference relative to the gradient's largest entry).
-The warm-up's loss is the same computation (cross-entropy of the policy tokens). Writes
+needs log-probs at the policy's own tokens only (:func:`searche1.scoring.masked_logprobs` computes the vocabulary
+projection and log-softmax at the columns where some row of the micro-batch has one), and the G rollouts of a group
+share their prompt (``prefix``: run once, its KV cache repeated; :func:`searche1.scoring.micro_batches` cuts the
+micro-batches along groups, and each is cut to its longest row). This script rolls out the demo's GRPO batch
+(4 training questions × G = 5, the demo's rollout settings, seeded) with the HF engine, then times one pass of the
+update over it (micro-batches of 4: forward, policy-gradient loss, backward) the three ways, alternating, and
+compares the medians. Two models: the demo's (only the last 10 of 30 layers train) and a full fine-tune. The
+gradients must agree (reported: the largest difference to full logits relative to the gradient's largest entry).
+The warm-up's loss is the second way (its demonstrations are distinct questions). Writes
 benchmarks/results/train_logits.json.
 
     python benchmarks/train_logits.py [--model runs/warmup-smollm2] [--repeats 3] [--threads 2]
@@ -46,7 +49,7 @@ def main() -> None:
     from searche1.algos import token_logprobs
     from searche1.demo import DemoConfig
     from searche1.rollout.hf_engine import HFEngine
-    from searche1.scoring import kept_columns, masked_logprobs
+    from searche1.scoring import kept_columns, masked_logprobs, micro_batches
     from searche1.train import episode_tensors
 
     tok, model = load_engine_model(args)
@@ -59,26 +62,36 @@ def main() -> None:
     ids, attn, mask, _old = episode_tensors(eps, tok.pad_token_id)
     adv = torch.randn(len(eps), 1, generator=torch.Generator().manual_seed(0))
     mb = args.micro_batch
-    slices = [slice(s, s + mb) for s in range(0, len(eps), mb)]
-    kept = sum(len(kept_columns(mask[sl])) for sl in slices)
-    cols = sum(int(attn[sl].sum(-1).max()) - 1 for sl in slices)
+    plain = micro_batches([e.prompt_ids for e in eps], mb, share=False)
+    shared = micro_batches([e.prompt_ids for e in eps], mb, share=True)
+    T = ids.shape[1]
 
-    def update(masked: bool) -> dict[str, torch.Tensor]:
+    def update(mode: str) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
-        for sl in slices:
-            if masked:
-                logp = masked_logprobs(model, ids[sl], attn[sl], mask[sl])
+        for rows, prefix in shared if mode == "shared" else plain:
+            n = int(attn[rows].sum(-1).max()) if mode == "shared" else T  # the trainer cuts to the longest row
+            b_ids, b_attn, b_mask = ids[rows, :n], attn[rows, :n], mask[rows, :n - 1]
+            if mode == "full":
+                logits = model(input_ids=b_ids, attention_mask=b_attn).logits
+                logp = token_logprobs(logits[:, :-1], b_ids[:, 1:]) * b_mask
             else:
-                logits = model(input_ids=ids[sl], attention_mask=attn[sl]).logits
-                logp = token_logprobs(logits[:, :-1], ids[sl, 1:]) * mask[sl]
-            (-(logp * adv[sl]).sum() / mask.sum()).backward()
+                logp = masked_logprobs(model, b_ids, b_attn, b_mask, prefix=prefix if mode == "shared" else 0)
+            (-(logp * adv[rows]).sum() / mask.sum()).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    def tokens_run(mode: str) -> int:  # tokens through the body of the model in one pass
+        if mode != "shared":
+            return len(eps) * T
+        return sum(len(rows) * (int(attn[rows].sum(-1).max()) - prefix) + prefix for rows, prefix in shared)
+
+    modes = ("full", "columns", "shared")
     results: dict = {
         "model": str(args.model), "repeats": args.repeats, "threads": args.threads, "micro_batch": mb,
         "episodes": len(eps), "tokens": int(attn.sum()), "policy_tokens": int(mask.sum()),
         "searches": rnd(sum(e.searches for e in eps) / len(eps), 2),
-        "lm_head_columns": {"full": cols, "masked": kept}, "shapes": {},
+        "lm_head_columns": {"full": len(plain) * (T - 1), "columns": sum(len(kept_columns(mask[r])) for r, _ in plain)},
+        "tokens_run": {m: tokens_run(m) for m in modes}, "shared_micro_batches": [len(r) for r, _ in shared],
+        "shapes": {},
     }
     rows = []
     n_layers = len(model.model.layers)
@@ -88,27 +101,34 @@ def main() -> None:
             layer = int(n.split(".")[2]) if n.startswith("model.layers.") else None
             p.requires_grad_(layer is None or layer >= first)
         model.train()
-        times: dict[bool, list[float]] = {True: [], False: []}
-        grads: dict[bool, dict] = {}
+        times: dict[str, list[float]] = {m: [] for m in modes}
+        grads: dict[str, dict] = {}
         for r in range(args.repeats):
-            for masked in (True, False):
-                log(f"{name}: {'masked' if masked else 'full'} logits, repeat {r + 1}/{args.repeats}")
-                times[masked].append(time_call(lambda: grads.__setitem__(masked, update(masked))))
-        scale = max(float(g.abs().max()) for g in grads[False].values())
-        diff = max(float((grads[True][n] - g).abs().max()) for n, g in grads[False].items()) / scale
+            for mode in modes:
+                log(f"{name}: {mode}, repeat {r + 1}/{args.repeats}")
+                times[mode].append(time_call(lambda: grads.__setitem__(mode, update(mode))))
+        scale = max(float(g.abs().max()) for g in grads["full"].values())
+        diff = {m: max(float((grads[m][n] - g).abs().max()) for n, g in grads["full"].items()) / scale
+                for m in modes[1:]}
         med = {k: statistics.median(v) for k, v in times.items()}
         results["shapes"][name] = {
-            "seconds_masked": [rnd(t, 2) for t in times[True]], "seconds_full": [rnd(t, 2) for t in times[False]],
-            "median_masked_s": rnd(med[True], 2), "median_full_s": rnd(med[False], 2),
-            "speedup": rnd(med[False] / med[True], 3), "max_grad_diff_rel": rnd(diff, 9),
+            **{f"seconds_{m}": [rnd(t, 2) for t in times[m]] for m in modes},
+            **{f"median_{m}_s": rnd(med[m], 2) for m in modes},
+            **{f"speedup_{m}": rnd(med["full"] / med[m], 3) for m in modes[1:]},
+            **{f"max_grad_diff_rel_{m}": rnd(diff[m], 9) for m in modes[1:]},
         }
-        rows.append([name, rnd(med[False], 1), rnd(med[True], 1), rnd(med[False] / med[True], 2), f"{diff:.1e}"])
+        rows.append([name, rnd(med["full"], 1), rnd(med["columns"], 1), rnd(med["shared"], 1),
+                     rnd(med["full"] / med["columns"], 2), rnd(med["full"] / med["shared"], 2),
+                     f"{max(diff.values()):.1e}"])
         write_results(RESULTS_DIR / "train_logits.json", results, packages=("torch", "transformers"))
-    print_table("GRPO update: LM head at policy-token columns vs full logits (CPU)",
-                ["model", "full logits s", "policy columns s", "speed-up", "max grad diff (rel.)"], rows,
+    print_table("GRPO update: full logits vs LM head at policy columns vs + shared prompt (CPU)",
+                ["model", "full logits s", "policy columns s", "+ shared prompt s", "speed-up columns",
+                 "speed-up both", "max grad diff (rel.)"], rows,
                 note=f"the demo's GRPO batch: {len(eps)} episodes, {int(attn.sum())} tokens of which "
-                     f"{int(mask.sum())} policy tokens; LM head columns {cols} → {kept} over {len(slices)} "
-                     f"micro-batches of {mb}; medians of {args.repeats} alternating runs; {args.threads} threads")
+                     f"{int(mask.sum())} policy tokens; tokens through the model per pass "
+                     f"{results['tokens_run']['full']} → {results['tokens_run']['shared']}; LM head columns "
+                     f"{results['lm_head_columns']['full']} → {results['lm_head_columns']['columns']}; micro-batches "
+                     f"of ≤ {mb}; medians of {args.repeats} alternating runs; {args.threads} threads")
 
 
 if __name__ == "__main__":

@@ -9,25 +9,44 @@ columns where some row of the micro-batch has a loss token (``logits_to_keep`` a
 log-probs back to (B, T-1), zeros elsewhere. Loss and gradients are the same as with full logits, since every
 skipped position is masked out of every loss; only the order of floating-point sums changes. A model whose
 ``forward`` has no ``logits_to_keep`` (or ignores it) gets full logits, then the same columns.
+
+The G rollouts of a GRPO group share their prompt (the CPU demo: 142 of ~430 tokens). With ``prefix``,
+:func:`masked_logprobs` runs that prompt once and the rows' continuations on its repeated KV cache, and
+:func:`micro_batches` cuts the update's micro-batches along groups so that it can. Gradients reach the prompt
+through the cache, summed over the rows, as in a forward of every row. Departure from TRL and veRL, which run
+every sequence whole: the same loss and gradients for less compute.
 """
 
 from __future__ import annotations
 
 import inspect
 from contextlib import nullcontext
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 
+def _forward_params(model: Any) -> Any:
+    """The parameters of ``model.forward``; a peft model's forward takes ``**kwargs`` and hands them to its base
+    model, whose signature decides. Empty when the signature cannot be read."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    try:
+        return inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
 def accepts_logits_to_keep(model: Any) -> bool:
     """Whether ``model.forward`` (a peft model's base model's) takes ``logits_to_keep``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):  # a forward without an inspectable signature
-        return False
+    return "logits_to_keep" in _forward_params(model)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The name of ``model.forward``'s KV-cache argument: ``cache`` in recent transformers, ``past_key_values``
+    before (and still accepted, with a deprecation warning)."""
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
 def kept_columns(mask: Tensor) -> Tensor:  # (K,) long, sorted, K >= 1
@@ -38,23 +57,77 @@ def kept_columns(mask: Tensor) -> Tensor:  # (K,) long, sorted, K >= 1
 
 
 def masked_logprobs(model: Any, ids: Tensor, attn: Tensor, mask: Tensor, *, temperature: float = 1.0,
-                    device: Any = "cpu", autocast: bool = False) -> Tensor:  # (B, T-1) fp32 on ``device``
-    """``log p(ids[:, t+1] | ids[:, :t+1])`` where ``mask`` (B, T-1) is non-zero, 0 elsewhere.
+                    device: Any = "cpu", autocast: bool = False, prefix: int = 0) -> Tensor:  # (B, T-1) fp32
+    """``log p(ids[:, t+1] | ids[:, :t+1])`` where ``mask`` (B, T-1) is non-zero, 0 elsewhere, on ``device``.
 
     ``ids``/``attn`` (B, T) right-padded (any device); ``temperature`` as in :func:`searche1.algos.token_logprobs`;
     ``autocast``: the forward under bf16 autocast on ``device``. Differentiable when called with grad enabled.
+
+    ``prefix`` > 0: every row starts with the same ``prefix`` real tokens (the prompt of one GRPO group, which
+    the caller guarantees) and no loss token comes before the last of them. Those tokens then run once (batch 1)
+    and their KV cache is repeated for the rows' continuations: the same log-probs and gradients (the prompt's
+    gradient is the sum over rows, through the repeated cache), with the prompt's cost paid once instead of B
+    times. It needs a model that takes ``past_key_values`` and ``logits_to_keep`` and no gradient checkpointing
+    (which turns the cache off): callers check :func:`can_share_prefix`.
     """
     from searche1.algos import token_logprobs
 
     B, T = ids.shape
     cols = kept_columns(mask).to(device)
-    kw = {"logits_to_keep": cols} if accepts_logits_to_keep(model) and cols.numel() < T - 1 else {}
+    ids, attn = ids.to(device), attn.to(device)
     ctx = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if autocast
            else nullcontext())
-    with ctx:
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), **kw).logits
-    if logits.shape[1] != cols.numel():  # full logits (no logits_to_keep, or every column kept)
-        logits = logits[:, cols]
-    lp = token_logprobs(logits, ids.to(device)[:, cols + 1], temperature=temperature)  # (B, K) fp32
+    if 0 < prefix < T and B > 1 and int(cols[0]) >= prefix - 1:
+        from transformers import DynamicCache
+
+        kv = {cache_kwarg(model): DynamicCache()}
+        with ctx:
+            head = model(input_ids=ids[:1, :prefix], attention_mask=attn[:1, :prefix], use_cache=True,
+                         logits_to_keep=1, **kv).logits  # (1, 1, V): predicts token ``prefix``
+            next(iter(kv.values())).batch_repeat_interleave(B)
+            rest = model(input_ids=ids[:, prefix:], attention_mask=attn, use_cache=True,
+                         logits_to_keep=cols[cols >= prefix] - prefix, **kv).logits  # (B, K', V)
+        logits = torch.cat([head.expand(B, -1, -1), rest], 1) if int(cols[0]) == prefix - 1 else rest
+    else:
+        kw = {"logits_to_keep": cols} if accepts_logits_to_keep(model) and cols.numel() < T - 1 else {}
+        with ctx:
+            logits = model(input_ids=ids, attention_mask=attn, **kw).logits
+        if logits.shape[1] != cols.numel():  # full logits (no logits_to_keep, or every column kept)
+            logits = logits[:, cols]
+    lp = token_logprobs(logits, ids[:, cols + 1], temperature=temperature)  # (B, K) fp32
     on = mask.to(device)[:, cols].ne(0)  # (B, K): a kept column is another row's loss token, not this row's
     return lp.new_zeros((B, T - 1)).index_copy(1, cols, lp * on)
+
+
+def can_share_prefix(model: Any) -> bool:
+    """Whether :func:`masked_logprobs` may run a shared prefix once for ``model``: its forward takes
+    ``logits_to_keep`` (and so, in transformers, a cache) and gradient checkpointing is off."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = ("is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing")  # transformers 5
+            else "is_gradient_checkpointing")
+    return accepts_logits_to_keep(model) and not getattr(base, name, False)
+
+
+def micro_batches(prompts: Sequence[Sequence[int]], micro: int, share: bool) -> list[tuple[list[int], int]]:
+    """Split rows into micro-batches of at most ``micro`` rows, as ``(row positions, shared prefix length)``.
+
+    Without ``share``: consecutive slices, prefix 0. With ``share``: each run of consecutive rows with the same
+    prompt (a GRPO group) is split as evenly as ``micro`` allows, and a micro-batch of two rows or more passes its
+    prompt's length as the ``prefix`` of :func:`masked_logprobs`, so the prompt runs once per micro-batch.
+    """
+    n = len(prompts)
+    if not share:
+        return [(list(range(s, min(s + micro, n))), 0) for s in range(0, n, micro)]
+    out: list[tuple[list[int], int]] = []
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and prompts[end] == prompts[start]:
+            end += 1
+        size = end - start
+        parts = -(-size // micro)  # ceil
+        for k in range(parts):
+            lo, hi = start + size * k // parts, start + size * (k + 1) // parts
+            out.append((list(range(lo, hi)), len(prompts[start]) if hi - lo > 1 else 0))
+        start = end
+    return out

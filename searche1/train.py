@@ -36,7 +36,7 @@ from searche1.io import fault_point
 from searche1.models import ModelConfig
 from searche1.retrieval.config import RetrievalConfig
 from searche1.rollout.types import Episode, RolloutConfig
-from searche1.scoring import masked_logprobs
+from searche1.scoring import can_share_prefix, masked_logprobs, micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class GRPOConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward/backward"})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "in the update, run a group's prompt once per micro-batch and its rollouts on that KV cache "
+                "(same loss and gradients; micro-batches then follow groups; off under FSDP and gradient "
+                "checkpointing)"})
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip 1 - clip_low"})
     clip_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + clip_high"})
@@ -364,6 +368,9 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         losses = LossStats()
         if kept_all and rows:  # the batch and its "old" log-probs, once: every PPO epoch uses the same ones
             ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
+            # (row positions, shared prompt length): FSDP ranks must run the same forwards, so plain slices there
+            share = g.share_prompt and not full and can_share_prefix(model)
+            micros = micro_batches([eps[i].prompt_ids for i in rows], g.micro_batch_size, share)
             mask[len(keep):] = 0
             a = adv[rows]
             a[len(keep):] = 0.0
@@ -371,8 +378,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 # the gap only where the sampler returned log-probs (vLLM: rollout.vllm_logprobs of the episodes)
                 has = torch.tensor([eps[i].sampler_logprobs for i in rows[:len(keep)]]
                                    + [False] * (len(rows) - len(keep)))
-                old, gap = _rescore(model, ids, attn, mask, old, g.micro_batch_size, cfg.rollout, device,
-                                    autocast, has)
+                old, gap = _rescore(model, ids, attn, mask, old, micros, cfg.rollout, device, autocast, has)
         for _epoch in range(g.ppo_epochs):
             opt.zero_grad(set_to_none=True)
             if not kept_all:
@@ -380,20 +386,22 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             losses.epochs += 1
             denom = max(1.0, d.sum(batch_denominator(mask[:len(keep)], g.loss_agg, gen_budget) if keep else 0.0))
             total = 0.0
-            for s in range(0, len(rows), g.micro_batch_size):
-                sl = slice(s, s + g.micro_batch_size)
+            for sl, prefix in micros:
                 temp = cfg.rollout.temperature if not cfg.rollout.greedy else 1.0  # the sampler's distribution
-                # (b, T-1) fp32, the LM head only at columns with policy tokens (searche1.scoring)
-                logp = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
-                                       autocast=autocast)
-                loss, m = loss_fn(logp, old[sl].to(device), a[sl].to(device), mask[sl].to(device),
+                n = int(attn[sl].sum(-1).max())  # this micro-batch's longest row: no columns of padding only
+                b_ids, b_attn, b_mask = ids[sl, :n], attn[sl, :n], mask[sl, :n - 1]
+                # (b, n-1) fp32, the LM head only at columns with policy tokens (searche1.scoring)
+                logp = masked_logprobs(model, b_ids, b_attn, b_mask, temperature=temp, device=device,
+                                       autocast=autocast, prefix=prefix)
+                b_mask = b_mask.to(device)
+                loss, m = loss_fn(logp, old[sl, :n - 1].to(device), a[sl].to(device), b_mask,
                                   clip_low=g.clip_low, clip_high=g.clip_high, max_len=gen_budget, denom=denom)
                 if ref_model is not None:
                     with torch.no_grad():
-                        ref_logp = masked_logprobs(ref_model, ids[sl], attn[sl], mask[sl], temperature=temp,
-                                                   device=device, autocast=autocast)
-                    kl, km = kl_k3(logp, ref_logp, mask[sl].to(device), agg=g.loss_agg, max_len=gen_budget,
-                                   denom=denom)
+                        ref_logp = masked_logprobs(ref_model, b_ids, b_attn, b_mask, temperature=temp,
+                                                   device=device, autocast=autocast,
+                                                   prefix=prefix if can_share_prefix(ref_model) else 0)
+                    kl, km = kl_k3(logp, ref_logp, b_mask, agg=g.loss_agg, max_len=gen_budget, denom=denom)
                     loss = loss + g.kl_beta * kl
                     m = {**m, **km}
                 (loss * d.world if full else loss).backward()  # FSDP averages gradients over ranks: undo it
@@ -477,18 +485,18 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
 
 @torch.no_grad()
-def _rescore(model, ids, attn, mask, old, micro: int, rollout: RolloutConfig, device: str, autocast: bool,
-             has_sampler: torch.Tensor):
+def _rescore(model, ids, attn, mask, old, micros: list[tuple[list[int], int]], rollout: RolloutConfig, device: str,
+             autocast: bool, has_sampler: torch.Tensor):
     """The trainer's own log-probs of the sampled tokens (the PPO "old" policy) and their mean absolute gap to the
     sampler's over the policy tokens of the rows where ``has_sampler`` (bool, per row), as (sum, tokens)."""
     was = model.training
     model.eval()
     temp = rollout.temperature if not rollout.greedy else 1.0
     new = torch.zeros_like(old)
-    for s in range(0, ids.shape[0], micro):
-        sl = slice(s, s + micro)
-        new[sl] = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
-                                  autocast=autocast).cpu()
+    for sl, prefix in micros:  # (row positions, shared prompt length): searche1.scoring.micro_batches
+        n = int(attn[sl].sum(-1).max())  # the micro-batch's longest row
+        new[sl, :n - 1] = masked_logprobs(model, ids[sl, :n], attn[sl, :n], mask[sl, :n - 1], temperature=temp,
+                                          device=device, autocast=autocast, prefix=prefix).cpu()
     model.train(was)
     m = mask * has_sampler[:, None].to(mask.dtype)
     return new * mask, (float(((new - old).abs() * m).sum()), float(m.sum()))

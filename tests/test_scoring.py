@@ -131,3 +131,86 @@ def test_warmup_loss_is_hf_labels_loss(model):
     on = (labels[:, 1:] != -100).float()
     ours = -(masked_logprobs(model, ids, attn, on) * on).sum() / on.sum()
     torch.testing.assert_close(ours, hf, rtol=1e-5, atol=1e-6)
+
+
+def _group(V: int, P: int = 9, seed: int = 1):
+    """One GRPO group: 4 right-padded rows sharing their first ``P`` tokens, loss tokens from column P-1 on."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 4, 26
+    ids = torch.randint(3, V, (B, T), generator=g)
+    ids[:, :P] = ids[0, :P]
+    attn = torch.ones(B, T, dtype=torch.long)
+    for b, n in ((1, 20), (3, 15)):
+        attn[b, n:] = 0
+        ids[b, n:] = 0
+    mask = torch.zeros(B, T - 1)
+    mask[:, P - 1:P + 4] = 1  # the first turn, from the column that predicts the first response token
+    mask[0, 18:24] = 1  # a second turn after a (non-policy) information block
+    mask[1, 16:19] = 1
+    mask[3, P + 1:14] = 1
+    return ids, attn, mask
+
+
+@pytest.mark.parametrize("first_turn", [True, False])
+def test_shared_prefix_same_logprobs_and_grads(model, first_turn):
+    from searche1.scoring import can_share_prefix
+
+    P = 9
+    ids, attn, mask = _group(model.config.vocab_size, P)
+    if not first_turn:
+        mask[:, :P + 1] = 0  # no loss token at the prompt's last column: its logits are not needed
+    assert can_share_prefix(model)
+    adv = torch.randn(mask.shape[0], 1)
+    ref = masked_logprobs(model, ids, attn, mask)
+    (ref * adv).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    rows = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: rows.append(tuple(i[0].shape)))
+    got = masked_logprobs(model, ids, attn, mask, prefix=P)
+    hook.remove()
+    assert rows == [(1, P), (4, ids.shape[1] - P)]  # the prompt once, then the continuations on its cache
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert torch.all(got[mask == 0] == 0)
+    (got * adv).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_shared_prefix_falls_back_when_it_cannot_apply(model):
+    ids, attn, mask = _group(model.config.vocab_size, 9)
+    with torch.no_grad():
+        ref = masked_logprobs(model, ids, attn, mask)
+        for prefix, rows in ((12, ids), (9, ids[:1])):  # a loss token inside the "prefix"; a single row
+            m = mask[: len(rows)]
+            torch.testing.assert_close(masked_logprobs(model, rows, attn[: len(rows)], m, prefix=prefix),
+                                       ref[: len(rows)], rtol=1e-5, atol=1e-5)
+
+
+def test_no_prefix_sharing_under_gradient_checkpointing(model):
+    from searche1.scoring import can_share_prefix
+
+    assert can_share_prefix(model)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    assert not can_share_prefix(model)
+    assert not can_share_prefix(_NoKeep(model))
+
+
+def test_micro_batches_follow_groups():
+    from searche1.scoring import micro_batches
+
+    a, b, c = [1, 2, 3], [1, 2, 4, 5], [7]
+    prompts = [a] * 5 + [b] * 5 + [c] + [a] * 2
+    assert micro_batches(prompts, 4, share=False) == [([0, 1, 2, 3], 0), ([4, 5, 6, 7], 0), ([8, 9, 10, 11], 0),
+                                                      ([12], 0)]
+    assert micro_batches(prompts, 4, share=True) == [
+        ([0, 1], 3), ([2, 3, 4], 3),  # a group of 5 with micro 4: two micro-batches of 2 and 3, each prompt once
+        ([5, 6], 4), ([7, 8, 9], 4),
+        ([10], 0),  # a single row: nothing to share
+        ([11, 12], 3),  # the same prompt again, after another: its own run
+    ]
+    assert micro_batches(prompts, 8, share=True)[:2] == [([0, 1, 2, 3, 4], 3), ([5, 6, 7, 8, 9], 4)]
+    assert [len(rows) for rows, _ in micro_batches([a] * 9, 4, share=True)] == [3, 3, 3]
+    assert micro_batches([], 4, share=True) == [] == micro_batches([], 4, share=False)

@@ -35,6 +35,7 @@ from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
 from searche1.rollout.kv_cache import make_cache
 from searche1.rollout.tokens import info_blocks, prompt_batch
+from searche1.scoring import cache_kwarg
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,7 @@ class HFEngine:
         gen_eos = tokens.generation_eos_ids(getattr(model, "generation_config", None))
         self.eos_ids = {tokenizer.eos_token_id, *gen_eos} - {None}
         self._ends_with_stop = tokens.StopCheck(tokenizer)
-        import inspect
-
-        # transformers >= 5 calls the KV cache argument `cache`, earlier versions `past_key_values`; a peft model's
-        # forward takes **kwargs and hands them to its base model, whose signature decides
-        base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-        params = inspect.signature(base.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_kwarg(model)  # `cache` in transformers >= 5, earlier `past_key_values`
 
     # ------------------------------------------------------------------------------------------------------------
     def prompt_ids(self, question: str) -> list[int]:
