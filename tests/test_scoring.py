@@ -120,6 +120,16 @@ def test_peft_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(masked_logprobs(lora, ids, attn, mask), _full(lora, ids, attn, mask),
                                    rtol=1e-5, atol=1e-5)
+    ids, attn, mask = _group(lora.config.vocab_size, 9)  # a shared prompt through the adapter, with gradients
+    for p in lora.parameters():
+        p.grad = None
+    (masked_logprobs(lora, ids, attn, mask, prefix=9) * mask).sum().backward()
+    shared = {n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad}
+    for p in lora.parameters():
+        p.grad = None
+    (_full(lora, ids, attn, mask) * mask).sum().backward()
+    assert shared and all(torch.allclose(p.grad, shared[n], rtol=1e-4, atol=1e-6)
+                          for n, p in lora.named_parameters() if p.requires_grad)
 
 
 def test_warmup_loss_is_hf_labels_loss(model):
