@@ -145,13 +145,14 @@ def test_gradient_checkpointing_gives_the_same_pipeline(tmp_path):
     from dataclasses import replace
 
     cfg = pipeline_config(tmp_path)
+    cfg.grpo = replace(cfg.grpo, share_prompt=False)  # checkpointing turns prompt sharing off: compare alike
     plain = run_pipeline(cfg, tmp_path / "plain", progress=False, episode_reward=parity_reward)
     ckpt = run_pipeline(replace(cfg, model=replace(cfg.model, gradient_checkpointing=True)), tmp_path / "ckpt",
                         progress=False, episode_reward=parity_reward)
     wa, wb = final_weights(plain), final_weights(ckpt)
     assert wa.keys() == wb.keys()
-    for k in wa:  # (AdamW turns gradient noise of ~1e-10 into updates of ~1e-6 at lr 1e-3: 1% of lr allowed)
-        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-5), (k, float((wa[k] - wb[k]).abs().max()))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6), k
     state = json.loads((tmp_path / "ckpt" / "pipeline.json").read_text())
     assert state["phases"][1]["metrics"]["ofsd/pairs"] > 0  # the OFSD phase did train
 

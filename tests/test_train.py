@@ -276,7 +276,7 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
     weights as without it, and rollouts (eval mode) still use the KV cache."""
     from searche1.models import load_policy
 
-    base = make_config(tmp_path, steps=2)
+    base = make_config(tmp_path, steps=2, share_prompt=False)  # checkpointing turns prompt sharing off: compare alike
     ckpt = replace(base, model=replace(base.model, gradient_checkpointing=True))
 
     def checkpointing(cfg) -> bool:
@@ -292,18 +292,31 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
     assert [r["reward/em"] for r in ra] == [r["reward/em"] for r in rb]
     (a1, wa), (_, wb) = ([weights(c) for c in list_checkpoints(tmp_path / run)] for run in ("plain", "ckpt"))
     assert wa.keys() == wb.keys()
-    for k in wa:  # (AdamW turns gradient noise of ~1e-10 into updates of ~1e-6 at lr 1e-3: 1% of lr allowed)
-        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-5), k
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-6), k
     assert any(not torch.equal(wa[k], a1[k]) for k in wa)  # step 2 did change the weights
 
 
-def test_shared_prompt_gives_the_same_run(tmp_path):
+def test_shared_prompt_gives_the_same_run(tmp_path, monkeypatch):
     """grpo.share_prompt (a group's prompt run once per micro-batch, searche1.scoring) changes no loss, gradient or
     weight: two steps with a KL reference and two PPO epochs, on and off, give the same metrics and weights."""
-    runs = {}
+    import searche1.train
+
+    prefixes: list[int] = []
+    real = searche1.train.masked_logprobs
+
+    def spy(*args, prefix=0, **kw):
+        prefixes.append(prefix)
+        return real(*args, prefix=prefix, **kw)
+
+    monkeypatch.setattr(searche1.train, "masked_logprobs", spy)
+    runs, shared = {}, {}
     for share in (True, False):
+        prefixes.clear()
         cfg = make_config(tmp_path, steps=2, micro_batch_size=3, kl_beta=0.5, ppo_epochs=2, share_prompt=share)
         runs[share] = run_grpo(cfg, tmp_path / f"share-{share}", progress=False, episode_reward=parity_reward)
+        shared[share] = sum(p > 0 for p in prefixes)
+    assert shared[True] >= 2 * 2 * 2 and shared[False] == 0  # policy and reference, 2 epochs, 2 steps: it did share
     ra, rb = read_metrics(runs[True]), read_metrics(runs[False])
     for k in ("reward/em", "loss/policy", "loss/kl_ref", "loss/num_tokens", "loss/ratio_max", "grad/norm"):
         assert [r[k] for r in ra] == pytest.approx([r[k] for r in rb], rel=1e-4, abs=1e-6), k
