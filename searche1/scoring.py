@@ -60,8 +60,9 @@ def masked_logprobs(model: Any, ids: Tensor, attn: Tensor, mask: Tensor, *, temp
                     device: Any = "cpu", autocast: bool = False, prefix: int = 0) -> Tensor:  # (B, T-1) fp32
     """``log p(ids[:, t+1] | ids[:, :t+1])`` where ``mask`` (B, T-1) is non-zero, 0 elsewhere, on ``device``.
 
-    ``ids``/``attn`` (B, T) right-padded (any device); ``temperature`` as in :func:`searche1.algos.token_logprobs`;
-    ``autocast``: the forward under bf16 autocast on ``device``. Differentiable when called with grad enabled.
+    ``ids``/``attn`` (B, T) right-padded (any device); columns after every row's last token are not run.
+    ``temperature`` as in :func:`searche1.algos.token_logprobs`; ``autocast``: the forward under bf16 autocast on
+    ``device``. Differentiable when called with grad enabled.
 
     ``prefix`` > 0: every row starts with the same ``prefix`` real tokens (the prompt of one GRPO group, which
     the caller guarantees) and no loss token comes before the last of them. Those tokens then run once (batch 1)
@@ -73,11 +74,12 @@ def masked_logprobs(model: Any, ids: Tensor, attn: Tensor, mask: Tensor, *, temp
     from searche1.algos import token_logprobs
 
     B, T = ids.shape
-    cols = kept_columns(mask).to(device)
-    ids, attn = ids.to(device), attn.to(device)
+    n = int(attn.ne(0).any(0).nonzero().max()) + 1 if attn.ne(0).any() else T  # later columns: padding only
+    cols = kept_columns(mask[:, :n - 1]).to(device)
+    ids, attn = ids[:, :n].to(device), attn[:, :n].to(device)
     ctx = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if autocast
            else nullcontext())
-    if 0 < prefix < T and B > 1 and int(cols[0]) >= prefix - 1:
+    if 0 < prefix < n and B > 1 and int(cols[0]) >= prefix - 1:
         from transformers import DynamicCache
 
         kv = {cache_kwarg(model): DynamicCache()}
@@ -89,7 +91,7 @@ def masked_logprobs(model: Any, ids: Tensor, attn: Tensor, mask: Tensor, *, temp
                          logits_to_keep=cols[cols >= prefix] - prefix, **kv).logits  # (B, K', V)
         logits = torch.cat([head.expand(B, -1, -1), rest], 1) if int(cols[0]) == prefix - 1 else rest
     else:
-        kw = {"logits_to_keep": cols} if accepts_logits_to_keep(model) and cols.numel() < T - 1 else {}
+        kw = {"logits_to_keep": cols} if accepts_logits_to_keep(model) and cols.numel() < n - 1 else {}
         with ctx:
             logits = model(input_ids=ids, attention_mask=attn, **kw).logits
         if logits.shape[1] != cols.numel():  # full logits (no logits_to_keep, or every column kept)

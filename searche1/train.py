@@ -302,6 +302,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
                              "name_or_path": reference or cfg.model.name_or_path})
     ref_model = load_policy(ref_cfg)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
+    share_ref = ref_model is not None and can_share_prefix(ref_model)
     autocast = use_bf16(g.bf16, device)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
@@ -366,6 +367,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         # FSDP: every rank runs as many rows as the busiest one; padded rows have an all-zero mask (no loss, no grad)
         rows = keep + [0] * (lockstep_pad(len(keep), d) if full and kept_all else 0)
         losses = LossStats()
+        micros: list[tuple[list[int], int]] = []  # (row positions, shared prompt length) of the update's micro-batches
         if kept_all and rows:  # the batch and its "old" log-probs, once: every PPO epoch uses the same ones
             ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
             # (row positions, shared prompt length): FSDP ranks must run the same forwards, so plain slices there
@@ -388,19 +390,18 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             total = 0.0
             for sl, prefix in micros:
                 temp = cfg.rollout.temperature if not cfg.rollout.greedy else 1.0  # the sampler's distribution
-                n = int(attn[sl].sum(-1).max())  # this micro-batch's longest row: no columns of padding only
-                b_ids, b_attn, b_mask = ids[sl, :n], attn[sl, :n], mask[sl, :n - 1]
-                # (b, n-1) fp32, the LM head only at columns with policy tokens (searche1.scoring)
-                logp = masked_logprobs(model, b_ids, b_attn, b_mask, temperature=temp, device=device,
+                # (b, T-1) fp32: the LM head only at columns with policy tokens, the micro-batch cut to its longest
+                # row, its shared prompt run once (searche1.scoring)
+                logp = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
                                        autocast=autocast, prefix=prefix)
-                b_mask = b_mask.to(device)
-                loss, m = loss_fn(logp, old[sl, :n - 1].to(device), a[sl].to(device), b_mask,
+                b_mask = mask[sl].to(device)
+                loss, m = loss_fn(logp, old[sl].to(device), a[sl].to(device), b_mask,
                                   clip_low=g.clip_low, clip_high=g.clip_high, max_len=gen_budget, denom=denom)
                 if ref_model is not None:
                     with torch.no_grad():
-                        ref_logp = masked_logprobs(ref_model, b_ids, b_attn, b_mask, temperature=temp,
+                        ref_logp = masked_logprobs(ref_model, ids[sl], attn[sl], mask[sl], temperature=temp,
                                                    device=device, autocast=autocast,
-                                                   prefix=prefix if can_share_prefix(ref_model) else 0)
+                                                   prefix=prefix if share_ref else 0)
                     kl, km = kl_k3(logp, ref_logp, b_mask, agg=g.loss_agg, max_len=gen_budget, denom=denom)
                     loss = loss + g.kl_beta * kl
                     m = {**m, **km}
@@ -494,9 +495,8 @@ def _rescore(model, ids, attn, mask, old, micros: list[tuple[list[int], int]], r
     temp = rollout.temperature if not rollout.greedy else 1.0
     new = torch.zeros_like(old)
     for sl, prefix in micros:  # (row positions, shared prompt length): searche1.scoring.micro_batches
-        n = int(attn[sl].sum(-1).max())  # the micro-batch's longest row
-        new[sl, :n - 1] = masked_logprobs(model, ids[sl, :n], attn[sl, :n], mask[sl, :n - 1], temperature=temp,
-                                          device=device, autocast=autocast, prefix=prefix).cpu()
+        new[sl] = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
+                                  autocast=autocast, prefix=prefix).cpu()
     model.train(was)
     m = mask * has_sampler[:, None].to(mask.dtype)
     return new * mask, (float(((new - old).abs() * m).sum()), float(m.sum()))

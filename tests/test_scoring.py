@@ -224,3 +224,18 @@ def test_micro_batches_follow_groups():
     assert micro_batches(prompts, 8, share=True)[:2] == [([0, 1, 2, 3, 4], 3), ([5, 6, 7, 8, 9], 4)]
     assert [len(rows) for rows, _ in micro_batches([a] * 9, 4, share=True)] == [3, 3, 3]
     assert micro_batches([], 4, share=True) == [] == micro_batches([], 4, share=False)
+
+
+def test_columns_of_padding_only_are_not_run(model):
+    ids, attn, mask = _batch(model.config.vocab_size)
+    pad = 7  # a micro-batch padded to a longer batch's width
+    wide = (torch.cat([ids, torch.zeros(3, pad, dtype=ids.dtype)], 1), torch.cat([attn, torch.zeros(3, pad,
+            dtype=attn.dtype)], 1), torch.cat([mask, torch.zeros(3, pad)], 1))
+    widths = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: widths.append(i[0].shape[1]))
+    with torch.no_grad():
+        got = masked_logprobs(model, *wide)
+        ref = masked_logprobs(model, ids, attn, mask)
+    hook.remove()
+    assert widths == [ids.shape[1]] * 2 and got.shape == wide[2].shape
+    assert torch.equal(got[:, :mask.shape[1]], ref) and torch.all(got[:, mask.shape[1]:] == 0)
