@@ -1,11 +1,12 @@
 """The policy update's three ways of scoring the episodes, on CPU: full logits (the trainer until 2026-11-28), the
-LM head at policy-token columns only, and that plus a group's prompt run once per micro-batch (the trainer now).
+LM head at policy-token columns only (each micro-batch cut to its longest row), and that plus a group's prompt run
+once per micro-batch (the trainer now).
 
 A GRPO update runs a forward and a backward over whole episodes (prompt, turns, retrieved passages), but its loss
 needs log-probs at the policy's own tokens only (:func:`searche1.scoring.masked_logprobs` computes the vocabulary
 projection and log-softmax at the columns where some row of the micro-batch has one), and the G rollouts of a group
 share their prompt (``prefix``: run once, its KV cache repeated; :func:`searche1.scoring.micro_batches` cuts the
-micro-batches along groups, and each is cut to its longest row). This script rolls out the demo's GRPO batch
+micro-batches along groups; every micro-batch is cut to its longest row). This script rolls out the demo's GRPO batch
 (4 training questions × G = 5, the demo's rollout settings, seeded) with the HF engine, then times one pass of the
 update over it (micro-batches of 4: forward, policy-gradient loss, backward) the three ways, alternating, and
 compares the medians. Two models: the demo's (only the last 10 of 30 layers train) and a full fine-tune. The
@@ -69,8 +70,7 @@ def main() -> None:
     def update(mode: str) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
         for rows, prefix in shared if mode == "shared" else plain:
-            n = int(attn[rows].sum(-1).max()) if mode == "shared" else T  # the trainer cuts to the longest row
-            b_ids, b_attn, b_mask = ids[rows, :n], attn[rows, :n], mask[rows, :n - 1]
+            b_ids, b_attn, b_mask = ids[rows], attn[rows], mask[rows]  # (masked_logprobs cuts trailing padding)
             if mode == "full":
                 logits = model(input_ids=b_ids, attention_mask=b_attn).logits
                 logp = token_logprobs(logits[:, :-1], b_ids[:, 1:]) * b_mask
@@ -80,9 +80,10 @@ def main() -> None:
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     def tokens_run(mode: str) -> int:  # tokens through the body of the model in one pass
-        if mode != "shared":
+        if mode == "full":
             return len(eps) * T
-        return sum(len(rows) * (int(attn[rows].sum(-1).max()) - prefix) + prefix for rows, prefix in shared)
+        return sum(len(rows) * (int(attn[rows].sum(-1).max()) - prefix) + prefix
+                   for rows, prefix in (shared if mode == "shared" else plain))
 
     modes = ("full", "columns", "shared")
     results: dict = {
