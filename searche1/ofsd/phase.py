@@ -53,7 +53,6 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 import os
@@ -82,6 +81,7 @@ from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
 from searche1.ofsd.sampling import EpisodeReward, sample_groups
 from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
 from searche1.rollout.types import RolloutConfig
+from searche1.scoring import accepts_logits_to_keep
 
 log = logging.getLogger(__name__)
 
@@ -226,11 +226,6 @@ def prepare_pairs(pairs: Sequence[Pair], tokenizer: Any, *, context: str | Conte
     return items, {"ofsd/skipped_too_long": float(too_long), "ofsd/skipped_no_tokens": float(empty)}
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
 def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequence[int], pad_id: int,
                     device: Any) -> Tensor:  # (B, R_max, V)
     """Logits that predict the last ``resp_lens[b]`` tokens of each sequence, right-aligned (module docstring).
@@ -246,7 +241,7 @@ def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequen
         ids[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
         attn[b, T - len(s):] = 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    kw = {"logits_to_keep": R + 1} if _accepts_logits_to_keep(model) else {}
+    kw = {"logits_to_keep": R + 1} if accepts_logits_to_keep(model) else {}
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
                 use_cache=False, **kw).logits
     return out[:, -(R + 1):-1]
