@@ -43,7 +43,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from searche1.demo import DemoConfig
-    from searche1.rollout.hf_engine import HFEngine, shared_prefix_len
+    from searche1.rollout.hf_engine import HFEngine
+    from searche1.scoring import shared_prefix_len
     from searche1.rollout.tokens import prompt_batch
 
     tok, model = load_engine_model(args)

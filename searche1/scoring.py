@@ -10,11 +10,12 @@ log-probs back to (B, T-1), zeros elsewhere. Loss and gradients are the same as 
 skipped position is masked out of every loss; only the order of floating-point sums changes. A model whose
 ``forward`` has no ``logits_to_keep`` (or ignores it) gets full logits, then the same columns.
 
-The G rollouts of a GRPO group share their prompt (the CPU demo: 142 of ~430 tokens). With ``prefix``,
-:func:`masked_logprobs` runs that prompt once and the rows' continuations on its repeated KV cache, and
-:func:`micro_batches` cuts the update's micro-batches along groups so that it can. Gradients reach the prompt
-through the cache, summed over the rows, as in a forward of every row. Departure from TRL and veRL, which run
-every sequence whole: the same loss and gradients for less compute.
+The rows of a batch share the start of their prompts: the G rollouts of a GRPO group their whole prompt (the CPU
+demo: ~145 of ~430 tokens), distinct questions the agent instructions (132 tokens). With ``prefix``,
+:func:`masked_logprobs` runs that shared prefix once and the rows' continuations on its repeated KV cache;
+:func:`micro_batches` (the GRPO update) and the warm-up pass each batch's :func:`shared_prefix_len`. Gradients
+reach the prefix through the cache, summed over the rows, as in a forward of every row. Departure from TRL and
+veRL, which run every sequence whole: the same loss and gradients for less compute.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def masked_logprobs(model: Any, ids: Tensor, attn: Tensor, mask: Tensor, *, temp
     ``temperature`` as in :func:`searche1.algos.token_logprobs`; ``autocast``: the forward under bf16 autocast on
     ``device``. Differentiable when called with grad enabled.
 
-    ``prefix`` > 0: every row starts with the same ``prefix`` real tokens (the prompt of one GRPO group, which
-    the caller guarantees) and no loss token comes before the last of them. Those tokens then run once (batch 1)
+    ``prefix`` > 0: every row starts with the same ``prefix`` real tokens (:func:`shared_prefix_len`, which the
+    caller guarantees) and no loss token comes before the last of them. Those tokens then run once (batch 1)
     and their KV cache is repeated for the rows' continuations: the same log-probs and gradients (the prompt's
     gradient is the sum over rows, through the repeated cache), with the prompt's cost paid once instead of B
     times. It needs a model that takes ``past_key_values`` and ``logits_to_keep`` and no gradient checkpointing
@@ -110,26 +111,32 @@ def can_share_prefix(model: Any) -> bool:
     return accepts_logits_to_keep(model) and not getattr(base, name, False)
 
 
-def micro_batches(prompts: Sequence[Sequence[int]], micro: int, share: bool) -> list[tuple[list[int], int]]:
-    """Split rows into micro-batches of at most ``micro`` rows, as ``(row positions, shared prefix length)``.
+#: the shortest common prefix worth running once on its own
+MIN_SHARED_PREFIX = 16
 
-    Without ``share``: consecutive slices, prefix 0. With ``share``: each run of consecutive rows with the same
-    prompt (a GRPO group) is split as evenly as ``micro`` allows, and a micro-batch of two rows or more passes its
-    prompt's length as the ``prefix`` of :func:`masked_logprobs`, so the prompt runs once per micro-batch.
+
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the prefix every prompt shares, kept one token short of the shortest prompt (each row needs a token
+    of its own to give its next-token logits); 0 for a single prompt or a prefix under :data:`MIN_SHARED_PREFIX`.
+    Distinct questions share the agent instructions (SmolLM2's chat template: 132 tokens of a ~145-token prompt);
+    the G rollouts of a group share their whole prompt, less its last token."""
+    if len(prompts) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def micro_batches(prompts: Sequence[Sequence[int]], micro: int, share: bool) -> list[tuple[list[int], int]]:
+    """Consecutive micro-batches of at most ``micro`` rows, as ``(row positions, shared prefix length)``.
+
+    With ``share``, a micro-batch passes the prefix its rows' prompts share (:func:`shared_prefix_len`) as the
+    ``prefix`` of :func:`masked_logprobs`, so that prefix runs once per micro-batch: the whole prompt (less its
+    last token) when the rows are one GRPO group's, the instructions when they straddle groups. Without: prefix 0.
     """
-    n = len(prompts)
-    if not share:
-        return [(list(range(s, min(s + micro, n))), 0) for s in range(0, n, micro)]
-    out: list[tuple[list[int], int]] = []
-    start = 0
-    while start < n:
-        end = start + 1
-        while end < n and prompts[end] == prompts[start]:
-            end += 1
-        size = end - start
-        parts = -(-size // micro)  # ceil
-        for k in range(parts):
-            lo, hi = start + size * k // parts, start + size * (k + 1) // parts
-            out.append((list(range(lo, hi)), len(prompts[start]) if hi - lo > 1 else 0))
-        start = end
-    return out
+    return [(rows, shared_prefix_len([prompts[i] for i in rows]) if share else 0)
+            for rows in (list(range(s, min(s + micro, len(prompts)))) for s in range(0, len(prompts), micro))]

@@ -63,9 +63,9 @@ class GRPOConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     micro_batch_size: int = field(default=4, metadata={"help": "sequences per forward/backward"})
     share_prompt: bool = field(default=True, metadata={
-        "help": "in the update, run a group's prompt once per micro-batch and its rollouts on that KV cache "
-                "(same loss and gradients; micro-batches then follow groups; off under FSDP and gradient "
-                "checkpointing)"})
+        "help": "in the update, run the prompt prefix a micro-batch's rows share (a group's prompt, or the "
+                "instructions) once and the rows on its KV cache (same loss and gradients; off under FSDP and "
+                "gradient checkpointing)"})
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip 1 - clip_low"})
     clip_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + clip_high"})
@@ -367,10 +367,10 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         # FSDP: every rank runs as many rows as the busiest one; padded rows have an all-zero mask (no loss, no grad)
         rows = keep + [0] * (lockstep_pad(len(keep), d) if full and kept_all else 0)
         losses = LossStats()
-        micros: list[tuple[list[int], int]] = []  # (row positions, shared prompt length) of the update's micro-batches
+        micros: list[tuple[list[int], int]] = []  # (row positions, shared prefix length) of the update's micro-batches
         if kept_all and rows:  # the batch and its "old" log-probs, once: every PPO epoch uses the same ones
             ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
-            # (row positions, shared prompt length): FSDP ranks must run the same forwards, so plain slices there
+            # FSDP ranks must run the same forwards, so no shared prefix there (it adds a forward of its own)
             share = g.share_prompt and not full and can_share_prefix(model)
             micros = micro_batches([eps[i].prompt_ids for i in rows], g.micro_batch_size, share)
             mask[len(keep):] = 0
@@ -391,7 +391,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             for sl, prefix in micros:
                 temp = cfg.rollout.temperature if not cfg.rollout.greedy else 1.0  # the sampler's distribution
                 # (b, T-1) fp32: the LM head only at columns with policy tokens, the micro-batch cut to its longest
-                # row, its shared prompt run once (searche1.scoring)
+                # row, the prompt prefix its rows share run once (searche1.scoring)
                 logp = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
                                        autocast=autocast, prefix=prefix)
                 b_mask = mask[sl].to(device)
@@ -494,7 +494,7 @@ def _rescore(model, ids, attn, mask, old, micros: list[tuple[list[int], int]], r
     model.eval()
     temp = rollout.temperature if not rollout.greedy else 1.0
     new = torch.zeros_like(old)
-    for sl, prefix in micros:  # (row positions, shared prompt length): searche1.scoring.micro_batches
+    for sl, prefix in micros:  # (row positions, shared prefix length): searche1.scoring.micro_batches
         new[sl] = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
                                   autocast=autocast, prefix=prefix).cpu()
     model.train(was)

@@ -110,6 +110,9 @@ class WarmupConfig:
                                                        "metadata: chain or gold_doc_ids)"})
     train_layers: int = field(default=0, metadata={
         "help": "train only the last N decoder layers (a CPU budget option); 0 = every weight"})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "run the prompt prefix a batch's demonstrations share (the instructions) once and the rows on its "
+                "KV cache (same loss and gradients; off under gradient checkpointing)"})
     think_prob: float = field(default=0.0, metadata={"help": "probability of a short <think> sentence per turn"})
     answer_unfound: bool = field(default=False, metadata={
         "help": "answer with the gold even when it was never retrieved (default: skip the question)"})
@@ -388,13 +391,14 @@ def train_warmup(model, tokenizer, demos: Sequence[Demo], cfg: WarmupConfig | No
 
     AdamW on the trainable parameters, linear warm-up then linear decay, gradient clipping, one right-padded batch
     of ``batch_size`` demos per step (the loss is the mean over the batch's policy tokens), bf16 autocast per
-    ``cfg.bf16``. Demonstrations longer than ``max_len`` are dropped, not truncated. The model's train/eval mode
-    is restored at the end.
+    ``cfg.bf16``; with ``share_prompt`` the instructions every prompt of the batch starts with run once
+    (:func:`searche1.scoring.shared_prefix_len`). Demonstrations longer than ``max_len`` are dropped, not
+    truncated. The model's train/eval mode is restored at the end.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from searche1.scoring import masked_logprobs
+    from searche1.scoring import can_share_prefix, masked_logprobs, shared_prefix_len
 
     cfg = cfg or WarmupConfig()
     cfg.validate()
@@ -411,6 +415,7 @@ def train_warmup(model, tokenizer, demos: Sequence[Demo], cfg: WarmupConfig | No
     device = next(model.parameters()).device
     bf16 = _use_bf16(cfg.bf16, device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    share = cfg.share_prompt and can_share_prefix(model)
 
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -435,7 +440,8 @@ def train_warmup(model, tokenizer, demos: Sequence[Demo], cfg: WarmupConfig | No
                 ids, attn, labels = (t.to(device) for t in collate(batch, pad_id))
                 # the mean cross-entropy of the policy tokens (as HF's ``labels`` loss), the LM head only at them
                 on = (labels[:, 1:] != IGNORE_INDEX).float()  # (B, T-1): position t predicts ids[:, t+1]
-                logp = masked_logprobs(model, ids, attn, on, device=device, autocast=bf16)
+                prefix = shared_prefix_len([d.prompt_ids for d in batch]) if share else 0
+                logp = masked_logprobs(model, ids, attn, on, device=device, autocast=bf16, prefix=prefix)
                 loss = -(logp * on).sum() / on.sum().clamp(min=1.0)
                 loss.backward()
                 if cfg.max_grad_norm > 0:

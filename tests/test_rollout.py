@@ -234,7 +234,7 @@ def test_greedy_is_padding_invariant(model, tok):
 
 
 def test_shared_prefix_len():
-    from searche1.rollout.hf_engine import MIN_SHARED_PREFIX as M, shared_prefix_len
+    from searche1.scoring import MIN_SHARED_PREFIX as M, shared_prefix_len
 
     base = list(range(100, 100 + M + 4))
     assert shared_prefix_len([base]) == 0  # one row: nothing to share
@@ -250,7 +250,7 @@ def test_shared_prefix_prefill_gives_the_full_prefill_episodes(model, tok, shape
     """``shared_prefix`` only changes how the prompts' cache is computed: the same tokens, log-probs within float
     rounding, and sampler log-probs that still match a re-scoring pass. Shapes: distinct questions (the shared
     prefix); G copies of one question (one prompt prefilled, its rows copied); two GRPO groups (both)."""
-    from searche1.rollout.hf_engine import shared_prefix_len
+    from searche1.scoring import shared_prefix_len
     from searche1.rollout.tokens import prompt_batch
 
     qs = {"distinct": FREE_QUESTIONS, "one group": [FREE_QUESTIONS[2]] * 4,

@@ -208,21 +208,22 @@ def test_no_prefix_sharing_under_gradient_checkpointing(model):
     assert not can_share_prefix(_NoKeep(model))
 
 
-def test_micro_batches_follow_groups():
-    from searche1.scoring import micro_batches
+def test_micro_batches_share_the_prefix_of_their_rows():
+    from searche1.scoring import MIN_SHARED_PREFIX as M, micro_batches
 
-    a, b, c = [1, 2, 3], [1, 2, 4, 5], [7]
+    inst = list(range(100, 100 + M + 4))  # the instructions every prompt starts with
+    a, b, c = inst + [1, 2], inst + [3, 4, 5], [7] * (M + 8)
     prompts = [a] * 5 + [b] * 5 + [c] + [a] * 2
-    assert micro_batches(prompts, 4, share=False) == [([0, 1, 2, 3], 0), ([4, 5, 6, 7], 0), ([8, 9, 10, 11], 0),
-                                                      ([12], 0)]
+    plain = [([0, 1, 2, 3], 0), ([4, 5, 6, 7], 0), ([8, 9, 10, 11], 0), ([12], 0)]
+    assert micro_batches(prompts, 4, share=False) == plain
     assert micro_batches(prompts, 4, share=True) == [
-        ([0, 1], 3), ([2, 3, 4], 3),  # a group of 5 with micro 4: two micro-batches of 2 and 3, each prompt once
-        ([5, 6], 4), ([7, 8, 9], 4),
-        ([10], 0),  # a single row: nothing to share
-        ([11, 12], 3),  # the same prompt again, after another: its own run
+        ([0, 1, 2, 3], len(a) - 1),  # one group: its whole prompt but the last token (each row keeps one)
+        ([4, 5, 6, 7], len(inst)),  # two groups: the instructions
+        ([8, 9, 10, 11], 0),  # a prompt that shares nothing with the others
+        ([12], 0),  # a single row: nothing to share
     ]
-    assert micro_batches(prompts, 8, share=True)[:2] == [([0, 1, 2, 3, 4], 3), ([5, 6, 7, 8, 9], 4)]
-    assert [len(rows) for rows, _ in micro_batches([a] * 9, 4, share=True)] == [3, 3, 3]
+    assert micro_batches(prompts, 8, share=True)[0] == (list(range(8)), len(inst))  # the size asked for, always
+    assert micro_batches([a[:M], a[:M] + [9]], 4, share=True) == [([0, 1], 0)]  # under MIN_SHARED_PREFIX: not worth it
     assert micro_batches([], 4, share=True) == [] == micro_batches([], 4, share=False)
 
 

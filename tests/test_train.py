@@ -298,7 +298,7 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
 
 
 def test_shared_prompt_gives_the_same_run(tmp_path, monkeypatch):
-    """grpo.share_prompt (a group's prompt run once per micro-batch, searche1.scoring) changes no loss, gradient or
+    """grpo.share_prompt (the prefix a micro-batch shares run once, searche1.scoring) changes no loss, gradient or
     weight: two steps with a KL reference and two PPO epochs, on and off, give the same metrics and weights."""
     import searche1.train
 

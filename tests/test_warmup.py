@@ -235,6 +235,38 @@ def test_training_reduces_policy_loss():
     assert not model.training  # mode restored
 
 
+def test_shared_instructions_give_the_same_training(monkeypatch):
+    """share_prompt (the instructions a batch's prompts share run once, searche1.scoring) changes no loss or
+    weight: the same demonstrations trained with it on and off give the same losses and weights."""
+    import searche1.scoring
+
+    tok = tiny_tokenizer()
+    demos = build_demonstrations(_examples(), tiny_retriever(), tok, RolloutConfig(max_doc_tokens=16))
+    prefixes: list[int] = []
+    real = searche1.scoring.masked_logprobs
+
+    def spy(*args, prefix=0, **kw):
+        prefixes.append(prefix)
+        return real(*args, prefix=prefix, **kw)
+
+    monkeypatch.setattr(searche1.scoring, "masked_logprobs", spy)
+    runs = {}
+    for share in (True, False):
+        prefixes.clear()
+        model = tiny_model(tok)
+        cfg = WarmupConfig(epochs=2, batch_size=3, lr=3e-3, bf16="off", share_prompt=share)
+        runs[share] = (train_warmup(model, tok, demos, cfg, progress=False), model.state_dict())
+        if share:  # it did share: every batch of 2+ demonstrations runs its instructions once
+            assert len(prefixes) == 4 and all(p >= 16 for p in prefixes)
+            assert all(p < len(d.prompt_ids) for p in prefixes for d in demos)
+        else:
+            assert prefixes == [0] * 4
+    (ma, wa), (mb, wb) = runs[True], runs[False]
+    assert ma["warmup/losses"] == pytest.approx(mb["warmup/losses"], rel=1e-4, abs=1e-6)
+    for k in wa:  # (AdamW turns gradient noise of ~1e-10 into updates of ~1e-6 at lr 3e-3)
+        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-5), k
+
+
 def test_loss_ignores_information_tokens():
     """Changing retrieved-token labels cannot matter: only policy positions are labelled."""
     tok = tiny_tokenizer()

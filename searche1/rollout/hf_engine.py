@@ -35,7 +35,7 @@ from searche1.retrieval.base import Hit, Retriever
 from searche1.rollout import tokens
 from searche1.rollout.kv_cache import make_cache
 from searche1.rollout.tokens import info_blocks, prompt_batch
-from searche1.scoring import cache_kwarg
+from searche1.scoring import cache_kwarg, shared_prefix_len
 from searche1.rollout.types import Episode, RolloutConfig, StopReason
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,6 @@ def _safe_search(retriever: Retriever, queries: list[str], topk: int) -> list[li
 def episode_seed(seed: int, index: int) -> int:
     """The seed of episode ``index`` of a run seeded with ``seed`` (a 63-bit mix, distinct across steps)."""
     return (seed * 6364136223846793005 + (index + 1) * 1442695040888963407) % (1 << 63)
-
-
-#: the shortest common prompt prefix worth a prefill of its own
-MIN_SHARED_PREFIX = 16
-
-
-def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
-    """Length of the prefix every prompt shares, kept one token short of the shortest prompt (each row needs a token
-    of its own to give its next-token logits); 0 for a single prompt or a prefix under :data:`MIN_SHARED_PREFIX`."""
-    if len(prompts) < 2:
-        return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        k = 0
-        while k < n and p[k] == first[k]:
-            k += 1
-        n = k
-    return n if n >= MIN_SHARED_PREFIX else 0
 
 
 class HFEngine:
