@@ -126,6 +126,55 @@ def test_alignment_matches_a_naive_unpadded_forward(tok):
     assert m["ofsd/kl"] == pytest.approx(naive, rel=1e-4, abs=1e-6)
 
 
+def test_logits_only_at_policy_columns_give_the_full_block_loss_and_gradients(tok, tmp_path):
+    """distill_loss runs the LM head (student and teacher) only at response positions where some row has a policy
+    token: the same loss and gradients as the full (B, R_max, V) block, for the exact and the top-k losses."""
+    from searche1.algos.distill import forward_kl_topk, get_distill_loss
+    from searche1.ofsd.phase import response_logits
+
+    ps = [hand_pair(tok, QUESTIONS[0][0], [50, 51, 60, 61, 62, 52, 53], [1, 1, 0, 0, 0, 1, 1]),
+          hand_pair(tok, QUESTIONS[3][0], list(range(70, 81)), [1] * 3 + [0] * 5 + [1] * 3)]
+    items = items_for(ps, tok)
+    model = tiny_model(tok).train()
+    teacher = FrozenTeacher(model)
+    c = cfg(clip=5.0)
+    mask = response_mask(items)  # (2, 11): right-aligned, on at 0-2, 4-5, 8-10
+    assert mask.ne(0).any(0).tolist() == [True] * 3 + [False] + [True] * 2 + [False] * 2 + [True] * 3
+    pad = tok.pad_token_id
+
+    def grads():
+        g = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return g
+
+    seen: list[tuple] = []
+    hooks = [m.lm_head.register_forward_hook(lambda _m, i, o: seen.append(tuple(i[0].shape)))
+             for m in (model, teacher.model)]
+    loss, m = distill_loss(model, items, c, pad_id=pad, teacher=teacher)
+    for h in hooks:
+        h.remove()
+    assert seen == [(2, 8, model.config.hidden_size)] * 2  # teacher, then student: 8 of the block's 11 positions
+    loss.backward()
+    got = grads()
+    s = response_logits(model, [it.student_ids for it in items], [it.response_len for it in items], pad, "cpu")
+    with torch.no_grad():
+        t = response_logits(teacher.model, [it.teacher_ids for it in items], [it.response_len for it in items],
+                            pad, "cpu")
+    ref, rm = get_distill_loss(c.loss)(s, t, mask, clip=c.clip, beta=c.jsd_beta)
+    ref.backward()
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5) and m == pytest.approx(rm, rel=1e-5)
+    for n, g in grads().items():
+        torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-7, msg=n)
+
+    k = 16  # the top-k loss reads its cached targets at the same columns
+    ct = cfg(teacher_mode="topk", topk=k, clip=5.0)
+    shards = precompute_topk(teacher, items, tmp_path / "teacher", ct, pad_id=pad)
+    lt, _ = distill_loss(model, items, ct, pad_id=pad, shards=shards, pair_ids=[0, 1])
+    idx, logp, tail = topk_teacher(t, k)
+    lr, _ = forward_kl_topk(s.detach(), idx, logp, tail, mask, clip=ct.clip)
+    assert float(lt) == pytest.approx(float(lr), rel=1e-5) and float(lt) > 1e-4  # (the tiny model: ~8e-4)
+
+
 def test_teacher_is_frozen_while_the_student_trains(tok, pairs):
     model = tiny_model(tok)
     teacher = FrozenTeacher(model)

@@ -25,13 +25,15 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   loss is an approximation of *forward* KL only (``loss`` must be ``forward_kl``).
 * **Alignment.** Teacher and student score the same response tokens (the student trajectory's ``response_ids``)
   after different prompts. Sequences are **left-padded** (with position ids that skip the pads, as in the rollout
-  engine) and only the last ``R_max + 1`` positions' logits are computed (``logits_to_keep``): position ``m`` of the
-  returned ``(B, R_max, V)`` block of row ``b`` predicts response token ``j = m − (R_max − R_b)``, for the student
-  and the teacher alike, because the layout depends only on the response lengths. This is the same alignment as
-  "logits at ``len(prompt) + j − 1``" (``TeacherSequence.offset`` = teacher − student prompt length, checked),
-  without computing logits for the (long, privileged) prompts. Only policy-mask-1 response tokens count (never
-  ``<information>``); pairs with no policy token are dropped, pairs whose teacher sequence exceeds
-  ``max_teacher_tokens`` are skipped (both counted).
+  engine): position ``m`` of the ``(B, R_max)`` response block of row ``b`` predicts response token
+  ``j = m − (R_max − R_b)``, for the student and the teacher alike, because the layout depends only on the response
+  lengths. This is the same alignment as "logits at ``len(prompt) + j − 1``" (``TeacherSequence.offset`` = teacher −
+  student prompt length, checked). Only policy-mask-1 response tokens count (never ``<information>``), so logits
+  (and their vocabulary-wide divergence) are computed only at the block's positions where some row of the
+  micro-batch has one (``logits_to_keep`` as an index tensor; the same loss and gradients): never for the (long,
+  privileged) prompts, nor for the retrieved passages (~4 in 5 response tokens in the CPU demo). Pairs with no
+  policy token are dropped, pairs whose teacher sequence exceeds ``max_teacher_tokens`` are skipped (both
+  counted).
 * **Optimisation.** A fresh AdamW (constant ``lr``, no warm-up; the GRPO optimizer state is untouched). Each epoch
   visits the pairs in a seeded order that goes shard by shard (shards shuffled, pairs shuffled inside a shard; the
   same order in exact mode, for identical runs), and takes **one optimizer step per ``pairs_per_step`` pairs**
@@ -81,7 +83,7 @@ from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
 from searche1.ofsd.sampling import EpisodeReward, sample_groups
 from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
 from searche1.rollout.types import RolloutConfig
-from searche1.scoring import accepts_logits_to_keep
+from searche1.scoring import accepts_logits_to_keep, kept_columns
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +229,12 @@ def prepare_pairs(pairs: Sequence[Pair], tokenizer: Any, *, context: str | Conte
 
 
 def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequence[int], pad_id: int,
-                    device: Any) -> Tensor:  # (B, R_max, V)
+                    device: Any, cols: Tensor | None = None) -> Tensor:  # (B, R_max, V), or (B, K, V) with cols
     """Logits that predict the last ``resp_lens[b]`` tokens of each sequence, right-aligned (module docstring).
 
     Row ``b``, position ``m`` predicts response token ``m − (R_max − resp_lens[b])``; earlier positions are filler.
+    ``cols`` (K,): only those positions ``m`` (sorted), the LM head run at them alone (``logits_to_keep`` as an
+    index tensor; a model without it gets full logits, then the columns).
     """
     B, T, R = len(seqs), max(len(s) for s in seqs), max(resp_lens)
     if any(len(s) <= r for s, r in zip(seqs, resp_lens)):
@@ -241,10 +245,11 @@ def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequen
         ids[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
         attn[b, T - len(s):] = 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    kw = {"logits_to_keep": R + 1} if accepts_logits_to_keep(model) else {}
+    at = torch.arange(T - R - 1, T - 1) if cols is None else T - R - 1 + cols.cpu()  # sequence positions wanted
+    keep = accepts_logits_to_keep(model)
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
-                use_cache=False, **kw).logits
-    return out[:, -(R + 1):-1]
+                use_cache=False, **({"logits_to_keep": at.to(device)} if keep else {})).logits
+    return out if keep else out[:, at.to(out.device)]
 
 
 def response_mask(items: Sequence[PairItem]) -> Tensor:  # (B, R_max) in the layout of :func:`response_logits`
@@ -270,14 +275,15 @@ class FrozenTeacher:
                 p.grad = None
 
     @torch.no_grad()
-    def response_logits(self, items: Sequence[PairItem], pad_id: int, device: Any, autocast: bool) -> Tensor:
+    def response_logits(self, items: Sequence[PairItem], pad_id: int, device: Any, autocast: bool,
+                        cols: Tensor | None = None) -> Tensor:
         was = self.model.training
         ctx = self.model.disable_adapter() if self.adapter_off else _nullcontext()
         try:
             self.model.eval()
             with ctx, torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16, enabled=autocast):
                 return response_logits(self.model, [it.teacher_ids for it in items],
-                                       [it.response_len for it in items], pad_id, device)
+                                       [it.response_len for it in items], pad_id, device, cols)
         finally:
             self.model.train(was)
 
@@ -339,22 +345,24 @@ def distill_loss(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_
                  autocast: bool = False, timer: dict | None = None) -> tuple[Tensor, dict[str, float]]:
     """The distillation loss of one micro-batch (student forward with grad; teacher exact or from ``shards``)."""
     device = next(model.parameters()).device
-    mask = response_mask(items).to(device)  # (B, R)
+    full_mask = response_mask(items)  # (B, R)
+    cols = kept_columns(full_mask)  # (K,) response positions where some row has a policy token
+    mask = full_mask[:, cols].to(device)  # (B, K)
     if shards is None and teacher is None:
         raise ValueError("distill_loss needs a teacher (exact mode) or teacher shards (topk mode)")
     if shards is None:
         t0 = time.perf_counter()
-        t_logits = teacher.response_logits(items, pad_id, device, autocast)  # (B, R, V) no grad
+        t_logits = teacher.response_logits(items, pad_id, device, autocast, cols)  # (B, K, V) no grad
         if timer is not None:
             timer["teacher"] = timer.get("teacher", 0.0) + time.perf_counter() - t0
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         s_logits = response_logits(model, [it.student_ids for it in items], [it.response_len for it in items],
-                                   pad_id, device)  # (B, R, V)
+                                   pad_id, device, cols)  # (B, K, V)
     if shards is None:
         return get_distill_loss(cfg.loss)(s_logits, t_logits, mask, clip=cfg.clip, beta=cfg.jsd_beta, denom=denom)
     if pair_ids is None:
         raise ValueError("topk mode needs the pairs' indices into the teacher cache (pair_ids)")
-    idx, logp, tail = (x.to(device) for x in _topk_targets(shards, pair_ids, items, mask.cpu()))
+    idx, logp, tail = (x[:, cols].to(device) for x in _topk_targets(shards, pair_ids, items, full_mask))
     return forward_kl_topk(s_logits, idx, logp, tail, mask, clip=cfg.clip, temperature=shards.temperature,
                            denom=denom)
 
@@ -367,8 +375,10 @@ def precompute_topk(teacher: FrozenTeacher, items: Sequence[PairItem], path: str
     def records():
         for s in range(0, len(items), cfg.micro_batch_size):
             batch = items[s:s + cfg.micro_batch_size]
-            mask = response_mask(batch).to(device) != 0  # (B, R)
-            logits = teacher.response_logits(batch, pad_id, device, autocast)  # (B, R, V)
+            full_mask = response_mask(batch)  # (B, R)
+            cols = kept_columns(full_mask)
+            mask = full_mask[:, cols].to(device) != 0  # (B, K): the policy tokens, in order
+            logits = teacher.response_logits(batch, pad_id, device, autocast, cols)  # (B, K, V)
             idx, logp, tail = topk_teacher(logits, cfg.topk)
             for b in range(len(batch)):
                 m = mask[b]
