@@ -31,7 +31,7 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   student prompt length, checked). Only policy-mask-1 response tokens count (never ``<information>``), so logits
   (and their vocabulary-wide divergence) are computed only at the block's positions where some row of the
   micro-batch has one (``logits_to_keep`` as an index tensor; the same loss and gradients): never for the (long,
-  privileged) prompts, nor for the retrieved passages (~4 in 5 response tokens in the CPU demo). Pairs with no
+  privileged) prompts, nor for the retrieved passages (~6 in 7 response tokens in the CPU demo). Pairs with no
   policy token are dropped, pairs whose teacher sequence exceeds ``max_teacher_tokens`` are skipped (both
   counted).
 * **Optimisation.** A fresh AdamW (constant ``lr``, no warm-up; the GRPO optimizer state is untouched). Each epoch
