@@ -302,14 +302,9 @@ def test_shared_prompt_gives_the_same_run(tmp_path, monkeypatch):
     weight: two steps with a KL reference and two PPO epochs, on and off, give the same metrics and weights."""
     import searche1.train
 
-    prefixes: list[int] = []
-    real = searche1.train.masked_logprobs
+    from tiny import spy_prefixes
 
-    def spy(*args, prefix=0, **kw):
-        prefixes.append(prefix)
-        return real(*args, prefix=prefix, **kw)
-
-    monkeypatch.setattr(searche1.train, "masked_logprobs", spy)
+    prefixes = spy_prefixes(monkeypatch, searche1.train)
     runs, shared = {}, {}
     for share in (True, False):
         prefixes.clear()

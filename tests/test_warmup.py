@@ -25,7 +25,7 @@ from searche1.warmup import (
     sample_questions,
     train_warmup,
 )
-from tests.tiny import PASSAGES, QUESTIONS, tiny_model, tiny_retriever, tiny_tokenizer
+from tests.tiny import PASSAGES, QUESTIONS, spy_prefixes, tiny_model, tiny_retriever, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -242,14 +242,7 @@ def test_shared_instructions_give_the_same_training(monkeypatch):
 
     tok = tiny_tokenizer()
     demos = build_demonstrations(_examples(), tiny_retriever(), tok, RolloutConfig(max_doc_tokens=16))
-    prefixes: list[int] = []
-    real = searche1.scoring.masked_logprobs
-
-    def spy(*args, prefix=0, **kw):
-        prefixes.append(prefix)
-        return real(*args, prefix=prefix, **kw)
-
-    monkeypatch.setattr(searche1.scoring, "masked_logprobs", spy)
+    prefixes = spy_prefixes(monkeypatch, searche1.scoring)
     runs = {}
     for share in (True, False):
         prefixes.clear()

@@ -128,3 +128,17 @@ def tiny_retriever():
     from searche1.retrieval.bm25 import BM25Retriever
 
     return BM25Retriever.build(PASSAGES, show_progress=False)
+
+
+def spy_prefixes(monkeypatch, module) -> list[int]:
+    """Wrap ``module.masked_logprobs`` so every call's ``prefix`` is appended to the returned list (tests check that
+    a shared prefix really ran)."""
+    prefixes: list[int] = []
+    real = module.masked_logprobs
+
+    def spy(*args, prefix=0, **kw):
+        prefixes.append(prefix)
+        return real(*args, prefix=prefix, **kw)
+
+    monkeypatch.setattr(module, "masked_logprobs", spy)
+    return prefixes
