@@ -7,10 +7,12 @@ ran it over the whole right-aligned response block (``R_max`` positions) and mas
 This script rolls out the demo's GRPO batch (4 training questions × G = 5, the demo's rollout settings, seeded)
 with the HF engine, pairs rollouts 1 and 2 of each group with rollout 0 as the teacher's reference (sibling
 context; correctness does not matter for the cost), and times one pass of the exact forward-KL loss (teacher
-forward, student forward and backward; micro-batches of ``ofsd.micro_batch_size``) both ways, alternating. The
-loss and gradients must agree. Reported: seconds, LM-head positions, and the fp32 logits the two ways hold per
-micro-batch, on SmolLM2 (V = 49,152) and scaled to Qwen2.5's V = 151,936. Writes
-benchmarks/results/ofsd_logits.json.
+forward, student forward and backward; micro-batches of ``ofsd.micro_batch_size``, the pairs in the order
+:func:`searche1.ofsd.phase.distill` visits them in its first epoch) three ways, alternating: ``block``, ``columns``
+(``ofsd.share_prompt: false``) and ``shared`` (the default since 2026-11-28: columns, and the prompt prefix the
+micro-batch's sequences share, the instructions for pairs of distinct questions, run once). The losses and gradients
+must agree. Reported: seconds, LM-head positions, prompt tokens run, and the fp32 logits held per micro-batch, on
+SmolLM2 (V = 49,152) and scaled to Qwen2.5's V = 151,936. Writes benchmarks/results/ofsd_logits.json.
 
     python benchmarks/ofsd_logits.py [--model runs/warmup-smollm2] [--repeats 3] [--threads 2]
 """
@@ -49,7 +51,17 @@ def main() -> None:
     from searche1.algos.distill import get_distill_loss
     from searche1.demo import DemoConfig
     from searche1.ofsd import Pair
-    from searche1.ofsd.phase import FrozenTeacher, distill_loss, prepare_pairs, response_logits, response_mask
+    import random
+
+    from searche1.ofsd.phase import (
+        FrozenTeacher,
+        distill_loss,
+        epoch_order,
+        prepare_pairs,
+        response_logits,
+        response_mask,
+        shared_prompt_len,
+    )
     from searche1.rollout.hf_engine import HFEngine
     from searche1.scoring import kept_columns
 
@@ -64,6 +76,7 @@ def main() -> None:
     pairs = [Pair(g[0].question, g[0].answers, g[0], g[s], gi, 0, s, g) for gi, g in enumerate(groups) for s in (1, 2)]
     items, _ = prepare_pairs(pairs, tok, context=cfg.context, chat=demo.rollout.chat,
                              max_searches=demo.rollout.max_searches)
+    items = [items[j] for j in epoch_order(len(items), cfg.pairs_per_shard, random.Random(0))]  # distill's epoch 0
     mb = cfg.micro_batch_size
     batches = [items[s:s + mb] for s in range(0, len(items), mb)]
     teacher = FrozenTeacher(model)
@@ -84,12 +97,13 @@ def main() -> None:
         total = 0.0
         for batch in batches:
             loss = (block_loss(batch) if mode == "block" else
-                    distill_loss(model, batch, cfg, pad_id=pad, teacher=teacher, denom=denom)[0])
+                    distill_loss(model, batch, replace(cfg, share_prompt=mode == "shared"), pad_id=pad,
+                                 teacher=teacher, denom=denom)[0])
             loss.backward()
             total += float(loss.detach())
         return total, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    modes = ("block", "columns")
+    modes = ("block", "columns", "shared")
     times: dict[str, list[float]] = {m: [] for m in modes}
     out: dict[str, tuple] = {}
     for r in range(args.repeats):
@@ -97,7 +111,17 @@ def main() -> None:
             log(f"{mode}, repeat {r + 1}/{args.repeats}")
             times[mode].append(time_call(lambda: out.__setitem__(mode, one_pass(mode))))
     scale = max(float(g.abs().max()) for g in out["block"][1].values())
-    grad_diff = max(float((out["columns"][1][n] - g).abs().max()) for n, g in out["block"][1].items()) / scale
+    grad_diff = {m: max(float((out[m][1][n] - g).abs().max()) for n, g in out["block"][1].items()) / scale
+                 for m in ("columns", "shared")}
+    # prompt + response tokens the forwards run, without and with the shared prefix (teacher, student)
+    run_tokens = {}
+    for side in ("teacher", "student"):
+        seqs = [[getattr(it, f"{side}_ids") for it in b] for b in batches]
+        pre = [shared_prompt_len(s, [it.response_len for it in b]) for s, b in zip(seqs, batches)]
+        run_tokens[side] = {"whole": sum(len(x) for s in seqs for x in s),
+                            "shared": sum(len(x) for s in seqs for x in s) - sum((len(s) - 1) * p
+                                                                                  for s, p in zip(seqs, pre)),
+                            "mean_prefix": rnd(statistics.mean(pre), 1)}
     med = {m: statistics.median(v) for m, v in times.items()}
     block_cols = sum(max(it.response_len for it in b) for b in batches)
     kept = sum(len(kept_columns(response_mask(b))) for b in batches)
@@ -114,22 +138,31 @@ def main() -> None:
         "student_tokens": sum(len(it.student_ids) for it in items),
         "teacher_tokens": sum(len(it.teacher_ids) for it in items),
         "lm_head_positions": {"block": block_cols, "columns": kept},
-        "seconds_block": [rnd(t, 2) for t in times["block"]], "seconds_columns": [rnd(t, 2) for t in times["columns"]],
-        "median_block_s": rnd(med["block"], 2), "median_columns_s": rnd(med["columns"], 2),
-        "speedup": rnd(med["block"] / med["columns"], 3),
-        "loss_block": out["block"][0], "loss_columns": out["columns"][0], "max_grad_diff_rel": rnd(grad_diff, 9),
+        "tokens_run": run_tokens,
+        **{f"seconds_{m}": [rnd(t, 2) for t in times[m]] for m in modes},
+        **{f"median_{m}_s": rnd(med[m], 2) for m in modes},
+        "speedup": rnd(med["block"] / med["columns"], 3), "speedup_shared_over_columns":
+            rnd(med["columns"] / med["shared"], 3), "speedup_shared_over_block": rnd(med["block"] / med["shared"], 3),
+        **{f"loss_{m}": out[m][0] for m in modes},
+        "max_grad_diff_rel": {m: rnd(v, 9) for m, v in grad_diff.items()},
         "logits_mib_largest_micro_batch": {"block": mib(rows_R, V), "columns": mib(rows_K, V),
                                            "block_qwen_vocab": mib(rows_R, QWEN_VOCAB),
                                            "columns_qwen_vocab": mib(rows_K, QWEN_VOCAB)},
     }
     write_results(RESULTS_DIR / "ofsd_logits.json", results, packages=("torch", "transformers"))
     L = results["logits_mib_largest_micro_batch"]
-    print_table("OFSD loss (teacher forward, student forward + backward): whole response block vs policy positions",
-                ["pairs", "LM-head positions", "block s", "columns s", "speed-up", "logits MiB (V 49k)",
-                 "logits MiB (V 152k)", "max grad diff (rel.)"],
-                [[len(items), f"{block_cols} → {kept}", rnd(med["block"], 1), rnd(med["columns"], 1),
-                  rnd(med["block"] / med["columns"], 2), f"{L['block']} → {L['columns']}",
-                  f"{L['block_qwen_vocab']} → {L['columns_qwen_vocab']}", f"{grad_diff:.1e}"]],
+    tr = run_tokens
+    print_table("OFSD loss (teacher forward, student forward + backward): whole response block vs policy positions "
+                "vs policy positions + shared prompt prefix",
+                ["pairs", "LM-head positions", "tokens run (t + s)", "block s", "columns s", "shared s",
+                 "shared / columns", "logits MiB (V 49k)", "logits MiB (V 152k)", "max grad diff (rel.)"],
+                [[len(items), f"{block_cols} → {kept}",
+                  f"{tr['teacher']['whole'] + tr['student']['whole']} → "
+                  f"{tr['teacher']['shared'] + tr['student']['shared']}",
+                  rnd(med["block"], 1), rnd(med["columns"], 1), rnd(med["shared"], 1),
+                  rnd(med["columns"] / med["shared"], 2), f"{L['block']} → {L['columns']}",
+                  f"{L['block_qwen_vocab']} → {L['columns_qwen_vocab']}",
+                  " / ".join(f"{v:.1e}" for v in grad_diff.values())]],
                 note=f"{len(items)} pairs of the demo's GRPO batch (sibling context), micro-batches of {mb}, "
                      f"{results['policy_tokens']} policy tokens in {results['response_tokens']} response tokens; "
                      f"logits: teacher + student fp32 of the largest micro-batch; medians of {args.repeats} "

@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from tiny import QUESTIONS, tiny_model, tiny_retriever, tiny_tokenizer
+from tiny import QUESTIONS, spy_prefixes, tiny_model, tiny_retriever, tiny_tokenizer
 
 from searche1 import protocol
 from searche1.algos.distill import topk_teacher
@@ -29,6 +29,7 @@ from searche1.ofsd.phase import (
     response_mask,
     run_ofsd_phase,
     sample_groups,
+    shared_prompt_len,
 )
 from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
 from searche1.rollout import tokens
@@ -126,9 +127,11 @@ def test_alignment_matches_a_naive_unpadded_forward(tok):
     assert m["ofsd/kl"] == pytest.approx(naive, rel=1e-4, abs=1e-6)
 
 
-def test_logits_only_at_policy_columns_give_the_full_block_loss_and_gradients(tok, tmp_path):
+@pytest.mark.parametrize("share", [False, True])
+def test_logits_only_at_policy_columns_give_the_full_block_loss_and_gradients(tok, tmp_path, share):
     """distill_loss runs the LM head (student and teacher) only at response positions where some row has a policy
-    token: the same loss and gradients as the full (B, R_max, V) block, for the exact and the top-k losses."""
+    token: the same loss and gradients as the full (B, R_max, V) block, for the exact and the top-k losses. With
+    ``share_prompt`` the prompts' shared instructions run once first (batch 1), with the same results."""
     from searche1.algos.distill import forward_kl_topk, get_distill_loss
     from searche1.ofsd.phase import response_logits
 
@@ -137,7 +140,7 @@ def test_logits_only_at_policy_columns_give_the_full_block_loss_and_gradients(to
     items = items_for(ps, tok)
     model = tiny_model(tok).train()
     teacher = FrozenTeacher(model)
-    c = cfg(clip=5.0)
+    c = cfg(clip=5.0, share_prompt=share)
     mask = response_mask(items)  # (2, 11): right-aligned, on at 0-2, 4-5, 8-10
     assert mask.ne(0).any(0).tolist() == [True] * 3 + [False] + [True] * 2 + [False] * 2 + [True] * 3
     pad = tok.pad_token_id
@@ -148,12 +151,21 @@ def test_logits_only_at_policy_columns_give_the_full_block_loss_and_gradients(to
         return g
 
     seen: list[tuple] = []
-    hooks = [m.lm_head.register_forward_hook(lambda _m, i, o: seen.append(tuple(i[0].shape)))
-             for m in (model, teacher.model)]
+    runs: list[tuple] = []
+    hooks = [h for m in (model, teacher.model) for h in (
+        m.lm_head.register_forward_hook(lambda _m, i, o: seen.append(tuple(i[0].shape))),
+        m.model.embed_tokens.register_forward_hook(lambda _m, i, o: runs.append(tuple(i[0].shape))))]
     loss, m = distill_loss(model, items, c, pad_id=pad, teacher=teacher)
     for h in hooks:
         h.remove()
-    assert seen == [(2, 8, model.config.hidden_size)] * 2  # teacher, then student: 8 of the block's 11 positions
+    H = model.config.hidden_size
+    # teacher, then student: 8 of the block's 11 positions (after the shared prefix's one position, when shared)
+    assert seen == ([(1, 1, H), (2, 8, H)] if share else [(2, 8, H)]) * 2
+    lens = [(len(it.teacher_ids), len(it.student_ids)) for it in items]
+    P = shared_prompt_len([it.student_ids for it in items], [it.response_len for it in items])
+    assert P >= 16 and P == shared_prompt_len([it.teacher_ids for it in items], [it.response_len for it in items])
+    T_t, T_s = (max(x) for x in zip(*lens))
+    assert runs == ([(1, P), (2, T_t - P), (1, P), (2, T_s - P)] if share else [(2, T_t), (2, T_s)])
     loss.backward()
     got = grads()
     s = response_logits(model, [it.student_ids for it in items], [it.response_len for it in items], pad, "cpu")
@@ -162,17 +174,60 @@ def test_logits_only_at_policy_columns_give_the_full_block_loss_and_gradients(to
                             pad, "cpu")
     ref, rm = get_distill_loss(c.loss)(s, t, mask, clip=c.clip, beta=c.jsd_beta)
     ref.backward()
-    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5) and m == pytest.approx(rm, rel=1e-5)
+    # Without sharing the columns are the same sums as the block: equal to float rounding. Sharing reorders the
+    # prompt's sums (logits agree to ~5e-7, checked first) and the KL (~1e-2 here) is a small difference of large
+    # terms, so it is compared as the other prefix-sharing tests compare (test_scoring, test_warmup).
+    tol = {"rel": 1e-4, "abs": 1e-6} if share else {"rel": 1e-5}
+    if share:
+        for seqs in ([it.student_ids for it in items], [it.teacher_ids for it in items]):
+            lens = [it.response_len for it in items]
+            with torch.no_grad():
+                torch.testing.assert_close(response_logits(model, seqs, lens, pad, "cpu", prefix=P),
+                                           response_logits(model, seqs, lens, pad, "cpu"), rtol=1e-5, atol=1e-5)
+                with pytest.raises(ValueError, match="shared_prompt_len"):  # past the first difference
+                    response_logits(model, seqs, lens, pad, "cpu", prefix=P + 1)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), **tol) and m == pytest.approx(rm, **tol)
     for n, g in grads().items():
-        torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-7, msg=n)
+        torch.testing.assert_close(got[n], g, rtol=1e-4, atol=1e-6 if share else 1e-7, msg=n)
 
     k = 16  # the top-k loss reads its cached targets at the same columns
-    ct = cfg(teacher_mode="topk", topk=k, clip=5.0)
+    ct = cfg(teacher_mode="topk", topk=k, clip=5.0, share_prompt=share)
     shards = precompute_topk(teacher, items, tmp_path / "teacher", ct, pad_id=pad)
     lt, _ = distill_loss(model, items, ct, pad_id=pad, shards=shards, pair_ids=[0, 1])
     idx, logp, tail = topk_teacher(t, k)
     lr, _ = forward_kl_topk(s.detach(), idx, logp, tail, mask, clip=ct.clip)
-    assert float(lt) == pytest.approx(float(lr), rel=1e-5) and float(lt) > 1e-4  # (the tiny model: ~8e-4)
+    assert float(lt) == pytest.approx(float(lr), **tol) and float(lt) > 1e-4  # (the tiny model: ~8e-4)
+
+
+def test_shared_prompts_give_the_same_distillation(tok, pairs, monkeypatch):
+    """Two epochs with share_prompt on and off (micro-batches of n − 1 pairs and 1): the same KL, loss and weights,
+    and the shared runs really ran the prompts' common prefix apart (teacher and student, every micro-batch of more
+    than one pair). AdamW turns
+    noise-level gradient entries (rare tokens' embedding rows: ~1e-8 apart) into steps of up to ``lr``, so the
+    weights are compared at a small ``lr`` (the gap scales with it: 2.6e-5 at 3e-3, 8.5e-6 at 1e-3)."""
+    import searche1.ofsd.phase as phase
+
+    items = items_for(pairs, tok)
+    m = len(items) - 1  # micro-batches of m pairs and of 1 (nothing to share)
+    out, weights = {}, {}
+    for share in (False, True):
+        prefixes = spy_prefixes(monkeypatch, phase, "response_logits")
+        model = tiny_model(tok)
+        teacher = FrozenTeacher(model)
+        c = cfg(epochs=2, micro_batch_size=m, pairs_per_step=m, lr=3e-4, share_prompt=share)
+        out[share] = distill(model, items, c, pad_id=tok.pad_token_id, teacher=teacher)
+        weights[share] = state(model)
+        # pairs per micro-batch, teacher then student, over two epochs
+        rows = [min(m, len(items) - s) for s in range(0, len(items), m) for _ in ("teacher", "student")] * 2
+        assert len(prefixes) == len(rows) and 1 in rows and m in rows
+        assert [p >= 16 for p in prefixes] == [share and n > 1 for n in rows]
+        monkeypatch.undo()
+    assert out[False]["ofsd/steps"] == out[True]["ofsd/steps"] > 0
+    for key in ("ofsd/kl_first", "ofsd/kl_last", "ofsd/loss", "ofsd/grad_norm"):
+        assert out[True][key] == pytest.approx(out[False][key], rel=1e-4, abs=1e-6), key
+    for k in weights[False]:
+        assert torch.allclose(weights[True][k], weights[False][k], rtol=1e-5, atol=1e-5), k
+    assert changed(state(tiny_model(tok)), weights[True])
 
 
 def test_teacher_is_frozen_while_the_student_trains(tok, pairs):
@@ -243,7 +298,8 @@ def test_topk_shards_round_trip_and_are_read_shard_by_shard(tok, pairs, tmp_path
     mb = c.micro_batch_size  # same batches as the teacher pass, so the padded forwards are bit-identical
     for s in range(0, len(items), mb):
         batch = items[s:s + mb]
-        idx, logp, tail = topk_teacher(teacher.response_logits(batch, tok.pad_token_id, "cpu", False), k)
+        logits = teacher.response_logits(batch, tok.pad_token_id, "cpu", False, share=c.share_prompt)
+        idx, logp, tail = topk_teacher(logits, k)
         keep = response_mask(batch) != 0  # (B, R)
         for b, it in enumerate(batch):
             gi, gl, gt = shards.get(s + b)

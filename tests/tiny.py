@@ -130,15 +130,15 @@ def tiny_retriever():
     return BM25Retriever.build(PASSAGES, show_progress=False)
 
 
-def spy_prefixes(monkeypatch, module) -> list[int]:
-    """Wrap ``module.masked_logprobs`` so every call's ``prefix`` is appended to the returned list (tests check that
-    a shared prefix really ran)."""
+def spy_prefixes(monkeypatch, module, name: str = "masked_logprobs") -> list[int]:
+    """Wrap ``module.<name>`` (``masked_logprobs``, or the OFSD ``response_logits``) so every call's ``prefix`` is
+    appended to the returned list (tests check that a shared prefix really ran)."""
     prefixes: list[int] = []
-    real = module.masked_logprobs
+    real = getattr(module, name)
 
     def spy(*args, prefix=0, **kw):
         prefixes.append(prefix)
         return real(*args, prefix=prefix, **kw)
 
-    monkeypatch.setattr(module, "masked_logprobs", spy)
+    monkeypatch.setattr(module, name, spy)
     return prefixes

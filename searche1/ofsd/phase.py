@@ -31,7 +31,10 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   student prompt length, checked). Only policy-mask-1 response tokens count (never ``<information>``), so logits
   (and their vocabulary-wide divergence) are computed only at the block's positions where some row of the
   micro-batch has one (``logits_to_keep`` as an index tensor; the same loss and gradients): never for the (long,
-  privileged) prompts, nor for the retrieved passages (~6 in 7 response tokens in the CPU demo). Pairs with no
+  privileged) prompts, nor for the retrieved passages (~6 in 7 response tokens in the CPU demo). With
+  ``share_prompt`` (default) the prompt prefix a micro-batch's sequences share (the instructions; for the teacher
+  more when two pairs share a reference) runs once and the rows continue on its KV cache (:func:`response_logits`;
+  the same loss and gradients; TRL and veRL run every sequence whole). Pairs with no
   policy token are dropped, pairs whose teacher sequence exceeds ``max_teacher_tokens`` are skipped (both
   counted).
 * **Optimisation.** A fresh AdamW (constant ``lr``, no warm-up; the GRPO optimizer state is untouched). Each epoch
@@ -83,7 +86,7 @@ from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
 from searche1.ofsd.sampling import EpisodeReward, sample_groups
 from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
 from searche1.rollout.types import RolloutConfig
-from searche1.scoring import accepts_logits_to_keep, kept_columns
+from searche1.scoring import accepts_logits_to_keep, cache_kwarg, can_share_prefix, kept_columns, shared_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ __all__ = [
     "response_mask",
     "run_ofsd_phase",
     "sample_groups",
+    "shared_prompt_len",
 ]
 
 
@@ -135,6 +139,9 @@ class OFSDConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     pairs_per_step: int = field(default=8, metadata={"help": "pairs per optimizer step"})
     micro_batch_size: int = field(default=2, metadata={"help": "pairs per forward/backward"})
+    share_prompt: bool = field(default=True, metadata={
+        "help": "run the prompt prefix a micro-batch's student (and teacher) sequences share (the instructions) "
+                "once and the rows on its KV cache: the same loss and gradients for less compute"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
     bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
         "help": "bf16 autocast for teacher and student; auto = GPU or CPU with native bf16"})
@@ -228,24 +235,54 @@ def prepare_pairs(pairs: Sequence[Pair], tokenizer: Any, *, context: str | Conte
     return items, {"ofsd/skipped_too_long": float(too_long), "ofsd/skipped_no_tokens": float(empty)}
 
 
+def shared_prompt_len(seqs: Sequence[Sequence[int]], resp_lens: Sequence[int]) -> int:
+    """The prefix the prompts of ``seqs`` (each sequence less its last ``resp_lens[b]`` tokens) share, one token
+    short of the shortest prompt (:func:`searche1.scoring.shared_prefix_len`): the ``prefix`` to pass
+    :func:`response_logits`; 0 when not worth running apart."""
+    return shared_prefix_len([s[:len(s) - r] for s, r in zip(seqs, resp_lens)])
+
+
 def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequence[int], pad_id: int,
-                    device: Any, cols: Tensor | None = None) -> Tensor:  # (B, R_max, V), or (B, K, V) with cols
+                    device: Any, cols: Tensor | None = None,
+                    prefix: int = 0) -> Tensor:  # (B, R_max, V), or (B, K, V) with cols
     """Logits that predict the last ``resp_lens[b]`` tokens of each sequence, right-aligned (module docstring).
 
     Row ``b``, position ``m`` predicts response token ``m − (R_max − resp_lens[b])``; earlier positions are filler.
     ``cols`` (K,): only those positions ``m`` (sorted), the LM head run at them alone (``logits_to_keep`` as an
     index tensor; a model without it gets full logits, then the columns).
+
+    ``prefix`` > 0 (:func:`shared_prompt_len`; the model must pass :func:`searche1.scoring.can_share_prefix`): the
+    first ``prefix`` tokens, the same in every row, run once (batch 1) and the rows continue on their repeated KV
+    cache. The layout is then ``[prefix | pads | rest]`` (the pads move after the shared prefix, position ids still
+    skip them, the response stays right-aligned), so the logits are the same as without, and so are the gradients
+    (the prefix's is summed over the rows through the cache), as in :func:`searche1.scoring.masked_logprobs`.
     """
     B, T, R = len(seqs), max(len(s) for s in seqs), max(resp_lens)
     if any(len(s) <= r for s, r in zip(seqs, resp_lens)):
         raise ValueError("every sequence needs at least one prompt token before its response")
+    if prefix and (prefix >= min(len(s) - r for s, r in zip(seqs, resp_lens))
+                   or any(list(s[:prefix]) != list(seqs[0][:prefix]) for s in seqs)):
+        raise ValueError(f"prefix {prefix}: not a prefix every prompt shares with a token after it "
+                         "(use shared_prompt_len)")
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     attn = torch.zeros((B, T), dtype=torch.long)
     for b, s in enumerate(seqs):
-        ids[b, T - len(s):] = torch.tensor(list(s), dtype=torch.long)
-        attn[b, T - len(s):] = 1
+        ids[b, :prefix] = torch.tensor(list(s[:prefix]), dtype=torch.long)
+        ids[b, T - len(s) + prefix:] = torch.tensor(list(s[prefix:]), dtype=torch.long)
+        attn[b, :prefix] = 1
+        attn[b, T - len(s) + prefix:] = 1
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     at = torch.arange(T - R - 1, T - 1) if cols is None else T - R - 1 + cols.cpu()  # sequence positions wanted
+    if prefix:
+        from transformers import DynamicCache
+
+        kv = {cache_kwarg(model): DynamicCache()}
+        model(input_ids=ids[:1, :prefix].to(device), attention_mask=attn[:1, :prefix].to(device),
+              position_ids=pos[:1, :prefix].to(device), use_cache=True, logits_to_keep=1, **kv)
+        next(iter(kv.values())).batch_repeat_interleave(B)
+        return model(input_ids=ids[:, prefix:].to(device), attention_mask=attn.to(device),
+                     position_ids=pos[:, prefix:].to(device), use_cache=True, logits_to_keep=(at - prefix).to(device),
+                     **kv).logits
     keep = accepts_logits_to_keep(model)
     out = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
                 use_cache=False, **({"logits_to_keep": at.to(device)} if keep else {})).logits
@@ -276,14 +313,16 @@ class FrozenTeacher:
 
     @torch.no_grad()
     def response_logits(self, items: Sequence[PairItem], pad_id: int, device: Any, autocast: bool,
-                        cols: Tensor | None = None) -> Tensor:
+                        cols: Tensor | None = None, share: bool = False) -> Tensor:
+        """:func:`response_logits` of the teacher sequences; ``share``: their shared prompt prefix runs once."""
+        seqs, lens = [it.teacher_ids for it in items], [it.response_len for it in items]
+        prefix = shared_prompt_len(seqs, lens) if share and can_share_prefix(self.model) else 0
         was = self.model.training
         ctx = self.model.disable_adapter() if self.adapter_off else _nullcontext()
         try:
             self.model.eval()
             with ctx, torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-                return response_logits(self.model, [it.teacher_ids for it in items],
-                                       [it.response_len for it in items], pad_id, device, cols)
+                return response_logits(self.model, seqs, lens, pad_id, device, cols, prefix=prefix)
         finally:
             self.model.train(was)
 
@@ -352,12 +391,13 @@ def distill_loss(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_
         raise ValueError("distill_loss needs a teacher (exact mode) or teacher shards (topk mode)")
     if shards is None:
         t0 = time.perf_counter()
-        t_logits = teacher.response_logits(items, pad_id, device, autocast, cols)  # (B, K, V) no grad
+        t_logits = teacher.response_logits(items, pad_id, device, autocast, cols, cfg.share_prompt)  # no grad
         if timer is not None:
             timer["teacher"] = timer.get("teacher", 0.0) + time.perf_counter() - t0
+    seqs, lens = [it.student_ids for it in items], [it.response_len for it in items]
+    prefix = shared_prompt_len(seqs, lens) if cfg.share_prompt and can_share_prefix(model) else 0
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-        s_logits = response_logits(model, [it.student_ids for it in items], [it.response_len for it in items],
-                                   pad_id, device, cols)  # (B, K, V)
+        s_logits = response_logits(model, seqs, lens, pad_id, device, cols, prefix=prefix)  # (B, K, V)
     if shards is None:
         return get_distill_loss(cfg.loss)(s_logits, t_logits, mask, clip=cfg.clip, beta=cfg.jsd_beta, denom=denom)
     if pair_ids is None:
@@ -378,7 +418,7 @@ def precompute_topk(teacher: FrozenTeacher, items: Sequence[PairItem], path: str
             full_mask = response_mask(batch)  # (B, R)
             cols = kept_columns(full_mask)
             mask = full_mask[:, cols].to(device) != 0  # (B, K): the policy tokens, in order
-            logits = teacher.response_logits(batch, pad_id, device, autocast, cols)  # (B, K, V)
+            logits = teacher.response_logits(batch, pad_id, device, autocast, cols, cfg.share_prompt)  # (B, K, V)
             idx, logp, tail = topk_teacher(logits, cfg.topk)
             for b in range(len(batch)):
                 m = mask[b]
