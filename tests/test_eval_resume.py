@@ -14,15 +14,17 @@ from searche1.rollout.types import Episode, StopReason
 
 
 class Answers:
-    """An engine answering each question with its id's parity ("even" / "odd"); fails on dataset ``fail_on``."""
+    """An engine answering each question with its id's parity ("even" / "odd"); a call holding a question of dataset
+    ``fail_on`` is interrupted. ``calls``: the datasets of each call's questions."""
 
     def __init__(self, tok, fail_on: str | None = None) -> None:
-        self.tok, self.fail_on, self.asked = tok, fail_on, []
+        self.tok, self.fail_on, self.asked, self.calls = tok, fail_on, [], []
 
     def run(self, exs, *, prompts=None, progress=None, **_):
-        if exs and exs[0].dataset == self.fail_on:
+        if any(e.dataset == self.fail_on for e in exs):
             raise KeyboardInterrupt
         self.asked += [e.dataset for e in exs]
+        self.calls.append([e.dataset for e in exs])
         out = []
         for e in exs:
             ans = "even" if int(e.id) % 2 == 0 else "odd"
@@ -41,7 +43,7 @@ def data() -> dict[str, list[QAExample]]:
 
 
 def test_interrupted_eval_resumes_by_dataset(tmp_path):
-    tok, cfg = tiny_tokenizer(), EvalConfig(mode="agent")
+    tok, cfg = tiny_tokenizer(), EvalConfig(mode="agent", batch_size=3)  # every dataset fills a call of its own
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -65,7 +67,7 @@ def test_interrupted_eval_resumes_by_dataset(tmp_path):
 
 
 def test_partial_results_of_another_model_or_setting_are_not_reused(tmp_path):
-    tok, cfg = tiny_tokenizer(), EvalConfig(mode="agent")
+    tok, cfg = tiny_tokenizer(), EvalConfig(mode="agent", batch_size=3)
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -73,9 +75,43 @@ def test_partial_results_of_another_model_or_setting_are_not_reused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(None, tok, None, data(), cfg, engine=Answers(tok, fail_on="bamboogle"), samples_out=samples,
                  resume=resume_key(model, cfg), progress=False)
+    assert len((tmp_path / "r.partial.jsonl").read_text().splitlines()) == 2  # nq and hotpotqa were kept
     for key in (resume_key(model, EvalConfig(mode="agent", limit=3)), resume_key(tmp_path / "other", cfg)):
         assert key != resume_key(model, cfg)
     again = Answers(tok)
     evaluate(None, tok, None, data(), EvalConfig(mode="agent", limit=3), engine=again, samples_out=samples,
              resume=resume_key(model, EvalConfig(mode="agent", limit=3)), progress=False)
     assert again.asked == ["nq"] * 3 + ["hotpotqa"] * 3 + ["bamboogle"] * 2  # everything decoded afresh
+
+
+def test_small_datasets_share_a_call_and_are_saved_one_by_one(tmp_path):
+    """Consecutive datasets join one engine call until it holds batch_size questions; the results, samples and
+    per-dataset partial records are those of one call per dataset; an interrupted later call keeps the earlier
+    call's datasets."""
+    tok = tiny_tokenizer()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    alone = Answers(tok)
+    ref = evaluate(None, tok, None, data(), EvalConfig(mode="agent", batch_size=1), engine=alone,
+                   samples_out=tmp_path / "a.samples.jsonl", progress=False)
+    assert alone.calls == [["nq"] * 4, ["hotpotqa"] * 3, ["bamboogle"] * 2]
+    cfg = EvalConfig(mode="agent", batch_size=5)
+    packed = Answers(tok)
+    res = evaluate(None, tok, None, data(), cfg, engine=packed, samples_out=tmp_path / "b.samples.jsonl",
+                   progress=False)
+    assert packed.calls == [["nq"] * 4 + ["hotpotqa"] * 3, ["bamboogle"] * 2]  # 4 < 5, 4 + 3 >= 5; the rest
+    assert list(res["datasets"]) == list(ref["datasets"]) == ["nq", "hotpotqa", "bamboogle"]
+    assert res["datasets"] == ref["datasets"] and res["average"] == ref["average"]
+    assert (tmp_path / "b.samples.jsonl").read_text() == (tmp_path / "a.samples.jsonl").read_text()
+
+    samples, partial = tmp_path / "r.samples.jsonl", tmp_path / "r.partial.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(None, tok, None, data(), cfg, engine=Answers(tok, fail_on="bamboogle"), samples_out=samples,
+                 resume=resume_key(model, cfg), progress=False)
+    assert [json.loads(x)["dataset"] for x in partial.read_text().splitlines()] == ["nq", "hotpotqa"]
+    again = Answers(tok)
+    res = evaluate(None, tok, None, data(), cfg, engine=again, samples_out=samples, resume=resume_key(model, cfg),
+                   progress=False)
+    assert again.calls == [["bamboogle"] * 2] and res["settings"]["resumed_datasets"] == ["nq", "hotpotqa"]
+    assert res["datasets"] == ref["datasets"] and samples.read_text() == (tmp_path / "a.samples.jsonl").read_text()
