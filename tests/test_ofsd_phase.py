@@ -230,6 +230,28 @@ def test_shared_prompts_give_the_same_distillation(tok, pairs, monkeypatch):
     assert changed(state(tiny_model(tok)), weights[True])
 
 
+def test_teacher_shares_prompts_under_gradient_checkpointing(tok, pairs, monkeypatch):
+    """Gradient checkpointing turns the student's prefix sharing off (no KV cache with gradients) but not the
+    teacher's (no gradients): the teacher's logits are those of whole sequences."""
+    import searche1.ofsd.phase as phase
+
+    items = items_for(pairs, tok)[:3]
+    model = tiny_model(tok)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()  # (transformers >= 5.2x renamed it)
+    assert not phase.can_share_prefix(model)
+    model.train()
+    teacher = FrozenTeacher(model)
+    prefixes = spy_prefixes(monkeypatch, phase, "response_logits")
+    shared = teacher.response_logits(items, tok.pad_token_id, "cpu", False, share=True)
+    whole = teacher.response_logits(items, tok.pad_token_id, "cpu", False, share=False)
+    assert prefixes[0] >= 16 and prefixes[1] == 0
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-5)
+    loss, _ = distill_loss(model, items, cfg(), pad_id=tok.pad_token_id, teacher=teacher)
+    assert prefixes[2] >= 16 and prefixes[3] == 0  # teacher shared, student (checkpointed) whole
+    loss.backward()
+
+
 def test_teacher_is_frozen_while_the_student_trains(tok, pairs):
     model = tiny_model(tok)
     teacher = FrozenTeacher(model)

@@ -146,6 +146,7 @@ def test_gradient_checkpointing_gives_the_same_pipeline(tmp_path):
 
     cfg = pipeline_config(tmp_path)
     cfg.grpo = replace(cfg.grpo, share_prompt=False)  # checkpointing turns prompt sharing off: compare alike
+    cfg.ofsd = replace(cfg.ofsd, share_prompt=False)
     plain = run_pipeline(cfg, tmp_path / "plain", progress=False, episode_reward=parity_reward)
     ckpt = run_pipeline(replace(cfg, model=replace(cfg.model, gradient_checkpointing=True)), tmp_path / "ckpt",
                         progress=False, episode_reward=parity_reward)

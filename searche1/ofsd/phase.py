@@ -314,9 +314,10 @@ class FrozenTeacher:
     @torch.no_grad()
     def response_logits(self, items: Sequence[PairItem], pad_id: int, device: Any, autocast: bool,
                         cols: Tensor | None = None, share: bool = False) -> Tensor:
-        """:func:`response_logits` of the teacher sequences; ``share``: their shared prompt prefix runs once."""
+        """:func:`response_logits` of the teacher sequences; ``share``: their shared prompt prefix runs once (also
+        under gradient checkpointing, which keeps the KV cache without gradients)."""
         seqs, lens = [it.teacher_ids for it in items], [it.response_len for it in items]
-        prefix = shared_prompt_len(seqs, lens) if share and can_share_prefix(self.model) else 0
+        prefix = shared_prompt_len(seqs, lens) if share and accepts_logits_to_keep(self.model) else 0
         was = self.model.training
         ctx = self.model.disable_adapter() if self.adapter_off else _nullcontext()
         try:
