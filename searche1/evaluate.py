@@ -161,8 +161,8 @@ def evaluate(model, tokenizer, retriever, datasets: dict[str, list[QAExample]], 
 
     Datasets smaller than a batch are decoded together: consecutive datasets join one engine call until it holds
     ``cfg.batch_size`` questions (a dev set of 7 × 8 questions runs as batches of 40 and 16, not 7 batches of 8:
-    1.25× faster on this CPU, the same greedy answers), and are then scored and saved one by one. A dataset of a
-    batch or more runs alone, as before."""
+    1.30× faster on this CPU in ``benchmarks/eval_batching.py``, the same greedy answers), and are then scored and
+    saved one by one. A dataset of a batch or more runs alone, as before."""
     from tqdm.auto import tqdm
 
     from searche1.rollout.hf_engine import HFEngine

@@ -25,18 +25,17 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   loss is an approximation of *forward* KL only (``loss`` must be ``forward_kl``).
 * **Alignment.** Teacher and student score the same response tokens (the student trajectory's ``response_ids``)
   after different prompts. Sequences are **left-padded** (with position ids that skip the pads, as in the rollout
-  engine): position ``m`` of the ``(B, R_max)`` response block of row ``b`` predicts response token
-  ``j = m − (R_max − R_b)``, for the student and the teacher alike, because the layout depends only on the response
-  lengths. This is the same alignment as "logits at ``len(prompt) + j − 1``" (``TeacherSequence.offset`` = teacher −
-  student prompt length, checked). Only policy-mask-1 response tokens count (never ``<information>``), so logits
-  (and their vocabulary-wide divergence) are computed only at the block's positions where some row of the
-  micro-batch has one (``logits_to_keep`` as an index tensor; the same loss and gradients): never for the (long,
-  privileged) prompts, nor for the retrieved passages (~6 in 7 response tokens in the CPU demo). With
-  ``share_prompt`` (default) the prompt prefix a micro-batch's sequences share (the instructions; for the teacher
-  more when two pairs share a reference) runs once and the rows continue on its KV cache (:func:`response_logits`;
-  the same loss and gradients; TRL and veRL run every sequence whole). Pairs with no
-  policy token are dropped, pairs whose teacher sequence exceeds ``max_teacher_tokens`` are skipped (both
-  counted).
+  engine): position ``m`` of the ``(B, R_max)`` response block of row ``b`` predicts response token ``j = m − (R_max
+  − R_b)``, for the student and the teacher alike, because the layout depends only on the response lengths. This is
+  the same alignment as "logits at ``len(prompt) + j − 1``" (``TeacherSequence.offset`` = teacher − student prompt
+  length, checked). Only policy-mask-1 response tokens count (never ``<information>``), so logits (and their
+  vocabulary-wide divergence) are computed only at the block's positions where some row of the micro-batch has one
+  (``logits_to_keep`` as an index tensor; the same loss and gradients): never for the (long, privileged) prompts,
+  nor for the retrieved passages (~6 in 7 response tokens in the CPU demo). With ``share_prompt`` (default) the
+  prompt prefix a micro-batch's sequences share (the instructions; for the teacher more when two pairs share a
+  reference) runs once and the rows continue on its KV cache (:func:`response_logits`; the same loss and gradients;
+  TRL and veRL run every sequence whole). Pairs with no policy token are dropped, pairs whose teacher sequence
+  exceeds ``max_teacher_tokens`` are skipped (both counted).
 * **Optimisation.** A fresh AdamW (constant ``lr``, no warm-up; the GRPO optimizer state is untouched). Each epoch
   visits the pairs in a seeded order that goes shard by shard (shards shuffled, pairs shuffled inside a shard; the
   same order in exact mode, for identical runs), and takes **one optimizer step per ``pairs_per_step`` pairs**
@@ -251,7 +250,8 @@ def response_logits(model: Any, seqs: Sequence[Sequence[int]], resp_lens: Sequen
     ``cols`` (K,): only those positions ``m`` (sorted), the LM head run at them alone (``logits_to_keep`` as an
     index tensor; a model without it gets full logits, then the columns).
 
-    ``prefix`` > 0 (:func:`shared_prompt_len`; the model must pass :func:`searche1.scoring.can_share_prefix`): the
+    ``prefix`` > 0 (:func:`shared_prompt_len`; a model that takes a KV cache and ``logits_to_keep``, and no
+    gradient checkpointing when run with gradients: :func:`searche1.scoring.can_share_prefix`): the
     first ``prefix`` tokens, the same in every row, run once (batch 1) and the rows continue on their repeated KV
     cache. The layout is then ``[prefix | pads | rest]`` (the pads move after the shared prefix, position ids still
     skip them, the response stays right-aligned), so the logits are the same as without, and so are the gradients
