@@ -4,15 +4,18 @@ The OFSD loss is a divergence over the whole vocabulary at the student's policy 
 response is mostly retrieved passages. :func:`searche1.ofsd.phase.distill_loss` runs the LM head (teacher and
 student) only at the response positions where some pair of the micro-batch has a policy token; before 2026-11-28 it
 ran it over the whole right-aligned response block (``R_max`` positions) and masked the passages out of the loss.
-This script rolls out the demo's GRPO batch (4 training questions × G = 5, the demo's rollout settings, seeded)
-with the HF engine, pairs rollouts 1 and 2 of each group with rollout 0 as the teacher's reference (sibling
-context; correctness does not matter for the cost), and times one pass of the exact forward-KL loss (teacher
-forward, student forward and backward; micro-batches of ``ofsd.micro_batch_size``, the pairs in the order
-:func:`searche1.ofsd.phase.distill` visits them in its first epoch) three ways, alternating: ``block``, ``columns``
-(``ofsd.share_prompt: false``) and ``shared`` (the default since 2026-11-28: columns, and the prompt prefix the
-micro-batch's sequences share, the instructions for pairs of distinct questions, run once). The losses and gradients
-must agree. Reported: seconds, LM-head positions, prompt tokens run, and the fp32 logits held per micro-batch, on
-SmolLM2 (V = 49,152) and scaled to Qwen2.5's V = 151,936. Writes benchmarks/results/ofsd_logits.json.
+This script rolls out the demo's GRPO batch (4 training questions × G = 5, the demo's rollout settings, seeded) with
+the HF engine, pairs rollouts 1 and 2 of each group with rollout 0 as the teacher's reference (sibling context;
+correctness does not matter for the cost), and times one pass of the exact forward-KL loss (teacher forward, student
+forward and backward; micro-batches of ``ofsd.micro_batch_size``, the pairs in the order
+:func:`searche1.ofsd.phase.distill` visits them in its first epoch) four ways, alternating: ``block``, ``columns``
+(``ofsd.share_prompt: false``), ``shared`` (the default since 2026-11-28: columns, and the prompt prefix the
+micro-batch's sequences share, the instructions for pairs of distinct questions, run once), and ``grouped`` (the
+default since a later 2026-11-28 commit: as ``shared``, with each step's pairs cut into micro-batches in the order
+of their teacher prompts, :func:`searche1.ofsd.phase.step_micro_batches`, so one question's two pairs run their
+whole prompts once). The losses and gradients must agree. Reported: seconds, LM-head positions, prompt tokens run,
+and the fp32 logits held per micro-batch, on SmolLM2 (V = 49,152) and scaled to Qwen2.5's V = 151,936. Writes
+benchmarks/results/ofsd_logits.json.
 
     python benchmarks/ofsd_logits.py [--model runs/warmup-smollm2] [--repeats 3] [--threads 2]
 """
@@ -61,6 +64,7 @@ def main() -> None:
         response_logits,
         response_mask,
         shared_prompt_len,
+        step_micro_batches,
     )
     from searche1.rollout.hf_engine import HFEngine
     from searche1.scoring import kept_columns
@@ -79,6 +83,9 @@ def main() -> None:
     items = [items[j] for j in epoch_order(len(items), cfg.pairs_per_shard, random.Random(0))]  # distill's epoch 0
     mb = cfg.micro_batch_size
     batches = [items[s:s + mb] for s in range(0, len(items), mb)]
+    # distill since 2026-11-28: each step's pairs cut into micro-batches in teacher-prompt order
+    grouped = [[items[j] for j in ids] for s in range(0, len(items), cfg.pairs_per_step)
+               for ids in step_micro_batches(items, range(s, min(s + cfg.pairs_per_step, len(items))), mb, True)]
     teacher = FrozenTeacher(model)
     model.train()
     pad = tok.pad_token_id
@@ -95,15 +102,15 @@ def main() -> None:
     def one_pass(mode: str) -> tuple[float, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         total = 0.0
-        for batch in batches:
+        for batch in grouped if mode == "grouped" else batches:
             loss = (block_loss(batch) if mode == "block" else
-                    distill_loss(model, batch, replace(cfg, share_prompt=mode == "shared"), pad_id=pad,
+                    distill_loss(model, batch, replace(cfg, share_prompt=mode != "columns"), pad_id=pad,
                                  teacher=teacher, denom=denom)[0])
             loss.backward()
             total += float(loss.detach())
         return total, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    modes = ("block", "columns", "shared")
+    modes = ("block", "columns", "shared", "grouped")
     times: dict[str, list[float]] = {m: [] for m in modes}
     out: dict[str, tuple] = {}
     for r in range(args.repeats):
@@ -112,16 +119,17 @@ def main() -> None:
             times[mode].append(time_call(lambda: out.__setitem__(mode, one_pass(mode))))
     scale = max(float(g.abs().max()) for g in out["block"][1].values())
     grad_diff = {m: max(float((out[m][1][n] - g).abs().max()) for n, g in out["block"][1].items()) / scale
-                 for m in ("columns", "shared")}
+                 for m in ("columns", "shared", "grouped")}
     # prompt + response tokens the forwards run, without and with the shared prefix (teacher, student)
-    run_tokens = {}
+    run_tokens: dict[str, dict] = {}
     for side in ("teacher", "student"):
-        seqs = [[getattr(it, f"{side}_ids") for it in b] for b in batches]
-        pre = [shared_prompt_len(s, [it.response_len for it in b]) for s, b in zip(seqs, batches)]
-        run_tokens[side] = {"whole": sum(len(x) for s in seqs for x in s),
-                            "shared": sum(len(x) for s in seqs for x in s) - sum((len(s) - 1) * p
-                                                                                  for s, p in zip(seqs, pre)),
-                            "mean_prefix": rnd(statistics.mean(pre), 1)}
+        for name, bs in (("shared", batches), ("grouped", grouped)):
+            seqs = [[getattr(it, f"{side}_ids") for it in b] for b in bs]
+            pre = [shared_prompt_len(s, [it.response_len for it in b]) for s, b in zip(seqs, bs)]
+            run_tokens.setdefault(side, {})["whole"] = sum(len(x) for s in seqs for x in s)
+            run_tokens[side][name] = sum(len(x) for s in seqs for x in s) - sum((len(s) - 1) * p
+                                                                                for s, p in zip(seqs, pre))
+            run_tokens[side][f"mean_prefix_{name}"] = rnd(statistics.mean(pre), 1)
     med = {m: statistics.median(v) for m, v in times.items()}
     block_cols = sum(max(it.response_len for it in b) for b in batches)
     kept = sum(len(kept_columns(response_mask(b))) for b in batches)
@@ -143,6 +151,8 @@ def main() -> None:
         **{f"median_{m}_s": rnd(med[m], 2) for m in modes},
         "speedup": rnd(med["block"] / med["columns"], 3), "speedup_shared_over_columns":
             rnd(med["columns"] / med["shared"], 3), "speedup_shared_over_block": rnd(med["block"] / med["shared"], 3),
+        "speedup_grouped_over_columns": rnd(med["columns"] / med["grouped"], 3),
+        "speedup_grouped_over_block": rnd(med["block"] / med["grouped"], 3),
         **{f"loss_{m}": out[m][0] for m in modes},
         "max_grad_diff_rel": {m: rnd(v, 9) for m, v in grad_diff.items()},
         "logits_mib_largest_micro_batch": {"block": mib(rows_R, V), "columns": mib(rows_K, V),
@@ -153,14 +163,16 @@ def main() -> None:
     L = results["logits_mib_largest_micro_batch"]
     tr = run_tokens
     print_table("OFSD loss (teacher forward, student forward + backward): whole response block vs policy positions "
-                "vs policy positions + shared prompt prefix",
+                "vs + shared prompt prefix vs + one question's pairs together",
                 ["pairs", "LM-head positions", "tokens run (t + s)", "block s", "columns s", "shared s",
-                 "shared / columns", "logits MiB (V 49k)", "logits MiB (V 152k)", "max grad diff (rel.)"],
+                 "grouped s", "grouped / columns", "logits MiB (V 49k)", "logits MiB (V 152k)",
+                 "max grad diff (rel.)"],
                 [[len(items), f"{block_cols} → {kept}",
                   f"{tr['teacher']['whole'] + tr['student']['whole']} → "
-                  f"{tr['teacher']['shared'] + tr['student']['shared']}",
-                  rnd(med["block"], 1), rnd(med["columns"], 1), rnd(med["shared"], 1),
-                  rnd(med["columns"] / med["shared"], 2), f"{L['block']} → {L['columns']}",
+                  f"{tr['teacher']['shared'] + tr['student']['shared']} → "
+                  f"{tr['teacher']['grouped'] + tr['student']['grouped']}",
+                  rnd(med["block"], 1), rnd(med["columns"], 1), rnd(med["shared"], 1), rnd(med["grouped"], 1),
+                  rnd(med["columns"] / med["grouped"], 2), f"{L['block']} → {L['columns']}",
                   f"{L['block_qwen_vocab']} → {L['columns_qwen_vocab']}",
                   " / ".join(f"{v:.1e}" for v in grad_diff.values())]],
                 note=f"{len(items)} pairs of the demo's GRPO batch (sibling context), micro-batches of {mb}, "

@@ -8,6 +8,7 @@ id even → 1, as in tests/test_train.py) that gives groups with both correct an
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from searche1.ofsd.phase import (
     OFSDConfig,
     distill,
     distill_loss,
+    epoch_order,
     precompute_topk,
     prepare_pairs,
     response_mask,
@@ -228,6 +230,36 @@ def test_shared_prompts_give_the_same_distillation(tok, pairs, monkeypatch):
     for k in weights[False]:
         assert torch.allclose(weights[True][k], weights[False][k], rtol=1e-5, atol=1e-5), k
     assert changed(state(tiny_model(tok)), weights[True])
+
+
+def test_a_steps_pairs_of_one_question_share_a_micro_batch(tok, monkeypatch):
+    """With share_prompt, a step's pairs go into micro-batches in the order of their teacher prompts: the pairs of
+    one question (student: all_others, shuffled apart by the epoch order) run together, their whole prompts once."""
+    import searche1.ofsd.phase as phase
+
+    groups, _ = sample_groups(tiny_model(tok), tok, tiny_retriever(), QS, cfg(), ROLLOUT, seed=0,
+                              episode_reward=parity_reward)
+    ps, _ = mine_pairs(groups, student="all_others")
+    items = items_for(ps, tok)
+    k = cfg().samples_per_question - 1  # pairs per question
+    assert len(items) >= 2 * k and len(items) % k == 0
+    order = epoch_order(len(items), 2, random.Random(0))
+    assert any(items[a].pair.question != items[b].pair.question for a, b in zip(order[::k], order[1::k]))
+    questions: list[set] = []
+    real = FrozenTeacher.response_logits
+
+    def spy(self, batch, *a, **kw):
+        questions.append({it.pair.question for it in batch})
+        return real(self, batch, *a, **kw)
+
+    monkeypatch.setattr(FrozenTeacher, "response_logits", spy)
+    prefixes = spy_prefixes(monkeypatch, phase, "response_logits")
+    model = tiny_model(tok)
+    distill(model, items, cfg(pairs_per_step=len(items), micro_batch_size=k), pad_id=tok.pad_token_id,
+            teacher=FrozenTeacher(model))
+    assert len(questions) == len(items) // k and all(len(q) == 1 for q in questions)  # one question per micro-batch
+    whole = {it.pair.question: len(it.teacher_ids) - it.response_len - 1 for it in items}
+    assert prefixes[::2] == [whole[next(iter(q))] for q in questions]  # the teacher's whole prompt, once
 
 
 def test_teacher_shares_prompts_under_gradient_checkpointing(tok, pairs, monkeypatch):

@@ -32,9 +32,11 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   vocabulary-wide divergence) are computed only at the block's positions where some row of the micro-batch has one
   (``logits_to_keep`` as an index tensor; the same loss and gradients): never for the (long, privileged) prompts,
   nor for the retrieved passages (~6 in 7 response tokens in the CPU demo). With ``share_prompt`` (default) the
-  prompt prefix a micro-batch's sequences share (the instructions; for the teacher more when two pairs share a
-  reference) runs once and the rows continue on its KV cache (:func:`response_logits`; the same loss and gradients;
-  TRL and veRL run every sequence whole). Pairs with no policy token are dropped, pairs whose teacher sequence
+  prompt prefix a micro-batch's sequences share (the instructions; the whole prompts for two pairs of one question)
+  runs once and the rows continue on its KV cache (:func:`response_logits`; the same loss and gradients; TRL and
+  veRL run every sequence whole). Each step's pairs are then cut into micro-batches in the order of their teacher
+  prompts, so the pairs of one question (``student: all_others``) share a micro-batch: the step's gradient is the
+  same sum. Pairs with no policy token are dropped, pairs whose teacher sequence
   exceeds ``max_teacher_tokens`` are skipped (both counted).
 * **Optimisation.** A fresh AdamW (constant ``lr``, no warm-up; the GRPO optimizer state is untouched). Each epoch
   visits the pairs in a seeded order that goes shard by shard (shards shuffled, pairs shuffled inside a shard; the
@@ -63,6 +65,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +106,7 @@ __all__ = [
     "run_ofsd_phase",
     "sample_groups",
     "shared_prompt_len",
+    "step_micro_batches",
 ]
 
 
@@ -319,21 +323,13 @@ class FrozenTeacher:
         seqs, lens = [it.teacher_ids for it in items], [it.response_len for it in items]
         prefix = shared_prompt_len(seqs, lens) if share and accepts_logits_to_keep(self.model) else 0
         was = self.model.training
-        ctx = self.model.disable_adapter() if self.adapter_off else _nullcontext()
+        ctx = self.model.disable_adapter() if self.adapter_off else nullcontext()
         try:
             self.model.eval()
             with ctx, torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16, enabled=autocast):
                 return response_logits(self.model, seqs, lens, pad_id, device, cols, prefix=prefix)
         finally:
             self.model.train(was)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _is_peft(model: Any) -> bool:
@@ -357,6 +353,14 @@ def epoch_order(n: int, pairs_per_shard: int, rng: random.Random) -> list[int]:
         rng.shuffle(sh)
         out.extend(sh)
     return out
+
+
+def step_micro_batches(items: Sequence[PairItem], ids: Sequence[int], micro: int, share: bool) -> list[list[int]]:
+    """A step's pairs (indices into ``items``) in micro-batches of ``micro``; with ``share``, in the order of their
+    teacher prompts, so the pairs of one question sit side by side and run their whole prompts once."""
+    if share:
+        ids = sorted(ids, key=lambda j: items[j].teacher_ids[:len(items[j].teacher_ids) - items[j].response_len])
+    return [list(ids[m:m + micro]) for m in range(0, len(ids), micro)]
 
 
 def _topk_targets(shards: TeacherShards, pair_ids: Sequence[int], items: Sequence[PairItem],
@@ -466,8 +470,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
             opt.zero_grad(set_to_none=True)
             mine = [j for j in step_ids if j % d.world == d.rank]  # all of them on one process
             part = [0.0, 0.0, 0.0, 0.0]  # loss, kl·tokens, clip·tokens, tokens
-            for m0 in range(0, len(mine), cfg.micro_batch_size):
-                ids = mine[m0:m0 + cfg.micro_batch_size]
+            for ids in step_micro_batches(items, mine, cfg.micro_batch_size, cfg.share_prompt):
                 loss, m = distill_loss(model, [items[j] for j in ids], cfg, pad_id=pad_id, teacher=teacher,
                                        shards=shards, pair_ids=[j // d.world for j in ids], denom=denom,
                                        autocast=autocast, timer=timer)
