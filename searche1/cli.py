@@ -18,7 +18,7 @@ data_app = typer.Typer(help="Data utilities: synthetic worlds, file checks.", no
 app.add_typer(data_app, name="data")
 model_app = typer.Typer(help="Policy models: fetch the embedded model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no line breaks inside paths: a message stays copyable
 
 
 def _fail(e: Exception) -> None:

@@ -36,7 +36,7 @@ from searche1.rollout.types import RolloutConfig
 from searche1.train import DataConfig, GRPOConfig
 from searche1.warmup import WarmupConfig
 
-console = Console()
+console = Console(soft_wrap=True)  # no line breaks inside paths
 
 
 @dataclass

@@ -10,7 +10,10 @@ later loads take ~1 s instead of ~40 s. Note the weights are the Q4_1 values de-
 bf16 checkpoint.
 
 dtype "auto" picks bf16 only when the CPU has native bf16 matmul (oneDNN reports it: avx512_bf16 / AMX); on AVX2-only
-CPUs bf16 matmul is emulated and ~20x slower than fp32 (measured here), so "auto" means fp32 there.
+CPUs bf16 matmul is emulated and ~20x slower than fp32 (measured here), so "auto" means fp32 there. The same test
+decides every other "auto" bf16 setting (training autocast, the sampling copy, the warm-up, OFSD). The environment
+variable ``SEARCHE1_CPU_BF16`` overrides it: ``0`` takes the fp32 path on any CPU (results as on a CPU without
+native bf16: the test suite sets it), ``1`` the bf16 path.
 """
 
 from __future__ import annotations
@@ -60,9 +63,21 @@ class ModelConfig:
             raise ConfigError("train_layers: cannot be combined with lora_r (fix: set one of them to 0)")
 
 
+CPU_BF16_ENV = "SEARCHE1_CPU_BF16"
+
+
 def cpu_has_native_bf16() -> bool:
+    """Does this CPU multiply bf16 natively (oneDNN's check)? ``$SEARCHE1_CPU_BF16`` (0 or 1) overrides it."""
+    import os
+
     import torch
 
+    env = os.environ.get(CPU_BF16_ENV, "").strip()
+    if env:
+        if env not in ("0", "1"):
+            raise ConfigError(f"${CPU_BF16_ENV}={env!r}: must be 0 (fp32 on every CPU) or 1 (bf16) (fix: set it to 0 "
+                              "or 1, or unset it to let the CPU decide)")
+        return env == "1"
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # pragma: no cover - very old torch

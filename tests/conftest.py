@@ -12,6 +12,14 @@ SEARCHQA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sea
 requires_searchqa = pytest.mark.skipif(not SEARCHQA.is_dir(), reason=f"shared data set absent: {SEARCHQA}")
 
 
+@pytest.fixture(autouse=True)
+def _fp32_cpu(monkeypatch):
+    """Every "auto" bf16 setting takes its fp32 path, on any CPU: the equivalence tests compare fp32 runs, and a CPU
+    with native bf16 (AMX) would otherwise switch them to bf16. Set in the environment, so the ranks a test spawns
+    inherit it; tests of the bf16 paths set their fields explicitly, or this variable."""
+    monkeypatch.setenv("SEARCHE1_CPU_BF16", "0")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny models run much faster on one thread on a shared 2-core machine (thread contention dominates)."""

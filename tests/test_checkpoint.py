@@ -43,7 +43,8 @@ def test_a_run_folder_given_as_a_model_names_its_newest_model(tmp_path):
     data = tmp_path / "dev.jsonl"
     data.write_text(json.dumps({"question": "q?", "golden_answers": ["a"]}) + "\n")
     r = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "grpo"), "--data", str(data), "--mode", "direct"])
-    assert r.exit_code == 2 and "step-000002" in r.output
+    newest = str(tmp_path / "grpo" / "checkpoints" / "step-000002")
+    assert r.exit_code == 2 and newest in r.output  # the whole path on one line (no wrap inside it): copyable
 
 
 def test_resolve_model_path_refuses_a_run_folder(tmp_path):

@@ -32,6 +32,21 @@ def test_dtype_auto_is_fp32_without_native_bf16(monkeypatch):
     assert resolve_dtype("float32", "cuda") == torch.float32
 
 
+def test_cpu_bf16_environment_override(monkeypatch):
+    """``$SEARCHE1_CPU_BF16`` decides the CPU's bf16 paths (0: fp32, 1: bf16); a bad value names the variable."""
+    from searche1.models import cpu_has_native_bf16
+
+    monkeypatch.setenv("SEARCHE1_CPU_BF16", "1")
+    assert cpu_has_native_bf16() and resolve_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setenv("SEARCHE1_CPU_BF16", "0")
+    assert not cpu_has_native_bf16() and resolve_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setenv("SEARCHE1_CPU_BF16", "yes")
+    with pytest.raises(ConfigError, match="SEARCHE1_CPU_BF16='yes': must be 0 .* or 1"):
+        cpu_has_native_bf16()
+    monkeypatch.delenv("SEARCHE1_CPU_BF16")
+    assert cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def test_load_local_folder_frozen_and_lora(tmp_path):
     from tiny import tiny_model, tiny_tokenizer
 

@@ -300,25 +300,43 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path):
 def test_shared_prompt_gives_the_same_run(tmp_path, monkeypatch):
     """grpo.share_prompt (the prefix a micro-batch shares run once, searche1.scoring) changes no loss, gradient or
     weight: two steps with a KL reference and two PPO epochs, on and off, give the same metrics and weights."""
-    import searche1.train
+    from transformers import AutoModelForCausalLM
 
-    from tiny import spy_prefixes
+    import searche1.train
+    from tiny import spy_adamw_grads, spy_prefixes
 
     prefixes = spy_prefixes(monkeypatch, searche1.train)
-    runs, shared = {}, {}
+    grads = spy_adamw_grads(monkeypatch)
+    runs, shared, applied = {}, {}, {}
     for share in (True, False):
         prefixes.clear()
+        grads.clear()
         cfg = make_config(tmp_path, steps=2, micro_batch_size=3, kl_beta=0.5, ppo_epochs=2, share_prompt=share)
         runs[share] = run_grpo(cfg, tmp_path / f"share-{share}", progress=False, episode_reward=parity_reward)
-        shared[share] = sum(p > 0 for p in prefixes)
+        shared[share], applied[share] = sum(p > 0 for p in prefixes), list(grads)
     assert shared[True] >= 2 * 2 * 2 and shared[False] == 0  # policy and reference, 2 epochs, 2 steps: it did share
     ra, rb = read_metrics(runs[True]), read_metrics(runs[False])
     for k in ("reward/em", "loss/policy", "loss/kl_ref", "loss/num_tokens", "loss/ratio_max", "grad/norm"):
         assert [r[k] for r in ra] == pytest.approx([r[k] for r in rb], rel=1e-4, abs=1e-6), k
     assert ra[1]["loss/kl_ref"] > 0  # the reference model ran (and the policy had moved away from it)
+    names = [n for n, _ in AutoModelForCausalLM.from_pretrained(tmp_path / "model").named_parameters()]
+    assert len(applied[True]) == len(applied[False]) == 2 * 2  # 2 steps x 2 PPO epochs
+    for step_a, step_b in zip(applied[True], applied[False]):  # every gradient AdamW applied
+        assert len(step_a) == len(names)
+        for n, ga, gb in zip(names, step_a, step_b):
+            assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-6), n
+    # AdamW divides each gradient by its running RMS + 1e-8: where a gradient is itself noise-sized (|g| < 1e-6 at
+    # some update: rare tokens' rows of the tied LM head) and the two runs' differ, fp32 noise of ~1e-9 becomes an
+    # update difference of ~1% of lr on some CPUs' matmul kernels (an AMX Xeon: 1.3e-5). Those entries are counted
+    # and left out (the gradients themselves are compared above); every other weight must agree to 1e-5.
     wa, wb = (weights(list_checkpoints(r)[-1]) for r in (runs[True], runs[False]))
-    for k in wa:  # (AdamW turns gradient noise of ~1e-10 into updates of ~1e-6 at lr 1e-3: 1% of lr allowed)
-        assert torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-5), k
+    noisy_total = 0
+    for i, n in enumerate(names):
+        noisy = torch.stack([(a[i].abs() < 1e-6) & (a[i] != b[i])
+                             for a, b in zip(applied[True], applied[False])]).any(0)
+        noisy_total += int(noisy.sum())
+        assert torch.allclose(wa[n][~noisy], wb[n][~noisy], rtol=1e-5, atol=1e-5), n
+    assert noisy_total < 0.05 * sum(w.numel() for w in wa.values())  # (measured: 1.3%, most in the tied LM head)
 
 
 def test_loss_statistics_do_not_depend_on_micro_batching(tmp_path):

@@ -142,3 +142,20 @@ def spy_prefixes(monkeypatch, module, name: str = "masked_logprobs") -> list[int
 
     monkeypatch.setattr(module, name, spy)
     return prefixes
+
+
+def spy_adamw_grads(monkeypatch) -> list[list]:
+    """Record the gradients every ``torch.optim.AdamW.step`` applies: one list per step, a copy per parameter of its
+    first param group in order (zeros where a parameter has no gradient)."""
+    import torch
+
+    steps: list[list] = []
+    real = torch.optim.AdamW.step
+
+    def step(self, *args, **kw):
+        steps.append([p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+                      for p in self.param_groups[0]["params"]])
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return steps
