@@ -4,11 +4,13 @@ the responses). The stub's tokens are drawn before timing (drawing them inside, 
 ~0.2 s of random numbers to the engine). Compare with the H100 figure in benchmarks/results/decode_compare_h100.json
 (512 episodes of ~117 tokens, the same shape as here) to see how much of that run was vLLM's.
 
-With the searchqa data (``--data``, default ../shared/data/searchqa) a third row times search episodes, the shape of
-the H100's "512 search episodes" row (HF 3,139 vs vLLM 3,451 tokens/s): each of 512 dev questions searches once
-(BM25 top-3 over the corpus, 64-token passages: retrieval and its blocks' tokens) and then answers.
+With the searchqa data (``--data``, default ../shared/data/searchqa) more rows time search episodes, the shape of
+the H100's "512 search episodes" row (HF 3,139 vs vLLM 3,451 tokens/s): each episode searches once for its own
+question (BM25 top-3 over the corpus, 64-token passages: retrieval and its blocks' tokens) and then answers; once
+with 512 distinct dev questions, once in GRPO groups (``--group`` episodes per question). Until 2026-11-28 every
+stub episode searched one fixed query, so its rows are not comparable with the older results.
 
-    python benchmarks/vllm_engine_overhead.py [--episodes 512] [--tokens 117] [--model smollm2-135m-instruct]
+    python benchmarks/vllm_engine_overhead.py [--episodes 512] [--tokens 117] [--group 5] [--model ...]
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, RESULTS_DIR, print_table, repeat_median, rnd, write_results  # noqa: E402
 
 
-def search_rows(tok, data: Path, n: int) -> list[dict]:
-    """Episodes that search once, then answer: the stub writes a fixed search turn, then a fixed answer turn; once
-    with per-turn batches, once with streamed turns (``rollout.vllm_stream_turns``; the stub's ``llm_engine``
-    finishes a seeded quarter of its requests per step, so searches go out in smaller batches)."""
+def search_rows(tok, data: Path, n: int, group: int) -> list[dict]:
+    """Episodes that search once, then answer: the stub writes a search turn whose query is the episode's question,
+    then a fixed answer turn. Two question mixes: ``n`` distinct dev questions, and GRPO groups (``n // group``
+    questions, each ``group`` times: a group asks one query, so its episodes get one block, which the engine
+    formats and encodes once). Each once with per-turn batches, once with streamed turns
+    (``rollout.vllm_stream_turns``; the stub's ``llm_engine`` finishes a seeded quarter of its requests per step,
+    so searches go out in smaller batches)."""
     import random
     import sys
     import tempfile
@@ -35,29 +40,36 @@ def search_rows(tok, data: Path, n: int) -> list[dict]:
     from searche1.data.qa import load_qa_files
     from searche1.retrieval.config import RetrievalConfig, make_retriever
     from searche1.retrieval.index import build_index
-    from searche1.rollout.tokens import encode
+    from searche1.rollout.tokens import encode, encode_batch
     from searche1.rollout.types import RolloutConfig
     from searche1.rollout.vllm_engine import TurnSample, VLLMEngine
 
     index = build_index(data / "corpus.jsonl", Path(tempfile.mkdtemp()) / "index", show_progress=False)
     pool = [q for exs in load_qa_files(sorted((data / "dev").glob("*.jsonl"))).values() for q in exs]
-    qs = (pool * (n // len(pool) + 1))[:n]
-    turns = [encode(tok, " <search> who wrote the famous novel </search>"), encode(tok, " <answer> x </answer>")]
+    answer = encode(tok, " <answer> x </answer>")
+
+    def mix(distinct: int) -> tuple[list, list[list[int]]]:  # questions and each episode's search turn
+        qs = [q for q in (pool * (n // len(pool) + 1))[:distinct] for _ in range(n // distinct)]
+        turns = dict(zip((q.question for q in qs), encode_batch(tok, [f" <search> {q.question} </search>"
+                                                                      for q in qs])))
+        return qs, [turns[q.question] for q in qs]
 
     class SearchThenAnswer(VLLMEngine):
+        search: list[list[int]] = []
         calls = 0
 
-        def _generate(self, reqs):  # every live episode is at the same turn: search first, then answer
-            ids = turns[SearchThenAnswer.calls % 2]
-            SearchThenAnswer.calls += 1
-            return [TurnSample(ids, [-0.5] * len(ids), "stop") for _ in reqs]
+        def _generate(self, reqs):  # every live episode is at the same turn, in episode order: search, then answer
+            self.calls += 1
+            return [TurnSample(ids, [-0.5] * len(ids), "stop")
+                    for ids in (self.search[:len(reqs)] if self.calls == 1 else [answer] * len(reqs))]
 
-    class StubEngine:  # llm_engine for streamed turns: request ids end in the turn index
-        def __init__(self) -> None:
-            self.queue, self.rng = {}, random.Random(0)
+    class StubEngine:  # llm_engine for streamed turns: request ids end in the episode and turn index
+        def __init__(self, search) -> None:
+            self.queue, self.rng, self.search = {}, random.Random(0), search
 
         def add_request(self, rid, prompt, params) -> None:
-            self.queue[rid] = turns[int(rid.rsplit("-", 1)[1])]
+            episode, turn = map(int, rid.rsplit("-", 2)[1:])
+            self.queue[rid] = answer if turn else self.search[episode]
 
         def has_unfinished_requests(self) -> bool:
             return bool(self.queue)
@@ -75,16 +87,22 @@ def search_rows(tok, data: Path, n: int) -> list[dict]:
     cfg = RolloutConfig(max_turn_tokens=64, max_total_tokens=2048, max_searches=4, topk=3, max_doc_tokens=64,
                         vllm_logprobs=False)
     rows = []
-    for shape, stream in (("search once, then answer", False), ("the same, streamed turns", True)):
-        make = (lambda: SearchThenAnswer(types.SimpleNamespace(llm_engine=StubEngine()), tok, retriever,
-                                         replace(cfg, vllm_stream_turns=stream)))
-        make().run(qs[:8], seed=0)
-        sec, _ = repeat_median(lambda: make().run(qs, seed=0), repeats=3)
-        eps = make().run(qs[:8], seed=0)
-        assert all(e.searches == 1 and e.answer == "x" for e in eps), "the stub's episodes did not search, then answer"
-        tokens = n * sum(len(t) for t in turns)
-        rows.append({"distinct_questions": len(set(q.question for q in qs)), "episodes": n, "tokens": tokens,
-                     "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2), "shape": shape})
+    for distinct in (n, n // group):
+        qs, search = mix(distinct)
+        for shape, stream in (("search once, then answer", False), ("the same, streamed turns", True)):
+            def make():
+                engine = SearchThenAnswer(types.SimpleNamespace(llm_engine=StubEngine(search)), tok, retriever,
+                                          replace(cfg, vllm_stream_turns=stream))
+                engine.search = search
+                return engine
+            make().run(qs[:8], seed=0)
+            sec, _ = repeat_median(lambda: make().run(qs, seed=0), repeats=3)
+            eps = make().run(qs, seed=0)
+            assert all(e.searches == 1 and e.answer == "x" for e in eps), "the stub's episodes did not search, answer"
+            assert [e.queries[0] for e in eps] == [q.question for q in qs], "the episodes asked other queries"
+            tokens = len(qs) * len(answer) + sum(map(len, search))
+            rows.append({"distinct_questions": len({q.question for q in qs}), "episodes": len(qs), "tokens": tokens,
+                         "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2), "shape": shape})
     return rows
 
 
@@ -95,6 +113,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="its tokenizer is used")
     ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "searchqa",
                     help="searchqa folder for the search-episode row (skipped if absent)")
+    ap.add_argument("--group", type=int, default=5, help="search rows: GRPO group size (episodes per question)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "vllm_engine_overhead.json")
     args = ap.parse_args()
     from transformers import AutoTokenizer
@@ -128,7 +147,7 @@ def main() -> None:
                      "seconds": rnd(sec, 3), "us_per_token": rnd(sec / tokens * 1e6, 2),
                      "shape": f"one {args.tokens}-token turn, no search"})
     if (args.data / "corpus.jsonl").is_file():
-        rows.extend(search_rows(tok, args.data, args.episodes))
+        rows.extend(search_rows(tok, args.data, args.episodes, args.group))
     print_table("vLLM engine without vLLM (stub generation), median of 3",
                 ["episodes", "shape", "distinct questions", "tokens", "s", "µs / token"],
                 [[r[k] for k in ("episodes", "shape", "distinct_questions", "tokens", "seconds", "us_per_token")]

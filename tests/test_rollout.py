@@ -508,6 +508,48 @@ def test_info_blocks_batch_equals_one_by_one(tok):
     assert len(one[0]) == 60 and tok.decode(one[0]).endswith("</information>\n\n")  # cut, still closed
 
 
+def test_equal_hit_lists_are_encoded_once(tok, monkeypatch):
+    """A turn's equal hit lists (a GRPO group asking one query) are formatted and encoded once, and a passage shared
+    by different lists is cut once; each episode still gets the block it would get alone, in its own list."""
+    from searche1 import protocol
+    from searche1.retrieval.base import Hit
+    from searche1.rollout import tokens
+
+    long = " ".join(f"word{i}" for i in range(300))
+    a, b = [Hit("1", f'"T"\n{long}'), Hit("2", '"U"\nshort text')], [Hit("3", "Paris is in France")]
+    c = [Hit("2", '"U"\nshort text'), Hit("1", f'"T"\n{long}')]  # a's passages, other order: another block
+    lists = [a, b, list(a), a, c, b]
+    cfg = RolloutConfig(max_doc_tokens=20, max_info_tokens=400)
+    want = [tokens.info_ids(tok, h, cfg) for h in lists]
+    encoded, cut = [], []
+    real_encode, real_truncate = tokens.encode_batch, protocol._truncate_all
+    monkeypatch.setattr(tokens, "encode_batch", lambda t, texts: encoded.extend(texts) or real_encode(t, texts))
+    monkeypatch.setattr(protocol, "_truncate_all", lambda texts, *a: cut.extend(texts) or real_truncate(texts, *a))
+    out = tokens.info_ids_batch(tok, lists, cfg)
+    assert out == want and want[0] != want[4]
+    assert len({id(ids) for ids in out}) == len(out)  # no shared lists: an engine may extend one
+    blocks = [x for x in encoded if x.startswith("\n\n<information>")]
+    assert len(blocks) == len(set(blocks)) == 3  # a, b, c
+    assert len(cut) == 5  # the passages of a, b and c, each list's own
+    calls = []
+    monkeypatch.setattr(protocol, "_truncate_all", real_truncate)
+
+    class Counting:  # the tokenizer seen by _truncate_all: how many texts it encodes
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, texts, **kw):
+            calls.append(list(texts))
+            return self.inner(texts, **kw)
+
+        def decode(self, *a, **kw):
+            return self.inner.decode(*a, **kw)
+
+    texts = ["x " * 50, "short", "x " * 50, "short", "other"]
+    assert protocol._truncate_all(texts, 10, Counting(tok)) == protocol._truncate_all(texts, 10, tok)
+    assert calls == [["x " * 50, "short", "other"]]
+
+
 def test_stop_check_and_generation_eos_ids():
     import types
 

@@ -148,15 +148,20 @@ def info_ids(tokenizer: Any, hits: Sequence[Hit], cfg: RolloutConfig) -> list[in
 
 
 def info_ids_batch(tokenizer: Any, hit_lists: Sequence[Sequence[Hit]], cfg: RolloutConfig) -> list[list[int]]:
-    """:func:`info_ids` of each hit list (a turn's searches), every passage and block encoded in one batch."""
-    blocks = encode_continuations(tokenizer, protocol.format_information_batch(hit_lists, tokenizer,
+    """:func:`info_ids` of each hit list (a turn's searches), every passage and block encoded in one batch. Equal
+    hit lists (the same passages in the same order: a GRPO group's episodes often ask the same query) are formatted
+    and encoded once; each gets its own copy of the ids."""
+    keys = [tuple(h.contents for h in hits) for hits in hit_lists]
+    first = dict(zip(keys, hit_lists))  # one hit list per distinct key, in order of first appearance
+    blocks = encode_continuations(tokenizer, protocol.format_information_batch(list(first.values()), tokenizer,
                                                                               cfg.max_doc_tokens))
     tail = None
     for k, ids in enumerate(blocks):
         if len(ids) > cfg.max_info_tokens:
             tail = tail or encode_continuations(tokenizer, [protocol.INFO_CLOSE + "\n\n"])[0]
             blocks[k] = ids[: max(0, cfg.max_info_tokens - len(tail))] + tail
-    return blocks
+    by_key = dict(zip(first, blocks))
+    return [list(by_key[key]) for key in keys]
 
 
 def info_blocks(tokenizer: Any, results: Sequence[Any], cfg: RolloutConfig) -> list[Any]:
