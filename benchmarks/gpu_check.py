@@ -139,7 +139,7 @@ def main() -> None:
                     "(cProfile) table of one vLLM rollout")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--device", default="cuda", help="cpu runs a smoke test of this script")
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="model.dtype (auto: bf16 compute, fp32 trained weights)")
     ap.add_argument("--engine", choices=("hf", "vllm", "vllm-server"), default="hf",
                     help="rollout engine of the demo's GRPO phase")
     ap.add_argument("--vllm-url", default=None, help="vllm-server: a `vllm serve` started with "

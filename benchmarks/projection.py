@@ -13,10 +13,12 @@ Measured here (median of 3 after a warm-up):
                    projection uses vLLM's);
 * ``forward_tps``  tokens/s of a no-grad forward (the trainer's log-prob re-scoring, the OFSD teacher pass);
 * ``train_tps``    tokens/s of forward + backward + AdamW step on ``--micro`` × ``--seq`` token micro-batches
-                   (full fine-tuning, bf16 weights, gradient checkpointing off).
+                   (full fine-tuning, gradient checkpointing off).
 
 Both take the trainer's path (searche1.scoring): the LM head only at the share of columns that hold policy tokens
-(``--policy-tokens`` over the episode's tokens). Runs before 2026-11-28 computed full logits there.
+(``--policy-tokens`` over the episode's tokens), and fp32 weights with bf16 autocast on a GPU (a trained policy
+keeps fp32 weights: searche1.models.load_policy). Runs before 2026-11-28 computed full logits there, on bf16 weights
+(as the trainer then did, losing AdamW updates below bf16's rounding step).
 
 The plan (questions per step, G, steps per round, OFSD questions, K, epochs) comes from ``--config``. What no
 measurement here can give is stated as an assumption, with a flag: tokens per episode (``--prompt-tokens``,
@@ -165,6 +167,11 @@ def measure(model, device: str, batch: int, prompt: int, decode: int, micro: int
 
     t_prefill = _median(prefill)
     t_gen = _median(lambda: generate(decode))
+    # re-scoring and training take the trainer's path: fp32 weights (searche1.models.load_policy keeps them for a
+    # trained policy), bf16 compute by autocast where the weights were bf16 (a GPU)
+    amp = next(model.parameters()).dtype == torch.bfloat16
+    model.float()
+    dev_type = device.split(":")[0]
     train_ids = torch.randint(0, V, (micro, seq), device=device)
     train_attn = torch.ones_like(train_ids)
     mask = torch.zeros((micro, seq - 1), device=device)
@@ -172,12 +179,13 @@ def measure(model, device: str, batch: int, prompt: int, decode: int, micro: int
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7)
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
             masked_logprobs(model, train_ids, train_attn, mask, device=device)
         sync()
 
     def train_step():
-        logp = masked_logprobs(model, train_ids, train_attn, mask, device=device)
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=amp):
+            logp = masked_logprobs(model, train_ids, train_attn, mask, device=device)
         (-(logp * mask).sum() / mask.sum()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

