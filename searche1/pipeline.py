@@ -141,16 +141,16 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
     retriever = make_retriever(cfg.retrieval)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     pdir.mkdir(parents=True, exist_ok=True)
-    engine = None
-    if cfg.rollout.engine != "hf":  # the run's vLLM engine samples the groups too, with this phase's weights
-        from searche1.models import resolve_model_path
-        from searche1.rollout.factory import make_engine
+    from searche1.models import resolve_model_path
+    from searche1.rollout.factory import make_engine
 
-        engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
-                                      model_path=resolve_model_path(model_cfg.name_or_path),
-                                      sync_dir=pdir / f"vllm-sync-rank{dist.rank}", device=str(model_cfg.device),
-                                      seed=seed * 1000 + dist.rank)
-        sync()  # a reused colocated engine (or a server) holds the previous phase's weights
+    # the GRPO phases' sampler: the run's vLLM engine, or HF on a bf16 copy where bf16 is native (the trained
+    # weights are fp32), else the policy itself
+    engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
+                                  model_path=resolve_model_path(model_cfg.name_or_path),
+                                  sync_dir=pdir / f"vllm-sync-rank{dist.rank}", device=str(model_cfg.device),
+                                  seed=seed * 1000 + dist.rank)
+    sync()  # a reused colocated engine (or a server) holds the previous phase's weights
     metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
                              progress=progress, episode_reward=episode_reward, dist=dist, engine=engine)
     if dist.is_main:

@@ -180,3 +180,31 @@ def test_kl_reference_of_later_rounds(tmp_path, monkeypatch, kl_reference):
     start = str(tmp_path / "run" / state["phases"][1]["model"]) if kl_reference == "round_start" \
         else cfg.model.name_or_path
     assert refs[0] == cfg.model.name_or_path and refs[-1] == start
+
+
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_ofsd_phase_trains_fp32_weights_and_samples_in_bf16_where_native(tmp_path, monkeypatch, native):
+    """An OFSD phase under model.dtype auto: the policy it trains has fp32 weights; where bf16 is native it samples
+    from a bf16 copy holding the same weights (as GRPO does), else from the policy itself."""
+    import searche1.ofsd.phase
+    from searche1.distributed import Dist
+    from searche1.pipeline import _run_ofsd
+
+    monkeypatch.setenv("SEARCHE1_CPU_BF16", native)
+    seen = {}
+
+    def phase(model, tok, retriever, questions, cfg, rollout_cfg, work, *, engine, **kw):
+        seen.update(model=model, sampler=engine.model)
+        return {"ofsd/pairs": 0.0}
+
+    monkeypatch.setattr(searche1.ofsd.phase, "run_ofsd_phase", phase)
+    cfg = pipeline_config(tmp_path)
+    cfg.model.dtype = "auto"
+    _run_ofsd(cfg, tmp_path / "ofsd", seed=0, progress=False, episode_reward=parity_reward, dist=Dist())
+    policy, sampler = seen["model"], seen["sampler"]
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    if native == "1":
+        assert sampler is not policy and {p.dtype for p in sampler.parameters()} == {torch.bfloat16}
+        assert all(torch.equal(s, p.to(torch.bfloat16)) for s, p in zip(sampler.parameters(), policy.parameters()))
+    else:
+        assert sampler is policy
