@@ -34,6 +34,12 @@ def test_push_weights_paths(fake_vllm):
         assert set(loaded) == {"weight", "bias"} and llm.resets == 1
     with pytest.raises(RuntimeError, match=r"vllm 0\.0-fake"):
         push_weights(fake_colocated()[0], model)
+    # to an engine in its own process, the fp32 trained weights travel in the engine's dtype
+    llm, loaded = fake_colocated(apply_model=lambda m: lambda fn: [fn(m)])
+    llm.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(dtype=torch.bfloat16))
+    push_weights(llm, model)
+    assert {v.dtype for v in loaded.values()} == {torch.bfloat16} and model.weight.dtype == torch.float32
+    assert torch.equal(loaded["weight"], model.weight.detach().to(torch.bfloat16))
 
 
 def test_push_weights_warns_when_vllm_keeps_its_prefix_cache(fake_vllm, caplog):

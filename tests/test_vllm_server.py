@@ -107,3 +107,28 @@ def test_server_client_keeps_its_concurrency_in_flight(tok, tmp_path):
     engine, _, _ = make_engine(cfg, types.SimpleNamespace(generation_config=None), tok, None, model_path=tmp_path,
                                sync_dir=tmp_path, device="cpu")
     assert engine.llm.concurrency == 300
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_server_sync_writes_the_trained_weights_in_the_servers_dtype(tmp_path, monkeypatch, device):
+    """rollout.engine vllm-server: each sync writes the policy to the sync folder and asks the server to reload it;
+    for a GPU server (bf16) the fp32 trained weights are written as bf16, the same tensors a plain save holds."""
+    import torch
+    from safetensors.torch import load_file
+
+    import searche1.rollout.factory as factory
+    from searche1.checkpoint import save_policy
+    from tiny import tiny_model, tiny_tokenizer
+
+    reloads = []
+    monkeypatch.setattr(factory, "_server_client", lambda cfg: types.SimpleNamespace(reload_weights=reloads.append))
+    tk = tiny_tokenizer()
+    model = tiny_model(tk)
+    _, sync, exact = factory.make_engine(RolloutConfig(engine="vllm-server", vllm_url="h:1"), model, tk, None,
+                                         model_path=tmp_path, sync_dir=tmp_path / "sync", device=device)
+    sync()
+    save_policy(model, tk, tmp_path / "plain")
+    plain, synced = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("plain", "sync"))
+    assert not exact and reloads == [str((tmp_path / "sync").resolve())] and synced.keys() == plain.keys()
+    want = torch.bfloat16 if device == "cuda" else torch.float32
+    assert all(v.dtype == want and torch.equal(v, plain[k].to(want)) for k, v in synced.items())

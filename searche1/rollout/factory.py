@@ -89,14 +89,24 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
 
         llm = colocated_llm(cfg, model_path, getattr(model, "config", None), device, seed)
         return _vllm_engine(llm, tok, retriever, cfg, eos_ids), lambda: push_weights(llm, model), False
-    from searche1.checkpoint import save_policy
+    from searche1.checkpoint import hf_state_dict, save_policy
     from searche1.io import atomic_dir
 
     client = _server_client(cfg)
 
-    def sync() -> None:
+    def sync() -> None:  # on a GPU the server samples in bf16: fp32 trained weights are written as bf16 (half the I/O)
+        import torch
+
+        state, seen = None, set()
+        if device.startswith("cuda") and any(p.dtype == torch.float32 for p in model.parameters()):
+            state = {}
+            for k, v in hf_state_dict(model).items():
+                if v.data_ptr() in seen:  # a tied weight (the LM head): saved once, as save_pretrained does
+                    continue
+                seen.add(v.data_ptr())
+                state[k] = v.detach().to(torch.bfloat16) if v.is_floating_point() else v
         with atomic_dir(sync_dir, overwrite=True) as tmp:
-            save_policy(model, tok, tmp)  # HF layout; LoRA merged
+            save_policy(model, tok, tmp, state_dict=state)  # HF layout; LoRA merged
         client.reload_weights(str(sync_dir.resolve()))
 
     return _vllm_engine(client, tok, retriever, cfg, eos_ids), sync, False

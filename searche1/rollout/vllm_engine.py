@@ -422,12 +422,15 @@ def push_weights(llm: Any, model: Any) -> int:
     Tried in order: the in-process model (``llm.llm_engine.model_executor.driver_worker[.worker].model_runner.model``:
     vLLM V0, and V1 with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``), then ``llm.apply_model`` (vLLM >= 0.9), then
     ``llm.collective_rpc`` with a function of the worker. The last two ship the tensors to the engine process when
-    it runs in one (V1 multiprocessing needs ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` and copies every step). The
-    prefix cache is reset afterwards, since cached KV blocks were computed with the old weights.
+    it runs in one (V1 multiprocessing needs ``VLLM_ALLOW_INSECURE_SERIALIZATION=1`` and copies every step), cast
+    first to the engine's dtype (``llm_engine.model_config.dtype``). The prefix cache is reset afterwards, since
+    cached KV blocks were computed with the old weights.
     """
     while inner := next((getattr(model, w) for w in ("_orig_mod", "module")  # torch.compile / DDP wrappers
                          if hasattr(getattr(model, w, None), "state_dict")), None):
         model = inner
+    import torch
+
     from searche1.checkpoint import hf_state_dict
     from searche1.sharding import full_tensor
 
@@ -446,7 +449,12 @@ def push_weights(llm: Any, model: Any) -> int:
         target = None
     if target is not None:
         load(target)
-    elif callable(getattr(llm, "apply_model", None)):
+        return _after_push(llm, len(weights))
+    # the tensors travel to the engine's process: in vLLM's dtype (fp32 trained weights to a bf16 engine: half)
+    dtype = _attr_path(llm, "llm_engine.model_config.dtype")
+    if isinstance(dtype, torch.dtype):
+        weights = [(k, v.to(dtype) if v.is_floating_point() else v) for k, v in weights]
+    if callable(getattr(llm, "apply_model", None)):
         llm.apply_model(load)
     elif callable(getattr(llm, "collective_rpc", None)):
         def load_on_worker(worker: Any) -> None:
@@ -459,11 +467,15 @@ def push_weights(llm: Any, model: Any) -> int:
             f"{type(llm).__name__}): no llm_engine.model_executor.driver_worker...model, apply_model or "
             "collective_rpc. Fix: set VLLM_ENABLE_V1_MULTIPROCESSING=0 before creating the LLM, or use the server "
             "mode and VLLMServerClient.reload_weights(path)")
+    return _after_push(llm, len(weights))
+
+
+def _after_push(llm: Any, n: int) -> int:
     # vLLM 0.20 (BlockPool.reset_prefix_cache) keeps the cache and returns False while a request holds KV blocks
     if callable(getattr(llm, "reset_prefix_cache", None)) and llm.reset_prefix_cache() is False:
         log.warning("push_weights: vLLM kept its prefix cache (requests in flight?): cached prompts may be served "
                     "with KV blocks of the old weights")
-    return len(weights)
+    return n
 
 
 # --------------------------------------------------------------------------------------------------------- server
