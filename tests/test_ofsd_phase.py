@@ -419,6 +419,27 @@ def test_phase_mines_pairs_trains_and_kl_decreases(tok, tmp_path, mode):
         assert not (tmp_path / "teacher").exists()
 
 
+def test_teacher_copy_is_bf16_under_autocast(tok, tmp_path, monkeypatch):
+    """Under bf16 autocast the phase's teacher is a bf16 copy (half the memory of the fp32 trained weights): its
+    logits match an fp32 copy under autocast to bf16 rounding, and the phase still trains the fp32 policy."""
+    import searche1.ofsd.phase as phase
+
+    model = tiny_model(tok)
+    items = items_for([hand_pair(tok, QUESTIONS[0][0], [50, 51, 60, 61, 52], [1, 1, 0, 0, 1])], tok)
+    half, full = FrozenTeacher(model, torch.bfloat16), FrozenTeacher(model)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16} and not half.model.training
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and all(p.requires_grad for p in model.parameters())
+    lh, lf = (t.response_logits(items, tok.pad_token_id, "cpu", True).float().log_softmax(-1) for t in (half, full))
+    assert lh.shape == lf.shape and (lh - lf).abs().max() < 0.05 and (lh - lf).abs().mean() < 0.01
+    dtypes = []
+    monkeypatch.setattr(phase, "FrozenTeacher", lambda m, dtype=None: dtypes.append(dtype) or FrozenTeacher(m, dtype))
+    s0 = state(model)
+    out = run_ofsd_phase(model, tok, tiny_retriever(), QS, cfg(bf16="on"), ROLLOUT, tmp_path, progress=False,
+                         episode_reward=parity_reward)
+    assert dtypes == [torch.bfloat16] and out["ofsd/pairs_trained"] > 0 and changed(s0, state(model))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_no_pairs_leaves_the_model_unchanged(tok, tmp_path):
     model = tiny_model(tok)
     s0 = state(model)

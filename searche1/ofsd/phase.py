@@ -302,17 +302,17 @@ def response_mask(items: Sequence[PairItem]) -> Tensor:  # (B, R_max) in the lay
 
 
 class FrozenTeacher:
-    """θ_r frozen: a deep copy in eval mode, or the peft model itself with a fresh adapter disabled (module doc)."""
+    """θ_r frozen: a deep copy in eval mode (in ``dtype`` if given: bf16 under autocast, half the memory of the fp32
+    trained weights), or the peft model itself with a fresh adapter disabled (module doc)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, dtype: Any = None) -> None:
         self.adapter_off = _is_peft(model) and _adapter_is_fresh(model)
         if self.adapter_off:
             self.model = model
         else:
-            self.model = copy.deepcopy(model)
-            self.model.eval()
+            self.model = copy.deepcopy(model).to(dtype) if dtype is not None else copy.deepcopy(model)
+            self.model.eval().requires_grad_(False)
             for p in self.model.parameters():
-                p.requires_grad_(False)
                 p.grad = None
 
     @torch.no_grad()
@@ -563,7 +563,7 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     device = next(model.parameters()).device
     autocast = use_bf16(cfg.bf16, str(device))
     shards = None
-    teacher = FrozenTeacher(model) if items else None  # θ_r (the model is not updated before distill())
+    teacher = FrozenTeacher(model, torch.bfloat16 if autocast else None) if items else None  # θ_r (not yet updated)
     if cfg.teacher_mode == "topk" and teacher is not None:
         mine = items[d.rank::d.world]  # the pairs this rank owns (j mod world), local index j // world
         cache = Path(work_dir) / ("teacher" if not d.enabled else f"teacher-rank{d.rank}")
