@@ -3,6 +3,7 @@ measured on ONE device with a model of the target's shape (random bf16 weights: 
 
     python benchmarks/projection.py [--shape qwen2.5-3b|tiny] [--device cuda] [--engine hf|vllm] [--gpus 8]
                                     [--config configs/paper-qwen2.5-3b.yaml] [--out benchmarks/results/projection.json]
+    python benchmarks/projection.py --costs benchmarks/results/projection_h100.json --out ...   # re-plan only
 
 Measured here (median of 3 after a warm-up):
 
@@ -26,7 +27,10 @@ measurement here can give is stated as an assumption, with a flag: tokens per ep
 (``--pair-rate``), and **linear data-parallel scaling** over ``--gpus`` (no communication cost: optimistic for the
 gradient all-reduce, pessimistic for rollouts, whose per-GPU batch is larger than measured). Episode cost = prompt and
 retrieved tokens prefilled once (KV cache across turns) + policy tokens decoded; training cost = every token of the
-sequence through forward + backward.
+sequence through forward + backward. ``--costs FILE`` measures nothing: it takes the per-token costs (and the device,
+shape and decode engine) of an earlier run's JSON and applies this file's plan and arithmetic to them, so a change in
+the trainer's work per step (e.g. no re-scoring pass with one PPO epoch) is re-projected without a GPU; the output
+names the file the costs came from.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ class Plan:
     prompt_tokens: int
     policy_tokens: int
     retrieved_tokens: int
-    recompute_logprobs: bool = True  # vLLM sampling: the trainer re-scores each sequence once
+    recompute_logprobs: bool = True  # vLLM sampling: the trainer re-scores each sequence once (ppo_epochs > 1)
 
 
 def project(c: Costs, p: Plan, gpus: int) -> dict[str, float]:
@@ -87,7 +91,8 @@ def project(c: Costs, p: Plan, gpus: int) -> dict[str, float]:
     pairs = p.ofsd_questions * p.pair_rate
     out = {
         "grpo_rollout_h": grpo_eps * episode_s,
-        "grpo_rescore_h": grpo_eps * seq / c.forward_tps if p.recompute_logprobs else 0.0,
+        # with one PPO epoch the loss forward's log-probs are the "old" ones (searche1.train._fuse_rescore)
+        "grpo_rescore_h": grpo_eps * seq / c.forward_tps if p.recompute_logprobs and p.ppo_epochs > 1 else 0.0,
         "grpo_train_h": grpo_eps * seq * p.ppo_epochs / c.train_tps,
         "ofsd_rollout_h": ofsd_eps * episode_s,
         "ofsd_teacher_h": pairs * (seq + p.retrieved_tokens) / c.forward_tps,  # privileged prompt ~ one more trace
@@ -231,7 +236,11 @@ def main() -> None:
     ap.add_argument("--searches", type=int, default=2, help="assumed: searches per episode")
     ap.add_argument("--pair-rate", type=float, default=0.3, help="assumed: OFSD pairs per re-sampled question")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "projection.json")
+    ap.add_argument("--costs", type=Path, help="re-plan from this earlier result's measured costs (no measurement)")
     a = ap.parse_args()
+    if a.costs is not None:
+        replan(a)
+        return
 
     import torch
 
@@ -262,11 +271,7 @@ def main() -> None:
     print_table(f"Per-token costs on one {device_name}, {a.shape} ({n_params / 1e9:.2f}B params, random weights)",
                 ["prefill tok/s", "decode tok/s (" + engine + ")", "forward tok/s", "train tok/s"],
                 [[rnd(v, 1) for v in asdict(costs).values()]])
-    print_table(f"Projected hours per round on {a.gpus} such GPUs (linear scaling; plan from {a.config.name})",
-                ["GRPO rollout", "GRPO re-score", "GRPO train", "OFSD", "round", "2 rounds", "s per GRPO step"],
-                [[rnd(hours["grpo_rollout_h"], 2), rnd(hours["grpo_rescore_h"], 2), rnd(hours["grpo_train_h"], 2),
-                  rnd(hours["ofsd_h"], 2), rnd(hours["round_h"], 2), rnd(2 * hours["round_h"], 2),
-                  rnd(hours["grpo_step_s"], 1)]])
+    print_hours(f"Projected hours per round on {a.gpus} such GPUs (linear scaling; plan from {a.config.name})", hours)
     write_results(a.out, {"device": device_name, "shape": a.shape, "params": n_params, "decode_engine": engine,
                           "gpus": a.gpus, "costs": {k: rnd(v, 1) for k, v in asdict(costs).items()},
                           "decode_tps_by_engine": decode,
@@ -274,6 +279,35 @@ def main() -> None:
                           "measure": {**{k: getattr(a, k) for k in ("batch", "prompt", "decode", "micro", "seq")},
                                       "policy_frac": rnd(policy_frac, 3)}},
                   packages=("torch", "transformers", "vllm"))
+
+
+def print_hours(title: str, hours: dict[str, float]) -> None:
+    print_table(title, ["GRPO rollout", "GRPO re-score", "GRPO train", "OFSD", "round", "2 rounds", "s per GRPO step"],
+                [[rnd(hours["grpo_rollout_h"], 2), rnd(hours["grpo_rescore_h"], 2), rnd(hours["grpo_train_h"], 2),
+                  rnd(hours["ofsd_h"], 2), rnd(hours["round_h"], 2), rnd(2 * hours["round_h"], 2),
+                  rnd(hours["grpo_step_s"], 1)]])
+
+
+def replan(a: argparse.Namespace) -> None:
+    """``--costs FILE``: this plan and arithmetic over an earlier run's measured per-token costs."""
+    import json
+
+    try:
+        old = json.loads(a.costs.read_text())
+        costs = Costs(**old["costs"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"--costs {a.costs}: not a projection result with a 'costs' object of "
+                 f"{', '.join(Costs.__dataclass_fields__)} ({e!r}); give a benchmarks/results/projection*.json")
+    plan = plan_from_config(a.config, a)
+    hours = project(costs, plan, a.gpus)
+    print_hours(f"Projected hours per round on {a.gpus} GPUs from the costs in {a.costs.name} "
+                f"({old.get('device', '?')}; plan from {a.config.name})", hours)
+    write_results(a.out, {"device": old.get("device"), "shape": old.get("shape"), "params": old.get("params"),
+                          "decode_engine": old.get("decode_engine"), "gpus": a.gpus,
+                          "costs": asdict(costs), "costs_from": {"file": a.costs.name,
+                                                                 "timestamp": old.get("timestamp"),
+                                                                 "measure": old.get("measure")},
+                          "plan": asdict(plan), "hours": {k: rnd(v, 3) for k, v in hours.items()}})
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ Departures from the paper / peers, all options:
 * no KL penalty by default (β = 0, no reference model is loaded), as in Search-E1;
 * only policy-sampled tokens count (the rollout's policy mask; retrieved ``<information>`` tokens are masked);
 * groups whose rewards are all equal carry no signal: they are counted and can be skipped;
-* the sampler's log-probs are the "old" policy for the PPO ratio; with one PPO epoch the ratio is 1 up to
-  numerical noise (recorded as ``loss/ratio_mean``);
+* the "old" policy for the PPO ratio: the sampler's log-probs when the sampler is the trainer's fp32 model (the ratio
+  of the first epoch is then 1 up to numerical noise, recorded as ``loss/ratio_mean``); else (vLLM, a bf16 sampling
+  copy) the trainer's own, from the loss forward itself with one PPO epoch (ratio exactly 1; no re-scoring pass, as
+  TRL) or from a no-grad pass before the update with several. No importance correction for the sampler's drift is
+  applied (the gap is logged as ``rollout/logprob_mismatch``);
 * a non-finite loss or gradient skips the step; collapse detection can roll back to the last good checkpoint.
 
 Everything is deterministic given the seed and the step, so a run killed at any point resumes from its newest
@@ -326,6 +329,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     recompute = cfg.rollout.recompute_logprobs
     if recompute is None:
         recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
+    fused = _fuse_rescore(recompute, g.ppo_epochs)
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
@@ -380,7 +384,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 # the gap only where the sampler returned log-probs (vLLM: rollout.vllm_logprobs of the episodes)
                 has = torch.tensor([eps[i].sampler_logprobs for i in rows[:len(keep)]]
                                    + [False] * (len(rows) - len(keep)))
-                old, gap = _rescore(model, ids, attn, mask, old, micros, cfg.rollout, device, autocast, has)
+                if not fused:
+                    old, gap = _rescore(model, ids, attn, mask, old, micros, cfg.rollout, device, autocast, has)
         for _epoch in range(g.ppo_epochs):
             opt.zero_grad(set_to_none=True)
             if not kept_all:
@@ -395,7 +400,12 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 logp = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
                                        autocast=autocast, prefix=prefix)
                 b_mask = mask[sl].to(device)
-                loss, m = loss_fn(logp, old[sl].to(device), a[sl].to(device), b_mask,
+                if fused:  # one epoch: the "old" policy is this forward's own (ratio 1), no re-scoring pass
+                    b_old = logp.detach()
+                    gap = _add_gap(gap, b_old.cpu(), old[sl], mask[sl], has[sl])
+                else:
+                    b_old = old[sl].to(device)
+                loss, m = loss_fn(logp, b_old, a[sl].to(device), b_mask,
                                   clip_low=g.clip_low, clip_high=g.clip_high, max_len=gen_budget, denom=denom)
                 if ref_model is not None:
                     with torch.no_grad():
@@ -485,6 +495,14 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     return out
 
 
+def _fuse_rescore(recompute: bool, ppo_epochs: int) -> bool:
+    """Whether the loss forward stands in for the re-scoring pass. With one PPO epoch the re-scored log-probs would
+    equal that forward's own (same weights; these models have no dropout), so its detached log-probs are the "old"
+    policy (ratio 1, as TRL does with one iteration) and the gap to the sampler is taken from them: one forward over
+    the batch fewer per step. With several epochs every epoch needs the same fixed "old" log-probs: a pass of its own."""
+    return recompute and ppo_epochs == 1
+
+
 @torch.no_grad()
 def _rescore(model, ids, attn, mask, old, micros: list[tuple[list[int], int]], rollout: RolloutConfig, device: str,
              autocast: bool, has_sampler: torch.Tensor):
@@ -498,8 +516,14 @@ def _rescore(model, ids, attn, mask, old, micros: list[tuple[list[int], int]], r
         new[sl] = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
                                   autocast=autocast, prefix=prefix).cpu()
     model.train(was)
+    return new * mask, _add_gap((0.0, 0.0), new, old, mask, has_sampler)
+
+
+def _add_gap(gap: tuple[float, float], new, old, mask, has_sampler: torch.Tensor) -> tuple[float, float]:
+    """``gap`` (sum, tokens) plus the absolute log-prob gap between ``new`` (trainer) and ``old`` (sampler) over the
+    policy tokens (``mask``) of the rows where ``has_sampler``."""
     m = mask * has_sampler[:, None].to(mask.dtype)
-    return new * mask, (float(((new - old).abs() * m).sum()), float(m.sum()))
+    return gap[0] + float(((new - old).abs() * m).sum()), gap[1] + float(m.sum())
 
 
 def _dump_grads(model, path: Path, d) -> None:

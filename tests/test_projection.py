@@ -16,7 +16,7 @@ def test_project_matches_a_hand_computation():
     h = project(c, p, gpus=2)
     # one episode: 500 prefill tokens / 1000 + 100 decoded / 100 = 1.5 s; sequence = 600 tokens
     assert h["grpo_rollout_h"] == pytest.approx(200 * 1.5 / 2 / 3600)
-    assert h["grpo_rescore_h"] == pytest.approx(200 * 600 / 2000 / 2 / 3600)
+    assert h["grpo_rescore_h"] == 0  # one PPO epoch: the loss forward gives the "old" log-probs
     assert h["grpo_train_h"] == pytest.approx(200 * 600 / 500 / 2 / 3600)
     assert h["ofsd_rollout_h"] == pytest.approx(100 * 1.5 / 2 / 3600)
     assert h["ofsd_teacher_h"] == pytest.approx(10 * 900 / 2000 / 2 / 3600)
@@ -24,6 +24,10 @@ def test_project_matches_a_hand_computation():
     assert h["round_h"] == pytest.approx(h["grpo_h"] + h["ofsd_h"])
     assert h["grpo_step_s"] == pytest.approx(h["grpo_h"] * 3600 / 10)
     assert project(c, p, gpus=4)["round_h"] == pytest.approx(h["round_h"] / 2)  # linear scaling, as documented
+    p.ppo_epochs = 2  # a re-scoring pass over every sequence, then two training passes
+    h2 = project(c, p, gpus=2)
+    assert h2["grpo_rescore_h"] == pytest.approx(200 * 600 / 2000 / 2 / 3600)
+    assert h2["grpo_train_h"] == pytest.approx(2 * h["grpo_train_h"])
 
 
 def test_plan_reads_the_paper_config():

@@ -234,6 +234,49 @@ def test_recomputed_logprobs_match_the_hf_sampler(tmp_path):
     assert rows[0]["train/kept_rollouts"] > 0 and 0 <= rows[0]["rollout/logprob_mismatch"] < 1e-4
 
 
+def test_one_epoch_takes_old_logprobs_from_the_loss_forward(tmp_path, monkeypatch):
+    """With one PPO epoch and a sampler whose log-probs are not the trainer's (a bf16 copy), the loss forward's own
+    log-probs are the "old" policy: no re-scoring pass (half the forwards), and the same gradients, loss and logged
+    sampler gap as with that pass."""
+    import searche1.train
+    from tiny import spy_adamw_grads
+
+    grads = spy_adamw_grads(monkeypatch)
+    calls = {"forward": 0, "rescore": 0}
+    real_lp, real_rescore = searche1.train.masked_logprobs, searche1.train._rescore
+
+    def lp(*a, **kw):
+        calls["forward"] += 1
+        return real_lp(*a, **kw)
+
+    def rescore(*a, **kw):
+        calls["rescore"] += 1
+        return real_rescore(*a, **kw)
+
+    monkeypatch.setattr(searche1.train, "masked_logprobs", lp)
+    monkeypatch.setattr(searche1.train, "_rescore", rescore)
+    rows, applied, counts = {}, {}, {}
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(searche1.train, "_fuse_rescore", lambda recompute, epochs: False)
+        grads.clear()
+        calls.update(forward=0, rescore=0)
+        cfg = make_config(tmp_path, steps=1, micro_batch_size=3)
+        cfg.rollout.sampler_dtype = "bfloat16"
+        (rows[fuse],) = read_metrics(run_grpo(cfg, tmp_path / f"f{fuse}", progress=False,
+                                              episode_reward=parity_reward))
+        applied[fuse], counts[fuse] = list(grads), dict(calls)
+    assert counts[True]["rescore"] == 0 and counts[False]["rescore"] == 1
+    assert counts[False]["forward"] == 2 * counts[True]["forward"] > 0  # loss forwards + as many re-scoring ones
+    assert rows[True]["train/kept_rollouts"] > 0 and rows[True]["loss/clip_frac"] == 0
+    for k in ("rollout/logprob_mismatch", "loss/policy", "loss/ratio_max", "grad/norm"):
+        assert rows[True][k] == pytest.approx(rows[False][k], rel=1e-4, abs=1e-7), k
+    assert rows[True]["rollout/logprob_mismatch"] > 1e-4  # the bf16 sampler's gap was measured, not zeros
+    (ga,), (gb,) = applied[True], applied[False]
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
 def test_vllm_engine_config_errors():
     from searche1.rollout.types import RolloutConfig
 

@@ -81,8 +81,10 @@ class RolloutConfig:
         "help": "vllm: extra keywords for vllm.LLM, e.g. {enforce_eager: true} (no torch.compile / CUDA graphs: "
                 "faster start, slower decode) or {attention_config: {backend: TRITON_ATTN}}"})
     recompute_logprobs: bool | None = field(default=None, metadata={
-        "help": "re-score sampled tokens with the trainer's model before the update (the PPO 'old' log-probs) and "
-                "log rollout/logprob_mismatch; None = on for vLLM engines, off for hf"})
+        "help": "take the PPO 'old' log-probs from the trainer's model, not the sampler's, and log "
+                "rollout/logprob_mismatch; with grpo.ppo_epochs 1 they come from the loss forward itself, with more "
+                "from a no-grad pass before the update. None = on when the sampler is not the trainer's model "
+                "(vLLM engines, a bf16 sampling copy), off otherwise"})
     turn_start: Literal["free", "constrained"] = field(default="free", metadata={
         "help": "constrained: a turn may only open with <search>, <answer> or <think> (sampling only; log-probs stay "
                 "the policy's)"})
