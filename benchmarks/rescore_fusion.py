@@ -76,7 +76,8 @@ def main() -> None:
     med = {f: statistics.median(m["time/train_s"] for m in rows[f]) for f in rows}
     gap = {f: statistics.median(m["rollout/logprob_mismatch"] for m in rows[f]) for f in rows}
     ratio = med[False] / med[True]
-    print_table(f"GRPO update time per step, demo step (20 episodes), {a.repeats} alternating repeats × {a.steps} steps",
+    print_table(f"GRPO update time per step, demo step (20 episodes), {a.repeats} alternating repeats × "
+                f"{a.steps} steps",
                 ["", "separate re-scoring pass", "old log-probs from the loss forward", "speed-up"],
                 [["median time/train_s", rnd(med[False], 2), rnd(med[True], 2), f"{ratio:.2f}×"],
                  ["median rollout/logprob_mismatch", rnd(gap[False], 4), rnd(gap[True], 4), ""]])

@@ -499,7 +499,8 @@ def _fuse_rescore(recompute: bool, ppo_epochs: int) -> bool:
     """Whether the loss forward stands in for the re-scoring pass. With one PPO epoch the re-scored log-probs would
     equal that forward's own (same weights; these models have no dropout), so its detached log-probs are the "old"
     policy (ratio 1, as TRL does with one iteration) and the gap to the sampler is taken from them: one forward over
-    the batch fewer per step. With several epochs every epoch needs the same fixed "old" log-probs: a pass of its own."""
+    the batch fewer per step. With several epochs every epoch needs the same fixed "old" log-probs: a pass of its
+    own."""
     return recompute and ppo_epochs == 1
 
 
