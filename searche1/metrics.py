@@ -79,14 +79,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 class LossStats:
     """A step's loss statistics, accumulated over micro-batches, PPO epochs and ranks by their kind: per-token means
-    (``loss/clip_frac*``, ``loss/ratio_mean``, ``loss/approx_kl``, ``loss/kl_ref_token_mean``) are weighted by each
-    micro-batch's policy tokens; ``loss/ratio_max`` is a max; parts of the step's loss (``loss/kl_ref``, already
+    (``loss/clip_frac*``, ``loss/ratio_mean``, ``loss/approx_kl``, ``loss/kl_ref_token_mean``, ``loss/is_weight_mean``,
+    ``loss/is_capped_frac``) are weighted by each micro-batch's policy tokens; ``loss/ratio_max`` and
+    ``loss/is_ratio_max`` are maxima; parts of the step's loss (``loss/kl_ref``, already
     divided by the step's normaliser) and ``loss/num_tokens`` are summed over micro-batches and ranks. Over PPO
     epochs every kind is the mean of the epochs. ``loss/policy`` is left to the caller (summed like ``loss/kl_ref``).
     """
 
     SUMMED = frozenset({"loss/kl_ref", "loss/num_tokens"})
-    MAXED = frozenset({"loss/ratio_max"})
+    MAXED = frozenset({"loss/ratio_max", "loss/is_ratio_max"})
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}

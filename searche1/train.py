@@ -10,8 +10,9 @@ Departures from the paper / peers, all options:
 * the "old" policy for the PPO ratio: the sampler's log-probs when the sampler is the trainer's fp32 model (the ratio
   of the first epoch is then 1 up to numerical noise, recorded as ``loss/ratio_mean``); else (vLLM, a bf16 sampling
   copy) the trainer's own, from the loss forward itself with one PPO epoch (ratio exactly 1; no re-scoring pass, as
-  TRL) or from a no-grad pass before the update with several. No importance correction for the sampler's drift is
-  applied (the gap is logged as ``rollout/logprob_mismatch``);
+  TRL) or from a no-grad pass before the update with several. The gap is logged as ``rollout/logprob_mismatch``;
+  ``grpo.tis_cap`` adds truncated importance sampling for it (:mod:`searche1.algos.importance`; off by default,
+  as Search-E1 mentions none);
 * a non-finite loss or gradient skips the step; collapse detection can roll back to the last good checkpoint.
 
 Everything is deterministic given the seed and the step, so a run killed at any point resumes from its newest
@@ -72,6 +73,12 @@ class GRPOConfig:
     ppo_epochs: int = field(default=1, metadata={"help": "passes over each batch of rollouts"})
     clip_low: float = field(default=0.2, metadata={"help": "ratio clip 1 - clip_low"})
     clip_high: float = field(default=0.2, metadata={"help": "ratio clip 1 + clip_high"})
+    tis_cap: float = field(default=0.0, metadata={
+        "help": "truncated importance sampling for the sampler-trainer gap (vLLM, a bf16 sampling copy): each "
+                "token's surrogate is weighted by min(pi_old / pi_sampler, tis_cap), pi_old being the trainer's "
+                "log-probs; 0 = off (Search-E1). Needs the sampler's log-probs of every episode: with a vLLM "
+                "engine an unset rollout.vllm_logprobs then means all (each token with log-probs costs vLLM's front "
+                "end ~8x the CPU: see rollout.vllm_logprobs)"})
     advantage: str = field(default="grpo", metadata={"help": "grpo ((r-mean)/std) | no_std"})
     loss_agg: str = field(default="token_mean", metadata={"help": "token_mean | seq_mean_token_mean | dr_grpo"})
     kl_beta: float = field(default=0.0, metadata={"help": "k3 KL to the reference policy; 0 = off (Search-E1)"})
@@ -102,6 +109,8 @@ class GRPOConfig:
             raise ConfigError("group_size: GRPO needs at least 2 rollouts per question")
         if self.lr <= 0:
             raise ConfigError("lr: must be > 0")
+        if not (self.tis_cap >= 0 and math.isfinite(self.tis_cap)):
+            raise ConfigError(f"tis_cap: must be a finite number >= 0 (0 = off); got {self.tis_cap}")
         if self.sharding not in ("none", "optimizer", "full"):
             raise ConfigError(f"sharding: unknown '{self.sharding}' (fix: use none, optimizer or full)")
         # the registry names resolve only when training starts (after the model is loaded and --out written): check
@@ -130,6 +139,18 @@ class TrainConfig:
         bad = [s for s in self.sinks if s not in ("tensorboard", "wandb")]
         if bad:
             raise ConfigError(f"sinks: unknown sink {bad[0]!r}; valid: tensorboard, wandb")
+        if self.grpo.tis_cap > 0:
+            r = self.rollout
+            if r.recompute_logprobs is False:
+                raise ConfigError("grpo.tis_cap: the importance weight compares the trainer's log-probs with the "
+                                  "sampler's, and rollout.recompute_logprobs: false makes them the same (fix: leave "
+                                  "recompute_logprobs unset or true, or tis_cap: 0)")
+            if r.engine != "hf" and r.vllm_logprobs is None:
+                r.vllm_logprobs = True  # the weight needs the sampler's log-prob of every token
+            elif r.engine != "hf" and r.vllm_logprob_fraction() < 1:
+                raise ConfigError(f"grpo.tis_cap: needs the sampler's log-probs of every episode, but "
+                                  f"rollout.vllm_logprobs is {r.vllm_logprobs} (fix: rollout.vllm_logprobs: true, "
+                                  f"or leave it unset)")
 
 
 class QuestionSampler:
@@ -247,7 +268,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     pipeline passes its starting model, see ``grpo.kl_reference``)."""
     from tqdm.auto import tqdm
 
-    from searche1.algos import get_advantage, get_policy_loss, kl_k3
+    from searche1.algos import get_advantage, get_policy_loss, kl_k3, truncated_is_weights
     from searche1.checkpoint import checkpoint_at_or_before, latest_checkpoint, load_checkpoint, save_checkpoint
     from searche1.data.qa import load_qa, load_qa_files
     from searche1.distributed import (
@@ -373,7 +394,11 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         losses = LossStats()
         micros: list[tuple[list[int], int]] = []  # (row positions, shared prefix length) of the update's micro-batches
         if kept_all and rows:  # the batch and its "old" log-probs, once: every PPO epoch uses the same ones
+            if g.tis_cap and not all(eps[i].sampler_logprobs for i in keep):  # validate() asks for them all
+                raise ConfigError("grpo.tis_cap: some episodes came without the sampler's log-probs, which the "
+                                  "importance weights need (fix: rollout.vllm_logprobs: true)")
             ids, attn, mask, old = episode_tensors([eps[i] for i in rows], tok.pad_token_id)
+            sampled = old  # the sampler's log-probs (the "old" ones unless the trainer's replace them)
             # FSDP ranks must run the same forwards, so no shared prefix there (it adds a forward of its own)
             share = g.share_prompt and not full and can_share_prefix(model)
             micros = micro_batches([eps[i].prompt_ids for i in rows], g.micro_batch_size, share)
@@ -405,8 +430,11 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                     gap = _add_gap(gap, b_old.cpu(), old[sl], mask[sl], has[sl])
                 else:
                     b_old = old[sl].to(device)
-                loss, m = loss_fn(logp, b_old, a[sl].to(device), b_mask,
-                                  clip_low=g.clip_low, clip_high=g.clip_high, max_len=gen_budget, denom=denom)
+                w, wm = truncated_is_weights(b_old, sampled[sl].to(device), b_mask, g.tis_cap) if g.tis_cap else \
+                    (None, {})
+                loss, m = loss_fn(logp, b_old, a[sl].to(device), b_mask, clip_low=g.clip_low,
+                                  clip_high=g.clip_high, max_len=gen_budget, denom=denom, is_weight=w)
+                m = {**m, **wm}
                 if ref_model is not None:
                     with torch.no_grad():
                         ref_logp = masked_logprobs(ref_model, ids[sl], attn[sl], mask[sl], temperature=temp,

@@ -21,6 +21,7 @@ from searche1.algos import (
     masked_aggregate,
     policy_loss,
     token_logprobs,
+    truncated_is_weights,
 )
 from searche1.errors import ConfigError
 
@@ -58,7 +59,7 @@ def naive_reduce(terms: list[list[float | None]], agg: str, max_len: int | None)
     return sum(vals) / (len(terms) * max_len)
 
 
-def naive_policy_loss(logp, old, adv, mask, clip_low, clip_high, agg, max_len) -> float:
+def naive_policy_loss(logp, old, adv, mask, clip_low, clip_high, agg, max_len, weights=None) -> float:
     terms = []
     for b in range(len(logp)):
         row = []
@@ -68,7 +69,8 @@ def naive_policy_loss(logp, old, adv, mask, clip_low, clip_high, agg, max_len) -
                 continue
             rho = math.exp(logp[b][t] - old[b][t])
             a = adv[b]
-            row.append(-min(rho * a, min(max(rho, 1 - clip_low), 1 + clip_high) * a))
+            w = 1.0 if weights is None else weights[b][t]
+            row.append(-w * min(rho * a, min(max(rho, 1 - clip_low), 1 + clip_high) * a))
         terms.append(row)
     return naive_reduce(terms, agg, max_len)
 
@@ -182,6 +184,67 @@ def test_policy_loss_matches_naive_loop(seed, agg, clips):
     assert loss2.item() == loss.item()
     assert m["loss/num_tokens"] == mask.sum().item()
     assert 0 <= m["loss/clip_frac"] <= 1 and m["loss/approx_kl"] >= 0 and not math.isnan(m["loss/ratio_mean"])
+
+
+def naive_is_weights(old, sampler, mask, cap):
+    """min(exp(old - sampler), cap) per policy token, 1 elsewhere; the mean weight, capped share and largest ratio."""
+    w, kept, capped, top = [], [], 0, 0.0
+    for b in range(len(old)):
+        row = []
+        for t in range(len(old[b])):
+            if mask[b][t] == 0:
+                row.append(1.0)
+                continue
+            r = math.exp(old[b][t] - sampler[b][t])
+            row.append(min(r, cap))
+            kept.append(row[-1])
+            capped += r > cap
+            top = max(top, r)
+        w.append(row)
+    return w, sum(kept) / max(1, len(kept)), capped / max(1, len(kept)), top
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("cap", [0.9, 1.5, 1e6])
+def test_truncated_is_weights_match_naive_loop(seed, cap):
+    logp, old, _, mask = random_batch(seed)  # logp plays the trainer's "old", old the sampler's (NaN where masked)
+    w, m = truncated_is_weights(logp, old, mask, cap)
+    ref, mean, capped, top = naive_is_weights(logp.tolist(), old.tolist(), mask.tolist(), cap)
+    assert torch.allclose(w, torch.tensor(ref, dtype=w.dtype), rtol=1e-12)
+    assert m["loss/is_weight_mean"] == pytest.approx(mean, rel=1e-12)
+    assert m["loss/is_capped_frac"] == pytest.approx(capped)
+    assert m["loss/is_ratio_max"] == pytest.approx(top, rel=1e-12)
+    assert (capped > 0) == (cap < 2)  # the batch's ratios span about [0.5, 2]: the test reaches both branches
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weights(logp, old, mask, 0.0)
+    with pytest.raises(ValueError, match="must all be"):
+        truncated_is_weights(logp, old[:, 1:], mask, 2.0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("agg", sorted(AGGREGATIONS))
+def test_policy_loss_with_importance_weights_matches_naive_loop(seed, agg):
+    """Per-token weights multiply each token's surrogate before the reduction and pass no gradient."""
+    logp, old, adv, mask = random_batch(seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    w = (0.5 + torch.rand(mask.shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+    lp = logp.clone().requires_grad_(True)
+    loss, _ = get_policy_loss(agg)(lp, old, adv, mask, max_len=9, is_weight=w)
+    ref = naive_policy_loss(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.2, agg, 9, w.tolist())
+    assert loss.item() == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    loss.backward()
+    assert w.grad is None and lp.grad is not None
+    # all weights equal to c: the loss and its gradient scale by c
+    plain = logp.clone().requires_grad_(True)
+    base, _ = get_policy_loss(agg)(plain, old, adv, mask, max_len=9)
+    base.backward()
+    lp2 = logp.clone().requires_grad_(True)
+    scaled, _ = get_policy_loss(agg)(lp2, old, adv, mask, max_len=9, is_weight=torch.full_like(logp, 0.25))
+    scaled.backward()
+    assert scaled.item() == pytest.approx(0.25 * base.item(), rel=1e-12, abs=1e-15)
+    assert torch.allclose(lp2.grad, 0.25 * plain.grad, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="is_weight must be"):
+        policy_loss(logp, old, adv, mask, is_weight=w[:, 1:])
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -277,6 +277,49 @@ def test_one_epoch_takes_old_logprobs_from_the_loss_forward(tmp_path, monkeypatc
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+def test_truncated_importance_weights_in_a_grpo_step(tmp_path, monkeypatch):
+    """grpo.tis_cap weights each token's surrogate by min(pi_old / pi_sampler, cap) (a bf16 sampling copy here): a
+    cap far below every ratio makes every weight the cap, so the step's gradient is exactly cap times the plain one;
+    a cap above every ratio logs weights near 1 that are not all 1 (the copy's log-probs differ)."""
+    from tiny import spy_adamw_grads
+
+    grads = spy_adamw_grads(monkeypatch)
+    rows, applied = {}, {}
+    for cap in (0.0, 1e-3, 100.0):
+        grads.clear()
+        cfg = make_config(tmp_path, steps=1, micro_batch_size=3, tis_cap=cap, max_grad_norm=0)  # no clipping
+        cfg.rollout.sampler_dtype = "bfloat16"
+        (rows[cap],) = read_metrics(run_grpo(cfg, tmp_path / f"tis-{cap}", progress=False,
+                                             episode_reward=parity_reward))
+        (applied[cap],) = grads
+    assert rows[0.0]["train/kept_rollouts"] > 0 and "loss/is_weight_mean" not in rows[0.0]
+    assert rows[1e-3]["loss/is_weight_mean"] == pytest.approx(1e-3) and rows[1e-3]["loss/is_capped_frac"] == 1.0
+    assert rows[1e-3]["grad/norm"] == pytest.approx(1e-3 * rows[0.0]["grad/norm"], rel=1e-4)
+    for plain, capped in zip(applied[0.0], applied[1e-3]):  # fp32 sums: noise relative to the tensor's scale
+        worst = float((capped - 1e-3 * plain).abs().max() / (1e-3 * plain.abs().max()).clamp(min=1e-30))
+        assert worst < 1e-5
+    assert rows[100.0]["loss/is_capped_frac"] == 0.0 and 1.0 < rows[100.0]["loss/is_ratio_max"] < 100.0
+    assert rows[1e-3]["loss/is_ratio_max"] == pytest.approx(rows[100.0]["loss/is_ratio_max"])  # same rollouts
+    assert rows[100.0]["loss/is_weight_mean"] == pytest.approx(1.0, abs=0.05)
+    assert rows[100.0]["loss/is_weight_mean"] != 1.0  # the bf16 copy's log-probs are not the trainer's
+    assert rows[100.0]["rollout/logprob_mismatch"] > 1e-4
+
+
+def test_truncated_importance_config_rules():
+    from searche1.rollout.types import RolloutConfig
+
+    with pytest.raises(ConfigError, match="tis_cap: must be a finite number >= 0"):
+        from_dict(TrainConfig, {"grpo": {"tis_cap": -1}})
+    with pytest.raises(ConfigError, match="recompute_logprobs: false makes them the same"):
+        from_dict(TrainConfig, {"grpo": {"tis_cap": 2}, "rollout": {"recompute_logprobs": False}})
+    with pytest.raises(ConfigError, match="rollout.vllm_logprobs is 0.5 .*fix: rollout.vllm_logprobs: true"):
+        from_dict(TrainConfig, {"grpo": {"tis_cap": 2}, "rollout": {"engine": "vllm", "vllm_logprobs": 0.5}})
+    cfg = from_dict(TrainConfig, {"grpo": {"tis_cap": 2}, "rollout": {"engine": "vllm"}})
+    assert cfg.rollout.vllm_logprob_fraction() == 1.0  # unset: every episode, since the weights need them
+    assert from_dict(TrainConfig, {"rollout": {"engine": "vllm"}}).rollout.vllm_logprob_fraction() < 1
+    assert isinstance(cfg.rollout, RolloutConfig)
+
+
 def test_vllm_engine_config_errors():
     from searche1.rollout.types import RolloutConfig
 

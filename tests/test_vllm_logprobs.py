@@ -161,3 +161,25 @@ def test_every_ppo_epoch_uses_the_rescored_old_logprobs(fake_vllm, tmp_path):
     (row,) = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward))
     assert row["train/kept_rollouts"] > 0 and 0.9 < row["loss/ratio_mean"] < 1.1
     assert row["loss/approx_kl"] < 0.05  # against the zeros: log-ratios of -6 and below, a k3 KL of 5 and more
+
+
+def test_truncated_importance_weights_get_every_sampler_logprob(fake_vllm, tmp_path):
+    """grpo.tis_cap with a vLLM engine: an unset rollout.vllm_logprobs asks vLLM for every episode's log-probs, and
+    the weights use them (the fake's are all -1, far above the model's: every weight is far below 1, none capped);
+    episodes without them stop the step with the fix."""
+    from test_train import make_config, parity_reward
+
+    from searche1.metrics import read_metrics
+    from searche1.train import run_grpo
+
+    fake_vllm.LLM = lambda **kw: RandomLLM(vocab=550)
+    cfg = make_config(tmp_path, steps=1, tis_cap=2.0)
+    cfg.rollout.engine = "vllm"
+    cfg.validate()
+    assert cfg.rollout.vllm_logprob_fraction() == 1.0
+    (row,) = read_metrics(run_grpo(cfg, tmp_path / "run", progress=False, episode_reward=parity_reward))
+    assert row["train/kept_rollouts"] > 0 and row["loss/is_capped_frac"] == 0.0
+    assert 0 < row["loss/is_weight_mean"] < 0.1  # exp(trainer log-prob + 1), the trainer's near -log(550)
+    cfg.rollout.vllm_logprobs = 0.5  # set after validation: the trainer itself refuses
+    with pytest.raises(ConfigError, match="some episodes came without the sampler's log-probs"):
+        run_grpo(cfg, tmp_path / "run2", progress=False, episode_reward=parity_reward)

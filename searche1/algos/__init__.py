@@ -6,6 +6,8 @@ Imports no model, trainer or config. Each family sits in a small registry keyed 
 - :mod:`.advantages` — ``ADVANTAGES`` (``grpo``, ``no_std``): group-relative advantages per rollout.
 - :mod:`.policy_losses` — ``POLICY_LOSSES`` (``token_mean``, ``seq_mean_token_mean``, ``dr_grpo``): the clipped
   surrogate, keyed by its aggregation (:mod:`.aggregate`).
+- :mod:`.importance` — :func:`truncated_is_weights`: per-token truncated importance weights for the gap between
+  the sampler (vLLM, a bf16 copy) and the trainer (``grpo.tis_cap``; off in Search-E1).
 - :mod:`.kl` — ``REF_KL`` (``k3``): KL to a reference policy (unused by Search-E1, β = 0), and
   :func:`token_logprobs`, memory-efficient fp32 log-probs of the taken tokens.
 
@@ -23,6 +25,7 @@ from searche1.algos.advantages import (
 )
 from searche1.algos.aggregate import AGGREGATIONS, DEFAULT_AGG, masked_aggregate, masked_mean
 from searche1.algos.distill import DISTILL_LOSSES, forward_kl_topk, get_distill_loss, topk_teacher
+from searche1.algos.importance import truncated_is_weights
 from searche1.algos.kl import DEFAULT_REF_KL, REF_KL, get_ref_kl, k3_per_token, kl_k3, token_logprobs
 from searche1.algos.policy_losses import (
     DEFAULT_POLICY_LOSS,
@@ -33,6 +36,7 @@ from searche1.algos.policy_losses import (
 )
 
 __all__ = [
+    "truncated_is_weights",
     "DISTILL_LOSSES",
     "forward_kl_topk",
     "get_distill_loss",

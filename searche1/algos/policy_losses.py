@@ -18,6 +18,8 @@ How this departs from the paper (vanilla GRPO, ε = 0.2, no KL term, per-sequenc
   ``[−20, 20]`` before ``exp``: an inf ratio would give a NaN gradient through ``exp``'s backward.
 - There is no KL to a reference policy here (β = 0 in Search-E1); add :func:`searche1.algos.kl.kl_k3` if wanted.
 - ``advantages`` may also be ``(B, T)`` per-token values; ``(B,)`` is broadcast over the tokens of each sequence.
+- ``is_weight`` (optional, ``(B, T)``, no gradient) multiplies each token's ``ℓ`` before the reduction: the truncated
+  importance weights of :mod:`searche1.algos.importance` (sampler vs trainer), off unless ``grpo.tis_cap`` is set.
 
 Metrics (Python floats, over masked tokens): ``loss/policy``, ``loss/clip_frac`` (tokens whose gradient the clip
 removes: ρ > 1+ε_high with A > 0, or ρ < 1−ε_low with A < 0), ``loss/clip_frac_high``, ``loss/clip_frac_low``,
@@ -57,6 +59,7 @@ def clipped_surrogate(
     agg: str = DEFAULT_AGG,
     max_len: int | None = None,
     denom: float | Tensor | None = None,
+    is_weight: Tensor | None = None,  # (B, T) per-token weights (no gradient), e.g. truncated importance weights
 ) -> tuple[Tensor, dict[str, float]]:  # () loss, metrics
     """Clipped surrogate loss aggregated with ``agg``; ``max_len`` for ``dr_grpo``, ``denom`` for micro-batches.
 
@@ -84,6 +87,10 @@ def clipped_surrogate(
     unclipped = ratio * adv  # (B, T)
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv  # (B, T)
     per_token = -torch.minimum(unclipped, clipped)  # (B, T)
+    if is_weight is not None:
+        if is_weight.shape != logp.shape:
+            raise ValueError(f"is_weight must be (B, T) like logp {tuple(logp.shape)}; got {tuple(is_weight.shape)}")
+        per_token = per_token * is_weight.detach().to(dtype)
     loss = masked_aggregate(per_token, mask, agg, max_len=max_len, denom=denom)
 
     with torch.no_grad():
@@ -117,25 +124,26 @@ def policy_loss(
     agg: str = DEFAULT_AGG,
     max_len: int | None = None,
     denom: float | Tensor | None = None,
+    is_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped surrogate with aggregation ``agg`` (an unknown name fails listing the valid ones)."""
     return get_policy_loss(agg)(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high,
-                                max_len=max_len, denom=denom)
+                                max_len=max_len, denom=denom, is_weight=is_weight)
 
 
 def _bind(agg: str) -> PolicyLossFn:
     def fn(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 0.2,
-           clip_high: float = 0.2, max_len: int | None = None,
-           denom: float | Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+           clip_high: float = 0.2, max_len: int | None = None, denom: float | Tensor | None = None,
+           is_weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         return clipped_surrogate(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, agg=agg,
-                                 max_len=max_len, denom=denom)
+                                 max_len=max_len, denom=denom, is_weight=is_weight)
 
     fn.__name__ = fn.__qualname__ = f"clipped_surrogate_{agg}"
     fn.__doc__ = f"Clipped surrogate reduced by '{agg}': {AGGREGATIONS[agg]}."
     return fn
 
 
-#: aggregation name -> ``fn(logp, old_logp, advantages, mask, *, clip_low, clip_high, max_len, denom)``.
+#: aggregation name -> ``fn(logp, old_logp, advantages, mask, *, clip_low, clip_high, max_len, denom, is_weight)``.
 POLICY_LOSSES: dict[str, PolicyLossFn] = {name: _bind(name) for name in AGGREGATIONS}
 
 

@@ -61,10 +61,11 @@ class RolloutConfig:
     vllm_logprobs: bool | float | None = field(default=None, metadata={
         "help": "vllm engines: the fraction of episodes for which vLLM returns the sampled tokens' log-probs (true = "
                 "1, false = 0), spread evenly over episode indices; they serve only to log rollout/logprob_mismatch "
-                "when the trainer re-scores the samples. Each such token costs vLLM's front end ~8x the CPU of one "
+                "when the trainer re-scores the samples (and grpo.tis_cap's weights, which need all). Each such token costs vLLM's front end ~8x the CPU of one "
                 "without (vLLM 0.20: 52 vs 6 us on this 2-core CPU, benchmarks/vllm_output_cost.py), in the "
                 "trainer's thread when in-process. None = 1/8 when recompute_logprobs is on (the vLLM default), "
-                "all when it is off (then they are the PPO old log-probs, and anything below 1 is an error)"})
+                "all when it is off (then they are the PPO old log-probs, and anything below 1 is an error) or when "
+                "grpo.tis_cap is set"})
     vllm_request_seeds: bool = field(default=True, metadata={
         "help": "vllm engines: one seed per request (episode and turn), so an episode's tokens do not depend on its "
                 "batch mates, vLLM's scheduling, the rank split or a resume; false: vLLM's own generator (seeded "
