@@ -27,6 +27,8 @@ RANK_SCRIPT = textwrap.dedent("""
     from test_train import make_config, parity_reward
     from searche1.train import run_grpo
     cfg = make_config(Path({root!r}), steps=2, questions_per_step=4, **{extra!r})
+    for k, v in {rollout!r}.items():
+        setattr(cfg.rollout, k, v)
     run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
 """)
 
@@ -57,12 +59,19 @@ def assert_same_grads(root: Path, steps, prefix: str = "") -> None:
             assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), (step, k, (ga[k] - gb[k]).abs().max())
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
-    cfg = make_config(tmp_path, steps=2, questions_per_step=4)
+@pytest.mark.parametrize("extra, rollout", [({}, {}), ({}, {"sampler_dtype": "bfloat16"})],
+                         ids=["fp32-sampler", "bf16-copy"])
+def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, extra, rollout):
+    """Also with a bf16 sampling copy: the "old" log-probs come from the loss forward, so the gradients do not
+    depend on the copy's log-probs, which round differently in a batch of another shape (a rank's half); the gap to
+    them is logged from both ranks."""
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4, **extra)
+    for k, v in rollout.items():
+        setattr(cfg.rollout, k, v)
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
-    launch_ranks(RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), extra={}),
-                 world=2, grads=tmp_path / "grads-dp")
+    launch_ranks(RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), extra=extra,
+                                    rollout=rollout), world=2, grads=tmp_path / "grads-dp")
     a, b = read_metrics(single), read_metrics(tmp_path / "dp")
     assert [r["step"] for r in b] == [1, 2]  # rank 0 logs once per step
     assert any(r["train/kept_rollouts"] > 0 for r in a)  # the step carried signal
@@ -73,6 +82,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
                   "loss/clip_frac", "loss/approx_kl"):  # loss statistics merge over ranks by kind (LossStats)
             if k in ra:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
+        assert ("rollout/logprob_mismatch" in rb) == bool(rollout)
+        if rollout:  # the copy rounds differently in a rank's half batch (measured: within 1%)
+            assert rb["rollout/logprob_mismatch"] == pytest.approx(ra["rollout/logprob_mismatch"], rel=0.05)
     # the full-batch gradient of each step (after the all-reduce, before clipping) equals the single process's;
     # step 2's gradient is taken at the weights after step 1, so it also checks the first update
     assert_same_grads(tmp_path, (1, 2))
@@ -89,7 +101,7 @@ def test_zero1_sharded_optimizer_matches_one_process_and_resumes(tmp_path):
     cfg = make_config(tmp_path, steps=2, questions_per_step=4, sharding="optimizer")
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
     script = RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"),
-                                extra={"sharding": "optimizer"})
+                                extra={"sharding": "optimizer"}, rollout={})
     launch_ranks(script, world=2, grads=tmp_path / "g")
     a, b = read_metrics(single), read_metrics(tmp_path / "dp")
     for ra, rb in zip(a, b):
@@ -116,7 +128,8 @@ def test_fsdp_full_sharding_matches_one_process_and_resumes(tmp_path, monkeypatc
     cfg = make_config(tmp_path, steps=2, questions_per_step=4, **extra)
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
-    script = RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), extra=extra)
+    script = RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), extra=extra,
+                                rollout={})
     launch_ranks(script, world=2, grads=tmp_path / "grads-dp")
     a, b = read_metrics(single), read_metrics(tmp_path / "dp")
     assert any(r["grpo/zero_std_groups"] > 0 for r in a) and all(r["train/kept_rollouts"] > 0 for r in a)
