@@ -17,10 +17,14 @@ for that layer's forward and backward. What the rest of the trainer sees:
 * **Checkpoints stay plain.** Rank 0 writes the gathered full weights in HF layout and the gathered full AdamW
   state keyed by parameter name (:func:`full_optimizer_state`); :func:`load_optimizer_state` reads either that or
   a plain index-keyed AdamW state into a sharded or unsharded run.
+* **bf16 gathers** (``grpo.fsdp_param_dtype``; by default whenever bf16 autocast is on): FSDP's
+  ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` all-gathers each layer's weights in bf16 and
+  computes with them, then reduce-scatters the gradients in fp32 into the fp32 shards AdamW updates (what veRL and
+  accelerate configure). Half the all-gather traffic and gathered-weight memory of the fp32 gathers; the numbers
+  differ from the replicated trainer's autocast at bf16 rounding (norm weights and embeddings are bf16 too).
 
 Departures: only the GRPO stage shards fully (OFSD phases run replicated, optionally with ZeRO-1); LoRA policies and
-the ``vllm-server`` engine are refused with ``sharding: full``; no CPU offload and no mixed-precision policy of
-FSDP's own (bf16 autocast as in the replicated trainer).
+the ``vllm-server`` engine are refused with ``sharding: full``; no CPU offload.
 """
 
 from __future__ import annotations
@@ -40,18 +44,21 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard_model(model: Any, dist: Dist, device: str) -> Any:
-    """FSDP2 over every ``*DecoderLayer`` module, then the root (embeddings, final norm, a tied head)."""
+def shard_model(model: Any, dist: Dist, device: str, param_dtype: torch.dtype | None = None) -> Any:
+    """FSDP2 over every ``*DecoderLayer`` module, then the root (embeddings, final norm, a tied head).
+    ``param_dtype`` (e.g. bf16): gather and compute in it, reduce gradients in fp32 (module docstring)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.split(":")[0], (dist.world,))
     layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
     if not layers:
         raise ValueError(f"sharding: full found no *DecoderLayer modules in {type(model).__name__}")
+    kw = {} if param_dtype is None else {"mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype,
+                                                                          reduce_dtype=torch.float32)}
     for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, **kw)
+    fully_shard(model, mesh=mesh, **kw)
     return model  # gradients are averaged over ranks: backpropagate world × loss for their sum
 
 

@@ -98,6 +98,11 @@ class GRPOConfig:
     sharding: Literal["none", "optimizer", "full"] = field(default="none", metadata={
         "help": "under several ranks: none (replicas) | optimizer (ZeRO-1: AdamW state split) | full (FSDP: "
                 "weights, gradients and state split)"})
+    fsdp_param_dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
+        "help": "sharding: full: the dtype FSDP all-gathers the weights in and computes with (its "
+                "MixedPrecisionPolicy: gradients are reduced in fp32 into the fp32 shards AdamW updates); "
+                "bfloat16 halves the all-gather traffic and the gathered copies. auto = bfloat16 when bf16 autocast "
+                "is on (grpo.bf16), else float32. Its speed is not yet measured on GPUs"})
 
     def validate(self) -> None:
         for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
@@ -113,6 +118,9 @@ class GRPOConfig:
             raise ConfigError(f"tis_cap: must be a finite number >= 0 (0 = off); got {self.tis_cap}")
         if self.sharding not in ("none", "optimizer", "full"):
             raise ConfigError(f"sharding: unknown '{self.sharding}' (fix: use none, optimizer or full)")
+        if self.fsdp_param_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"fsdp_param_dtype: unknown '{self.fsdp_param_dtype}' (fix: auto, float32 or "
+                              f"bfloat16)")
         # the registry names resolve only when training starts (after the model is loaded and --out written): check
         # them here, so a typo fails before anything is loaded or written
         from searche1.algos import get_advantage, get_policy_loss
@@ -320,14 +328,15 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                                        model_path=resolve_model_path(model_cfg.name_or_path),
                                                        sync_dir=out / f"vllm-sync-rank{d.rank}", copy=full,
                                                        seed=g.seed * 1000 + d.rank)  # vLLM's own generator
+    autocast = use_bf16(g.bf16, device)
     if full:
-        shard_model(model, d, device)
+        gather_bf16 = g.fsdp_param_dtype == "bfloat16" or (g.fsdp_param_dtype == "auto" and autocast)
+        shard_model(model, d, device, param_dtype=torch.bfloat16 if gather_bf16 else None)
     eval_model = getattr(engine, "model", model) if full else model  # rank 0's dev evals: unsharded weights
     ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
                              "name_or_path": reference or cfg.model.name_or_path})
     ref_model = load_policy(ref_cfg)[0] if g.kl_beta > 0 else None  # β = 0 (Search-E1): no reference model
     share_ref = ref_model is not None and can_share_prefix(ref_model)
-    autocast = use_bf16(g.bf16, device)
     questions = [q for f in cfg.data.train for q in load_qa(f)]
     dev = load_qa_files(cfg.data.dev) if cfg.data.dev and g.eval_every else {}
     params = [p for p in model.parameters() if p.requires_grad]

@@ -157,6 +157,52 @@ def test_fsdp_full_sharding_matches_one_process_and_resumes(tmp_path, monkeypatc
     assert [r["step"] for r in read_metrics(tmp_path / "dp-single")] == [1, 2, 3, 4]
 
 
+FSDP_BF16_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    import searche1.sharding as sh
+    from test_train import make_config, parity_reward
+    from searche1.train import run_grpo
+    seen, real = [], sh.shard_model
+
+    def spy(model, *a, **kw):  # the dtype a decoder layer's weights have while it runs
+        out = real(model, *a, **kw)
+        layer = next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+        layer.register_forward_pre_hook(lambda mod, args: seen.append(str(mod.mlp.down_proj.weight.dtype)))
+        return out
+
+    sh.shard_model = spy
+    cfg = make_config(Path({root!r}), steps=1, questions_per_step=4, sharding="full", bf16="on")
+    run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
+    Path({out!r}, "seen-" + str(__import__("os").environ["RANK"])).write_text(json.dumps(sorted(set(seen))))
+""")
+
+
+def test_fsdp_bf16_gathers_keep_fp32_shards_and_match_autocast(tmp_path, monkeypatch):
+    """grpo.fsdp_param_dtype: auto under bf16 autocast: FSDP gathers and computes with bf16 weights (seen inside a
+    decoder layer), the checkpoint and AdamW keep fp32, and the step's full gradient is the one-process autocast
+    gradient up to bf16 rounding."""
+    cfg = make_config(tmp_path, steps=1, questions_per_step=4, sharding="full", bf16="on")
+    monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
+    single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    launch_ranks(FSDP_BF16_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp")), world=2,
+                 grads=tmp_path / "grads-dp")
+    for r in range(2):
+        assert json.loads((tmp_path / "dp" / f"seen-{r}").read_text()) == ["torch.bfloat16"]
+    a, b = read_metrics(single)[0], read_metrics(tmp_path / "dp")[0]
+    assert a["train/kept_rollouts"] == b["train/kept_rollouts"] > 0 and a["reward/em"] == b["reward/em"]
+    ga = load_file(str(tmp_path / "grads-single" / "step-1.safetensors"))
+    gb = load_file(str(tmp_path / "grads-dp" / "step-1.safetensors"))
+    assert ga.keys() == gb.keys() and all(g.dtype == torch.float32 for g in gb.values())
+    errs = {k: float((ga[k] - gb[k]).norm() / ga[k].norm().clamp(min=1e-30)) for k in ga}
+    assert max(errs.values()) < 0.05, max(errs.items(), key=lambda kv: kv[1])  # bf16 keeps ~3 significant digits
+    wb = weights(list_checkpoints(tmp_path / "dp")[-1])
+    assert all(w.dtype == torch.float32 for w in wb.values())
+    ob = torch.load(list_checkpoints(tmp_path / "dp")[-1] / "optimizer.pt", weights_only=False)
+    assert all(v["exp_avg"].dtype == torch.float32 for v in ob["state"].values())
+
+
 def test_shard_and_merge():
     assert [Dist(r, 2).shard(4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
     with pytest.raises(ConfigError, match="questions_per_step: 5 does not split evenly over 2 ranks"):
