@@ -91,7 +91,7 @@ def project(c: Costs, p: Plan, gpus: int) -> dict[str, float]:
     pairs = p.ofsd_questions * p.pair_rate
     out = {
         "grpo_rollout_h": grpo_eps * episode_s,
-        # with one PPO epoch the loss forward's log-probs are the "old" ones (searche1.train._fuse_rescore)
+        # with one PPO epoch the loss forward's log-probs are the "old" ones (searche1.old_logprobs.fuse_rescore)
         "grpo_rescore_h": grpo_eps * seq / c.forward_tps if p.recompute_logprobs and p.ppo_epochs > 1 else 0.0,
         "grpo_train_h": grpo_eps * seq * p.ppo_epochs / c.train_tps,
         "ofsd_rollout_h": ofsd_eps * episode_s,

@@ -1,4 +1,4 @@
-"""GRPO update time with and without the trainer's re-scoring pass (``searche1.train._fuse_rescore``).
+"""GRPO update time with and without the trainer's re-scoring pass (``searche1.old_logprobs.fuse_rescore``).
 
 When the sampler's log-probs are not the trainer's (a bf16 sampling copy where bf16 is native, or vLLM), the trainer
 needs the "old" log-probs in its own precision. With several PPO epochs that is a no-grad pass of its own before the
@@ -39,14 +39,14 @@ def run(demo: Path, data: Path, steps: int, fuse: bool, seed: int) -> list[dict]
         "grpo": {"steps": steps, "questions_per_step": 4, "group_size": 5, "lr": 1e-5, "warmup_steps": 1,
                  "save_every": 1000, "seed": seed},
     })
-    real = train._fuse_rescore
-    train._fuse_rescore = lambda recompute, epochs: fuse and real(recompute, epochs)
+    real = train.fuse_rescore
+    train.fuse_rescore = lambda recompute, epochs: fuse and real(recompute, epochs)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = train.run_grpo(cfg, Path(tmp) / "run", progress=False)
             return read_metrics(out)
     finally:
-        train._fuse_rescore = real
+        train.fuse_rescore = real
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from searche1.data.types import QAExample
 from searche1.health import HealthConfig
 from searche1.io import fault_point
 from searche1.models import ModelConfig
+from searche1.old_logprobs import add_gap, fuse_rescore, rescore
 from searche1.retrieval.config import RetrievalConfig
 from searche1.rollout.types import Episode, RolloutConfig
 from searche1.scoring import can_share_prefix, masked_logprobs, micro_batches
@@ -359,7 +360,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     recompute = cfg.rollout.recompute_logprobs
     if recompute is None:
         recompute = not exact_logprobs  # a bf16 sampling copy or vLLM: its log-probs are not the trainer's
-    fused = _fuse_rescore(recompute, g.ppo_epochs)
+    fused = fuse_rescore(recompute, g.ppo_epochs)
     gen_budget = cfg.rollout.max_turn_tokens * (cfg.rollout.max_searches + 1)
     sync_sampler()  # a reused colocated vLLM engine or a server may hold another phase's (or an older run's) weights
     if dev and start == 0 and d.is_main:  # the starting point of the dev curve
@@ -419,7 +420,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 has = torch.tensor([eps[i].sampler_logprobs for i in rows[:len(keep)]]
                                    + [False] * (len(rows) - len(keep)))
                 if not fused:
-                    old, gap = _rescore(model, ids, attn, mask, old, micros, cfg.rollout, device, autocast, has)
+                    old, gap = rescore(model, ids, attn, mask, old, micros, cfg.rollout, device, autocast, has)
         for _epoch in range(g.ppo_epochs):
             opt.zero_grad(set_to_none=True)
             if not kept_all:
@@ -436,7 +437,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 b_mask = mask[sl].to(device)
                 if fused:  # one epoch: the "old" policy is this forward's own (ratio 1), no re-scoring pass
                     b_old = logp.detach()
-                    gap = _add_gap(gap, b_old.cpu(), old[sl], mask[sl], has[sl])
+                    gap = add_gap(gap, b_old.cpu(), old[sl], mask[sl], has[sl])
                 else:
                     b_old = old[sl].to(device)
                 w, wm = truncated_is_weights(b_old, sampled[sl].to(device), b_mask, g.tis_cap) if g.tis_cap else \
@@ -530,38 +531,6 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     if metrics_log is not None:
         metrics_log.close()
     return out
-
-
-def _fuse_rescore(recompute: bool, ppo_epochs: int) -> bool:
-    """Whether the loss forward stands in for the re-scoring pass. With one PPO epoch the re-scored log-probs would
-    equal that forward's own (same weights; these models have no dropout), so its detached log-probs are the "old"
-    policy (ratio 1, as TRL does with one iteration) and the gap to the sampler is taken from them: one forward over
-    the batch fewer per step. With several epochs every epoch needs the same fixed "old" log-probs: a pass of its
-    own."""
-    return recompute and ppo_epochs == 1
-
-
-@torch.no_grad()
-def _rescore(model, ids, attn, mask, old, micros: list[tuple[list[int], int]], rollout: RolloutConfig, device: str,
-             autocast: bool, has_sampler: torch.Tensor):
-    """The trainer's own log-probs of the sampled tokens (the PPO "old" policy) and their mean absolute gap to the
-    sampler's over the policy tokens of the rows where ``has_sampler`` (bool, per row), as (sum, tokens)."""
-    was = model.training
-    model.eval()
-    temp = rollout.temperature if not rollout.greedy else 1.0
-    new = torch.zeros_like(old)
-    for sl, prefix in micros:  # (row positions, shared prefix length): searche1.scoring.micro_batches
-        new[sl] = masked_logprobs(model, ids[sl], attn[sl], mask[sl], temperature=temp, device=device,
-                                  autocast=autocast, prefix=prefix).cpu()
-    model.train(was)
-    return new * mask, _add_gap((0.0, 0.0), new, old, mask, has_sampler)
-
-
-def _add_gap(gap: tuple[float, float], new, old, mask, has_sampler: torch.Tensor) -> tuple[float, float]:
-    """``gap`` (sum, tokens) plus the absolute log-prob gap between ``new`` (trainer) and ``old`` (sampler) over the
-    policy tokens (``mask``) of the rows where ``has_sampler``."""
-    m = mask * has_sampler[:, None].to(mask.dtype)
-    return gap[0] + float(((new - old).abs() * m).sum()), gap[1] + float(m.sum())
 
 
 def _dump_grads(model, path: Path, d) -> None:

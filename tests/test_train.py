@@ -238,12 +238,13 @@ def test_one_epoch_takes_old_logprobs_from_the_loss_forward(tmp_path, monkeypatc
     """With one PPO epoch and a sampler whose log-probs are not the trainer's (a bf16 copy), the loss forward's own
     log-probs are the "old" policy: no re-scoring pass (half the forwards), and the same gradients, loss and logged
     sampler gap as with that pass."""
+    import searche1.old_logprobs
     import searche1.train
     from tiny import spy_adamw_grads
 
     grads = spy_adamw_grads(monkeypatch)
     calls = {"forward": 0, "rescore": 0}
-    real_lp, real_rescore = searche1.train.masked_logprobs, searche1.train._rescore
+    real_lp, real_rescore = searche1.train.masked_logprobs, searche1.train.rescore
 
     def lp(*a, **kw):
         calls["forward"] += 1
@@ -254,11 +255,12 @@ def test_one_epoch_takes_old_logprobs_from_the_loss_forward(tmp_path, monkeypatc
         return real_rescore(*a, **kw)
 
     monkeypatch.setattr(searche1.train, "masked_logprobs", lp)
-    monkeypatch.setattr(searche1.train, "_rescore", rescore)
+    monkeypatch.setattr(searche1.old_logprobs, "masked_logprobs", lp)  # the re-scoring pass's forwards
+    monkeypatch.setattr(searche1.train, "rescore", rescore)
     rows, applied, counts = {}, {}, {}
     for fuse in (True, False):
         if not fuse:
-            monkeypatch.setattr(searche1.train, "_fuse_rescore", lambda recompute, epochs: False)
+            monkeypatch.setattr(searche1.train, "fuse_rescore", lambda recompute, epochs: False)
         grads.clear()
         calls.update(forward=0, rescore=0)
         cfg = make_config(tmp_path, steps=1, micro_batch_size=3)

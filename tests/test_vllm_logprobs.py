@@ -104,7 +104,7 @@ def test_rescore_gap_counts_only_sampler_rows():
     """The mismatch is over the policy tokens of rows whose sampler returned log-probs; the re-scored log-probs are
     the trainer's for every row."""
     from searche1.scoring import micro_batches
-    from searche1.train import _rescore
+    from searche1.old_logprobs import rescore
 
     V = 7
     micros = micro_batches([[0]] * 3, 2, share=False)  # rows 0-1, then row 2
@@ -118,12 +118,12 @@ def test_rescore_gap_counts_only_sampler_rows():
     mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0]], dtype=torch.float32)[:, 1:]
     old = torch.tensor([[-1.0] * 5, [0.0] * 5, [-2.0] * 5]) * mask
     has = torch.tensor([True, False, True])
-    new, (gap_sum, n) = _rescore(Uniform(), ids, attn, mask, old, micros, RolloutConfig(), "cpu", False, has)
+    new, (gap_sum, n) = rescore(Uniform(), ids, attn, mask, old, micros, RolloutConfig(), "cpu", False, has)
     lv = math.log(V)
     assert torch.allclose(new, -lv * mask)
     assert n == 3 + 2 and gap_sum == pytest.approx(3 * abs(lv - 1) + 2 * abs(lv - 2), rel=1e-5)
-    assert _rescore(Uniform(), ids, attn, mask, old, micros, RolloutConfig(), "cpu", False, has | True)[1][1] == 10
-    assert _rescore(Uniform(), ids, attn, mask, old, micros, RolloutConfig(), "cpu", False, has & False)[1] == (0.0, 0.0)
+    assert rescore(Uniform(), ids, attn, mask, old, micros, RolloutConfig(), "cpu", False, has | True)[1][1] == 10
+    assert rescore(Uniform(), ids, attn, mask, old, micros, RolloutConfig(), "cpu", False, has & False)[1] == (0.0, 0.0)
 
 
 def test_grpo_without_vllm_logprobs_rescored_and_no_mismatch(fake_vllm, tmp_path):
