@@ -146,16 +146,35 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
 
     # the GRPO phases' sampler: the run's vLLM engine, or HF on a bf16 copy where bf16 is native (the trained
     # weights are fp32), else the policy itself
+    full = cfg.ofsd.sharding == "full" and dist.enabled  # FSDP (searche1.sharding)
+    if full and (cfg.model.lora_r > 0 or cfg.rollout.engine == "vllm-server"):
+        raise ConfigError("ofsd.sharding: full does not combine with LoRA or rollout.engine: vllm-server (fix: "
+                          "sharding: optimizer)")
+    # under FSDP the sampler is an unsharded copy, made (like the teacher's) before the weights are sharded
     engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
                                   model_path=resolve_model_path(model_cfg.name_or_path),
                                   sync_dir=pdir / f"vllm-sync-rank{dist.rank}", device=str(model_cfg.device),
-                                  seed=seed * 1000 + dist.rank)
+                                  seed=seed * 1000 + dist.rank, copy=full)
     sync()  # a reused colocated engine (or a server) holds the previous phase's weights
+    shard = None
+    if full:
+        from searche1.sharding import shard_model
+        from searche1.train import use_bf16
+
+        g = cfg.grpo
+        bf16 = g.fsdp_param_dtype == "bfloat16" or (g.fsdp_param_dtype == "auto" and
+                                                      use_bf16(cfg.ofsd.bf16, str(model_cfg.device)))
+        shard = lambda m: shard_model(m, dist, str(model_cfg.device),  # noqa: E731
+                                      param_dtype=torch.bfloat16 if bf16 else None)
     metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
-                             progress=progress, episode_reward=episode_reward, dist=dist, engine=engine)
+                             progress=progress, episode_reward=episode_reward, dist=dist, engine=engine,
+                             before_training=shard)
+    from searche1.sharding import full_model_state, is_sharded
+
+    state = full_model_state(model) if is_sharded(model) else None  # every rank takes part in the gather
     if dist.is_main:
         with atomic_dir(pdir / "model", overwrite=True) as tmp:
-            save_policy(model, tok, tmp)  # HF layout; LoRA merged
+            save_policy(model, tok, tmp, state_dict=state)  # HF layout; LoRA merged
         write_json(pdir / "metrics.json", metrics)
     dist.barrier()
     return pdir / "model", metrics

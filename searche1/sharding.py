@@ -23,8 +23,9 @@ for that layer's forward and backward. What the rest of the trainer sees:
   accelerate configure). Half the all-gather traffic and gathered-weight memory of the fp32 gathers; the numbers
   differ from the replicated trainer's autocast at bf16 rounding (norm weights and embeddings are bf16 too).
 
-Departures: only the GRPO stage shards fully (OFSD phases run replicated, optionally with ZeRO-1); LoRA policies and
-the ``vllm-server`` engine are refused with ``sharding: full``; no CPU offload.
+The OFSD phase shards the same way (``ofsd.sharding: full``: :mod:`searche1.ofsd.phase`, which pads ranks to lockstep
+with idle zero-loss passes). Departures: LoRA policies and the ``vllm-server`` engine are refused with
+``sharding: full``; no CPU offload.
 """
 
 from __future__ import annotations

@@ -256,19 +256,29 @@ OFSD_RANK_SCRIPT = textwrap.dedent("""
     from tiny import tiny_model, tiny_retriever, tiny_tokenizer
     from searche1.distributed import init_distributed
     from searche1.ofsd.phase import run_ofsd_phase
+    from searche1.sharding import shard_model
     d = init_distributed("cpu")
     tok = tiny_tokenizer()
-    out = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS,
-                         cfg(epochs=2, teacher_mode={mode!r}, topk=32, **{extra!r}), ROLLOUT, {work!r}, progress=False, episode_reward=parity_reward, dist=d)
+    c = cfg(epochs=2, teacher_mode={mode!r}, topk=32, **{extra!r})
+    shard = (lambda m: shard_model(m, d, "cpu")) if c.sharding == "full" else None
+    out = run_ofsd_phase(tiny_model(tok), tok, tiny_retriever(), QS, c, ROLLOUT, {work!r}, progress=False,
+                         episode_reward=parity_reward, dist=d, before_training=shard)
     if d.is_main:
         json.dump(out, open({metrics!r}, "w"))
 """)
 
 
-@pytest.mark.parametrize("mode, extra", [("exact", {}), ("topk", {}), ("exact", {"questions": 2, "min_pairs": 5})])
+# 3 pairs a step, one per micro-batch: rank 0 runs two, rank 1 one and an idle pass (lockstep under FSDP)
+FSDP_OFSD = {"sharding": "full", "pairs_per_step": 3, "micro_batch_size": 1}
+
+
+@pytest.mark.parametrize("mode, extra", [("exact", {}), ("topk", {}), ("exact", {"questions": 2, "min_pairs": 5}),
+                                         ("exact", FSDP_OFSD), ("topk", FSDP_OFSD)],
+                         ids=["exact", "topk", "min-pairs", "exact-fsdp", "topk-fsdp"])
 def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode, extra):
     """The OFSD phase data-parallel: same rollouts, pairs and per-step full gradients as one process; with
-    ``min_pairs`` the ranks also extend the sampling by the same batches of questions."""
+    ``min_pairs`` the ranks also extend the sampling by the same batches of questions; with ``sharding: full``
+    (FSDP, the model sharded after the teacher copy) a rank without a pair in a step joins with an idle pass."""
     from test_ofsd_phase import QS, ROLLOUT, cfg, parity_reward
     from tiny import tiny_model, tiny_retriever, tiny_tokenizer
 
@@ -282,7 +292,7 @@ def test_ofsd_phase_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, mode
                                          metrics=str(tmp_path / "dp.json")), world=2, grads=tmp_path / "grads-dp")
     b = json.loads((tmp_path / "dp.json").read_text())
     assert a["ofsd/pairs"] >= 3 and a["ofsd/steps"] >= 4  # odd pair counts leave one rank idle in some steps
-    if extra:
+    if "min_pairs" in extra:
         assert a["ofsd/batches"] >= 2  # the first 2 questions gave fewer than 5 pairs
     for k in ("ofsd/rollouts", "ofsd/reward_em", "ofsd/pairs", "ofsd/steps", "ofsd/train_tokens",
               "ofsd/teacher_bytes_per_token", "ofsd/questions", "ofsd/batches"):
@@ -302,8 +312,10 @@ PIPELINE_RANK_SCRIPT = textwrap.dedent("""
     from test_pipeline import pipeline_config
     from test_train import parity_reward
     from searche1.pipeline import run_pipeline
-    run_pipeline(pipeline_config(Path({root!r})), Path({out!r}), resume={resume!r}, progress=False,
-                 episode_reward=parity_reward)
+    cfg = pipeline_config(Path({root!r}))
+    for section, field, value in {overrides!r}:
+        setattr(getattr(cfg, section) if section else cfg, field, value)
+    run_pipeline(cfg, Path({out!r}), resume={resume!r}, progress=False, episode_reward=parity_reward)
 """)
 
 
@@ -316,7 +328,7 @@ def test_pipeline_with_ofsd_runs_on_two_ranks_and_resumes(tmp_path):
 
     run_pipeline(pipeline_config(tmp_path), tmp_path / "single", progress=False, episode_reward=parity_reward)
     single = json.loads((tmp_path / "single" / "pipeline.json").read_text())
-    script = dict(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"))
+    script = dict(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"), overrides=[])
     launch_ranks(PIPELINE_RANK_SCRIPT.format(**script, resume=False), world=2, grads=tmp_path / "g")
     dp = json.loads((tmp_path / "dp" / "pipeline.json").read_text())
     assert [p["kind"] for p in dp["phases"]] == ["grpo", "ofsd", "grpo"]
@@ -329,3 +341,36 @@ def test_pipeline_with_ofsd_runs_on_two_ranks_and_resumes(tmp_path):
     before = (tmp_path / "dp" / "pipeline.json").read_text()
     launch_ranks(PIPELINE_RANK_SCRIPT.format(**script, resume=True), world=2, grads=tmp_path / "g")
     assert (tmp_path / "dp" / "pipeline.json").read_text() == before
+
+
+def test_pipeline_with_fsdp_ofsd_matches_one_process(tmp_path, monkeypatch):
+    """ofsd.sharding: full (and grpo.sharding: full) through the pipeline on 2 gloo ranks: the sampler is an
+    unsharded copy, the model is sharded after the teacher copy, and rank 0 saves the gathered weights: the same
+    pairs, KL and (to AdamW rounding) weights as one process."""
+    from test_pipeline import pipeline_config
+
+    from searche1.pipeline import run_pipeline
+
+    overrides = [("", "schedule", ["grpo", "ofsd"]), ("grpo", "sharding", "full"), ("ofsd", "sharding", "full")]
+    cfg = pipeline_config(tmp_path)
+    for section, field, value in overrides:
+        setattr(getattr(cfg, section) if section else cfg, field, value)
+    monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
+    run_pipeline(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    launch_ranks(PIPELINE_RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"),
+                                             overrides=overrides, resume=False), world=2, grads=tmp_path / "grads-dp")
+    a, b = (json.loads((tmp_path / r / "pipeline.json").read_text())["phases"][1]["metrics"] for r in ("single", "dp"))
+    assert a["ofsd/pairs"] >= 1 and a["ofsd/steps"] >= 1
+    for k in ("ofsd/rollouts", "ofsd/reward_em", "ofsd/pairs", "ofsd/steps", "ofsd/train_tokens"):
+        assert b[k] == a[k], k
+    for k in ("ofsd/kl_first", "ofsd/kl_last", "ofsd/grad_norm"):
+        assert b[k] == pytest.approx(a[k], rel=1e-4), k
+    assert_same_grads(tmp_path, range(1, int(a["ofsd/steps"]) + 1), "ofsd-")  # every OFSD step's full gradient
+    wa, wb = (load_file(str(tmp_path / r / "phase-01-ofsd" / "model" / "model.safetensors")) for r in ("single", "dp"))
+    start = tmp_path / "dp" / "phase-00-grpo" / "checkpoints" / "step-000002"  # the GRPO output: OFSD's start
+    w0 = load_file(str(start / "model.safetensors"))
+    assert wa.keys() == wb.keys() == w0.keys() and all(w.dtype == torch.float32 for w in wb.values())
+    moved = max(float((wb[k] - w0[k]).abs().max()) for k in wb)
+    gap = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert moved > 0.5 * cfg.ofsd.lr and gap < 0.1 * moved  # the saved weights are the trained ones (gap ~3e-6)
+

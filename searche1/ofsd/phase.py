@@ -50,7 +50,11 @@ Choices and departures from the paper (all options of :class:`OFSDConfig` unless
   pool and walks the same epoch order, and pair ``j`` is owned by rank ``j mod world``: the owner computes its
   teacher targets (exact logits, or its own top-k cache ``teacher-rank{r}/``) and its student forward/backward.
   Every step uses the whole step's token count as normaliser and sums the gradients over ranks with one all-reduce
-  before clipping, so N ranks take the single-process steps (tested with 2 gloo processes against one).
+  before clipping, so N ranks take the single-process steps (tested with 2 gloo processes against one). With
+  ``sharding: full`` the caller's ``before_training`` shards the policy with FSDP after the teacher copy (the
+  pipeline samples from an unsharded copy); each step every rank runs as many forward/backward passes as the rank
+  with the most micro-batches (idle zero-loss passes on one pad token), with no shared prompt prefixes, and FSDP's
+  reduce-scatter sums the gradients (the loss is scaled by the world size against its averaging).
 * **Metrics.** ``ofsd/kl_first`` / ``ofsd/kl_last`` are the token-weighted means of the unclipped per-token
   divergence over the first and last epoch, measured on the fly (each step's value is taken before its update);
   ``ofsd/kl`` = ``ofsd/kl_last``. Without pairs the KL keys are absent and the model is untouched.
@@ -66,25 +70,19 @@ import random
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from searche1.algos.distill import (
-    DEFAULT_BETA,
-    DEFAULT_CLIP,
-    DEFAULT_TOPK,
-    forward_kl_topk,
-    get_distill_loss,
-    topk_teacher,
-)
+from searche1.algos.distill import forward_kl_topk, get_distill_loss, topk_teacher
 from searche1.distributed import Dist, make_adamw
 from searche1.errors import ConfigError
-from searche1.ofsd.contexts import ContextFn, get_context, student_sequence, teacher_sequence
-from searche1.ofsd.pairs import REFERENCE_RULES, STUDENT_RULES, Pair, mine_pairs
+from searche1.ofsd.config import OFSDConfig
+from searche1.ofsd.contexts import ContextFn, student_sequence, teacher_sequence
+from searche1.ofsd.pairs import Pair, mine_pairs
 from searche1.ofsd.sampling import EpisodeReward, sample_groups
 from searche1.ofsd.teacher import TeacherShards, bytes_per_token, write_teacher_shards
 from searche1.rollout.types import RolloutConfig
@@ -109,89 +107,6 @@ __all__ = [
     "step_micro_batches",
 ]
 
-
-
-@dataclass
-class OFSDConfig:
-    samples_per_question: int = field(default=5, metadata={"help": "rollouts re-sampled per question (K)"})
-    questions: int = field(default=32, metadata={"help": "training questions sampled per phase (seeded; all if fewer)"})
-    min_pairs: int = field(default=0, metadata={
-        "help": "if the sampled questions give fewer pairs, sample further batches of `questions` new questions "
-                "until this many (0 = one batch, as the paper)"})
-    max_questions: int = field(default=0, metadata={
-        "help": "cap on the questions one phase samples while min_pairs extends it (0 = 4 × questions; at or below "
-                "questions: no extension)"})
-    context: str = field(default="sibling", metadata={"help": "teacher's privileged context: sibling | answer | "
-                                                              "hindsight"})
-    show_information: bool = field(default=True, metadata={"help": "sibling: show τ_ref's retrieved passages"})
-    show_answer: bool = field(default=True, metadata={"help": "sibling: show τ_ref's <answer>"})
-    student: str = field(default="most_different", metadata={"help": "most_different | all_others"})
-    reference: str = field(default="fewest_searches", metadata={"help": "fewest_searches | shortest"})
-    correct_threshold: float = field(default=1.0, metadata={"help": "reward at or above which a rollout is correct"})
-    loss: str = field(default="forward_kl", metadata={"help": "forward_kl | reverse_kl | jsd"})
-    clip: float | None = field(default=DEFAULT_CLIP, metadata={"help": "point-wise clip of each vocabulary entry's "
-                                                                        "term; null = off"})
-    jsd_beta: float = field(default=DEFAULT_BETA, metadata={"help": "JSD teacher weight (0.5 = symmetric)"})
-    teacher_mode: Literal["exact", "topk"] = field(default="exact", metadata={
-        "help": "exact: full teacher logits each micro-batch; topk: top-k + tail cached once to work_dir/teacher"})
-    topk: int = field(default=DEFAULT_TOPK, metadata={"help": "teacher entries kept in topk mode"})
-    pairs_per_shard: int = field(default=64, metadata={"help": "pairs per teacher cache shard (topk mode)"})
-    max_teacher_tokens: int = field(default=4096, metadata={"help": "skip pairs whose teacher sequence is longer"})
-    epochs: int = field(default=2, metadata={"help": "passes over the pair pool"})
-    lr: float = field(default=1e-6, metadata={"help": "AdamW learning rate (constant)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    pairs_per_step: int = field(default=8, metadata={"help": "pairs per optimizer step"})
-    micro_batch_size: int = field(default=2, metadata={"help": "pairs per forward/backward"})
-    share_prompt: bool = field(default=True, metadata={
-        "help": "run the prompt prefix a micro-batch's student (and teacher) sequences share (the instructions) "
-                "once and the rows on its KV cache: the same loss and gradients for less compute"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 disables)"})
-    bf16: Literal["auto", "on", "off"] = field(default="auto", metadata={
-        "help": "bf16 autocast for teacher and student; auto = GPU or CPU with native bf16"})
-    reward: str = field(default="em", metadata={"help": "reward of the re-sampled rollouts: em | f1"})
-    sharding: Literal["none", "optimizer"] = field(default="none", metadata={
-        "help": "under several ranks: none (replicas) | optimizer (ZeRO-1: the AdamW state split over ranks)"})
-
-    def validate(self) -> None:
-        for name in ("samples_per_question", "questions", "epochs", "pairs_per_step", "micro_batch_size", "topk",
-                     "pairs_per_shard", "max_teacher_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1")
-        for name in ("min_pairs", "max_questions"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}: must be >= 0")
-        if self.samples_per_question < 2:
-            raise ConfigError("samples_per_question: pair mining needs at least 2 rollouts per question")
-        if self.lr <= 0:
-            raise ConfigError("lr: must be > 0")
-        if self.max_grad_norm < 0:
-            raise ConfigError("max_grad_norm: must be >= 0 (0 disables clipping)")
-        if self.clip is not None and self.clip <= 0:
-            raise ConfigError("clip: must be > 0, or null for no clip")
-        if not 0.0 <= self.jsd_beta <= 1.0:
-            raise ConfigError("jsd_beta: must be in [0, 1]")
-        if self.sharding not in ("none", "optimizer"):
-            raise ConfigError(f"sharding: '{self.sharding}' is not available in OFSD phases (fix: none or optimizer; "
-                              "they run replicated)")
-        if self.teacher_mode not in ("exact", "topk"):
-            raise ConfigError(f"teacher_mode: unknown '{self.teacher_mode}' (fix: use one of: exact, topk)")
-        for name, fn in (("context", get_context), ("loss", get_distill_loss)):
-            try:
-                fn(getattr(self, name))
-            except ConfigError as e:
-                raise ConfigError(f"{name}: {e}") from None
-        from searche1.rewards import get_reward
-
-        try:
-            get_reward(self.reward)
-        except ConfigError as e:
-            raise ConfigError(f"reward: {e}") from None
-        for name, valid in (("student", STUDENT_RULES), ("reference", REFERENCE_RULES)):
-            if getattr(self, name) not in valid:
-                raise ConfigError(f"{name}: unknown rule '{getattr(self, name)}' (fix: use one of: {', '.join(valid)})")
-        if self.teacher_mode == "topk" and self.loss != "forward_kl":
-            raise ConfigError(f"teacher_mode: topk approximates forward KL only, not '{self.loss}' (fix: set "
-                              "teacher_mode: exact, or loss: forward_kl)")
 
 
 # ------------------------------------------------------------------------------------------------------- sequences
@@ -443,6 +358,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
     (``j mod world``) and ``shards`` holds only those (local index ``j // world``)."""
     from tqdm.auto import tqdm
 
+    from searche1.sharding import full_tensor, is_sharded
     from searche1.train import use_bf16
 
     device = next(model.parameters()).device
@@ -452,6 +368,9 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
     if not params:
         raise ConfigError("OFSD phase: the model has no trainable parameters")
     d = dist or Dist()
+    full = is_sharded(model)  # FSDP: every rank runs as many forwards as the busiest one, no shared prefixes
+    if full:
+        cfg = replace(cfg, share_prompt=False)
     opt = make_adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, dist=d, shard=cfg.sharding == "optimizer")
     n_steps = math.ceil(len(items) / cfg.pairs_per_step)
     bar = tqdm(total=cfg.epochs * n_steps, desc="ofsd", disable=not progress or not d.is_main, unit="step")
@@ -470,24 +389,31 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
             opt.zero_grad(set_to_none=True)
             mine = [j for j in step_ids if j % d.world == d.rank]  # all of them on one process
             part = [0.0, 0.0, 0.0, 0.0]  # loss, kl·tokens, clip·tokens, tokens
-            for ids in step_micro_batches(items, mine, cfg.micro_batch_size, cfg.share_prompt):
+            micros = step_micro_batches(items, mine, cfg.micro_batch_size, cfg.share_prompt)
+            for ids in micros:
                 loss, m = distill_loss(model, [items[j] for j in ids], cfg, pad_id=pad_id, teacher=teacher,
                                        shards=shards, pair_ids=[j // d.world for j in ids], denom=denom,
                                        autocast=autocast, timer=timer)
-                loss.backward()
+                (loss * d.world if full else loss).backward()  # FSDP averages gradients over ranks: undo it
                 part[0] += float(loss.detach())
                 part[1] += m["ofsd/kl"] * m["ofsd/tokens"]
                 part[2] += m["ofsd/clip_frac"] * m["ofsd/tokens"]
                 part[3] += m["ofsd/tokens"]
-            d.all_reduce_grads(params)
+            if full:  # lockstep: as many forward/backward passes as the rank with the most micro-batches
+                busiest = max(len(step_micro_batches(items, [j for j in step_ids if j % d.world == r],
+                                                     cfg.micro_batch_size, False)) for r in range(d.world))
+                for _ in range(busiest - len(micros)):
+                    _idle_pass(model, pad_id, device)
+            else:  # FSDP reduce-scatters (sums) the gradients itself
+                d.all_reduce_grads(params)
             total, *rest = d.sum_all(part)
             st = dict(zip(("kl", "clip", "tok"), rest))
-            if d.is_main and os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full gradient
+            if (d.is_main or full) and os.environ.get("SEARCHE1_GRAD_DUMP"):  # tests: the step's full gradient
                 from searche1.train import _dump_grads
 
                 _dump_grads(model, Path(os.environ["SEARCHE1_GRAD_DUMP"]) / f"ofsd-step-{steps + skipped + 1}"
                                                                             ".safetensors", d)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf))
+            grad_norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)))
             bar.update(1)
             if not (math.isfinite(total) and math.isfinite(grad_norm)):
                 opt.zero_grad(set_to_none=True)
@@ -524,6 +450,13 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
     }
 
 
+def _idle_pass(model: Any, pad_id: int, device: Any) -> None:
+    """A forward and backward pass with zero loss on one pad token: under FSDP a rank with fewer micro-batches than
+    the busiest one joins its weight gathers and gradient reductions, adding nothing."""
+    ids = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+    (model(input_ids=ids).logits.float().sum() * 0.0).backward()
+
+
 # -------------------------------------------------------------------------------------------------------- phase
 
 
@@ -531,7 +464,7 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
                    rollout_cfg: RolloutConfig, work_dir: str | Path, *, seed: int = 0, progress: bool = True,
                    episode_reward: EpisodeReward | None = None,
                    context: str | ContextFn | None = None, dist: Dist | None = None,
-                   engine: Any = None) -> dict[str, float]:
+                   engine: Any = None, before_training: Any = None) -> dict[str, float]:
     """One OFSD phase on ``model`` (trained in place); returns the phase's metrics (module docstring).
 
     ``questions`` are :class:`searche1.data.types.QAExample`; ``rollout_cfg`` is the GRPO rollout configuration
@@ -540,6 +473,8 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     ``context`` (a registered name or a ``ContextFn``) replaces ``cfg.context``. ``dist`` runs the phase
     data-parallel (module docstring): call it on every rank with the same arguments. ``engine`` samples the groups
     instead of an HF engine on ``model`` (it must hold ``model``'s weights: the pipeline pushes them first).
+    ``before_training(model)`` runs after the teacher is copied and before the first update (the pipeline shards
+    the model with FSDP there: ``ofsd.sharding: full``); only when there are pairs to train on.
     """
     cfg.validate()
     t0 = time.perf_counter()
@@ -580,6 +515,8 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
         metrics["ofsd/teacher_bytes_per_token"] = float(vocab * 4)
     t_teacher = time.perf_counter() - t1
     t2 = time.perf_counter()
+    if items and before_training is not None:
+        before_training(model)
     if items:
         train_stats = distill(model, items, cfg, pad_id=pad_id, teacher=teacher, shards=shards, seed=seed,
                               progress=progress, autocast=autocast, dist=d)
