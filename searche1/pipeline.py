@@ -124,6 +124,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
     return Path(model_path)
 
 
+def sampler_copy(engine, model):
+    """The HF engine's own copy of the policy's weights (a bf16 sampling copy, or FSDP's unsharded one), or None."""
+    m = getattr(engine, "model", None)
+    return m if m is not None and m is not model else None
+
+
 def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, episode_reward,
               dist: Dist) -> tuple[Path, dict]:
     from searche1.data.qa import load_qa
@@ -168,7 +174,7 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
                                       param_dtype=torch.bfloat16 if bf16 else None)
     metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
                              progress=progress, episode_reward=episode_reward, dist=dist, engine=engine,
-                             before_training=shard)
+                             before_training=shard, teacher_source=sampler_copy(engine, model))
     from searche1.sharding import full_model_state, is_sharded
 
     state = full_model_state(model) if is_sharded(model) else None  # every rank takes part in the gather

@@ -432,12 +432,45 @@ def test_teacher_copy_is_bf16_under_autocast(tok, tmp_path, monkeypatch):
     lh, lf = (t.response_logits(items, tok.pad_token_id, "cpu", True).float().log_softmax(-1) for t in (half, full))
     assert lh.shape == lf.shape and (lh - lf).abs().max() < 0.05 and (lh - lf).abs().mean() < 0.01
     dtypes = []
-    monkeypatch.setattr(phase, "FrozenTeacher", lambda m, dtype=None: dtypes.append(dtype) or FrozenTeacher(m, dtype))
+    monkeypatch.setattr(phase, "FrozenTeacher",
+                        lambda m, dtype=None, source=None: dtypes.append(dtype) or FrozenTeacher(m, dtype, source))
     s0 = state(model)
     out = run_ofsd_phase(model, tok, tiny_retriever(), QS, cfg(bf16="on"), ROLLOUT, tmp_path, progress=False,
                          episode_reward=parity_reward)
     assert dtypes == [torch.bfloat16] and out["ofsd/pairs_trained"] > 0 and changed(s0, state(model))
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_teacher_reuses_the_samplers_copy(tok, tmp_path, monkeypatch):
+    """With the sampler's own copy of θ_r in the teacher's dtype (a bf16 sampling copy under autocast) the teacher
+    is that copy, not another one: the same phase metrics and trained weights as with a copy of its own; a source
+    in another dtype is not used."""
+    import copy
+
+    import searche1.ofsd.phase as phase
+    from searche1.rollout.hf_engine import HFEngine
+
+    used = []
+    real = phase.FrozenTeacher.response_logits
+    monkeypatch.setattr(phase.FrozenTeacher, "response_logits",
+                        lambda self, *a, **kw: used.append(self.model) or real(self, *a, **kw))
+    outs, weights = {}, {}
+    for reuse in (False, True):
+        model = tiny_model(tok)
+        sampler = copy.deepcopy(model).to(torch.bfloat16).eval()
+        engine = HFEngine(sampler, tok, tiny_retriever(), ROLLOUT)
+        used.clear()
+        outs[reuse] = run_ofsd_phase(model, tok, tiny_retriever(), QS, cfg(bf16="on"), ROLLOUT, tmp_path / str(reuse),
+                                     progress=False, episode_reward=parity_reward, engine=engine,
+                                     teacher_source=sampler if reuse else None)
+        weights[reuse] = state(model)
+        assert used and all((m is sampler) == reuse for m in used)
+    assert outs[True]["ofsd/pairs_trained"] > 0
+    for k in ("ofsd/pairs", "ofsd/kl_first", "ofsd/kl_last", "ofsd/loss", "ofsd/grad_norm"):
+        assert outs[True][k] == outs[False][k], k
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
+    fp32 = tiny_model(tok)
+    assert FrozenTeacher(fp32, torch.bfloat16, source=copy.deepcopy(fp32)).model.dtype == torch.bfloat16  # copied
 
 
 def test_no_pairs_leaves_the_model_unchanged(tok, tmp_path):

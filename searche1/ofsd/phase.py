@@ -218,12 +218,18 @@ def response_mask(items: Sequence[PairItem]) -> Tensor:  # (B, R_max) in the lay
 
 class FrozenTeacher:
     """θ_r frozen: a deep copy in eval mode (in ``dtype`` if given: bf16 under autocast, half the memory of the fp32
-    trained weights), or the peft model itself with a fresh adapter disabled (module doc)."""
+    trained weights), or the peft model itself with a fresh adapter disabled (module doc). ``source``: a model that
+    holds θ_r and is not trained (the HF sampler's copy), used as the teacher without a copy when its dtype is the
+    one wanted."""
 
-    def __init__(self, model: Any, dtype: Any = None) -> None:
+    def __init__(self, model: Any, dtype: Any = None, source: Any = None) -> None:
         self.adapter_off = _is_peft(model) and _adapter_is_fresh(model)
+        want = dtype if dtype is not None else next(model.parameters()).dtype
         if self.adapter_off:
             self.model = model
+        elif source is not None and not _is_peft(model) and next(source.parameters()).dtype == want:
+            self.model = source  # an untrained copy of θ_r in the wanted dtype already (the sampler's): no new copy
+            self.model.eval().requires_grad_(False)
         else:
             self.model = copy.deepcopy(model).to(dtype) if dtype is not None else copy.deepcopy(model)
             self.model.eval().requires_grad_(False)
@@ -464,7 +470,8 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
                    rollout_cfg: RolloutConfig, work_dir: str | Path, *, seed: int = 0, progress: bool = True,
                    episode_reward: EpisodeReward | None = None,
                    context: str | ContextFn | None = None, dist: Dist | None = None,
-                   engine: Any = None, before_training: Any = None) -> dict[str, float]:
+                   engine: Any = None, before_training: Any = None,
+                   teacher_source: Any = None) -> dict[str, float]:
     """One OFSD phase on ``model`` (trained in place); returns the phase's metrics (module docstring).
 
     ``questions`` are :class:`searche1.data.types.QAExample`; ``rollout_cfg`` is the GRPO rollout configuration
@@ -474,7 +481,9 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     data-parallel (module docstring): call it on every rank with the same arguments. ``engine`` samples the groups
     instead of an HF engine on ``model`` (it must hold ``model``'s weights: the pipeline pushes them first).
     ``before_training(model)`` runs after the teacher is copied and before the first update (the pipeline shards
-    the model with FSDP there: ``ofsd.sharding: full``); only when there are pairs to train on.
+    the model with FSDP there: ``ofsd.sharding: full``); only when there are pairs to train on. ``teacher_source``:
+    an unsharded copy of ``model``'s weights that nothing trains during the phase (the HF sampler's copy, synced
+    before sampling): the teacher uses it instead of a copy of its own when the dtypes agree (:class:`FrozenTeacher`).
     """
     cfg.validate()
     t0 = time.perf_counter()
@@ -498,7 +507,8 @@ def run_ofsd_phase(model: Any, tokenizer: Any, retriever: Any, questions: Sequen
     device = next(model.parameters()).device
     autocast = use_bf16(cfg.bf16, str(device))
     shards = None
-    teacher = FrozenTeacher(model, torch.bfloat16 if autocast else None) if items else None  # θ_r (not yet updated)
+    # θ_r (not yet updated): the sampler's copy, or a copy of the policy
+    teacher = FrozenTeacher(model, torch.bfloat16 if autocast else None, teacher_source) if items else None
     if cfg.teacher_mode == "topk" and teacher is not None:
         mine = items[d.rank::d.world]  # the pairs this rank owns (j mod world), local index j // world
         cache = Path(work_dir) / ("teacher" if not d.enabled else f"teacher-rank{d.rank}")
