@@ -164,14 +164,11 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
     sync()  # a reused colocated engine (or a server) holds the previous phase's weights
     shard = None
     if full:
-        from searche1.sharding import shard_model
+        from searche1.sharding import gather_dtype, shard_model
         from searche1.train import use_bf16
 
-        g = cfg.grpo
-        bf16 = g.fsdp_param_dtype == "bfloat16" or (g.fsdp_param_dtype == "auto" and
-                                                      use_bf16(cfg.ofsd.bf16, str(model_cfg.device)))
-        shard = lambda m: shard_model(m, dist, str(model_cfg.device),  # noqa: E731
-                                      param_dtype=torch.bfloat16 if bf16 else None)
+        dtype = gather_dtype(cfg.grpo.fsdp_param_dtype, use_bf16(cfg.ofsd.bf16, str(model_cfg.device)))
+        shard = lambda m: shard_model(m, dist, str(model_cfg.device), param_dtype=dtype)  # noqa: E731
     metrics = run_ofsd_phase(model, tok, retriever, questions, cfg.ofsd, cfg.rollout, pdir / "work", seed=seed,
                              progress=progress, episode_reward=episode_reward, dist=dist, engine=engine,
                              before_training=shard, teacher_source=sampler_copy(engine, model))

@@ -45,6 +45,12 @@ def is_sharded(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def gather_dtype(setting: str, autocast: bool) -> torch.dtype | None:
+    """``grpo.fsdp_param_dtype`` as :func:`shard_model`'s ``param_dtype``: bf16 when asked, or under ``auto`` when
+    the phase computes in bf16 by autocast; None (fp32 gathers) otherwise."""
+    return torch.bfloat16 if setting == "bfloat16" or (setting == "auto" and autocast) else None
+
+
 def shard_model(model: Any, dist: Dist, device: str, param_dtype: torch.dtype | None = None) -> Any:
     """FSDP2 over every ``*DecoderLayer`` module, then the root (embeddings, final norm, a tied head).
     ``param_dtype`` (e.g. bf16): gather and compute in it, reduce gradients in fp32 (module docstring)."""

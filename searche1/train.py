@@ -100,10 +100,10 @@ class GRPOConfig:
         "help": "under several ranks: none (replicas) | optimizer (ZeRO-1: AdamW state split) | full (FSDP: "
                 "weights, gradients and state split)"})
     fsdp_param_dtype: Literal["auto", "float32", "bfloat16"] = field(default="auto", metadata={
-        "help": "sharding: full: the dtype FSDP all-gathers the weights in and computes with (its "
-                "MixedPrecisionPolicy: gradients are reduced in fp32 into the fp32 shards AdamW updates); "
-                "bfloat16 halves the all-gather traffic and the gathered copies. auto = bfloat16 when bf16 autocast "
-                "is on (grpo.bf16), else float32. Its speed is not yet measured on GPUs"})
+        "help": "sharding: full (and ofsd.sharding: full): the dtype FSDP all-gathers the weights in and computes "
+                "with (its MixedPrecisionPolicy: gradients are reduced in fp32 into the fp32 shards AdamW updates); "
+                "bfloat16 halves the all-gather traffic and the gathered copies. auto = bfloat16 when the phase's "
+                "bf16 autocast is on (grpo.bf16, ofsd.bf16), else float32. Its speed is not yet measured on GPUs"})
 
     def validate(self) -> None:
         for name in ("steps", "questions_per_step", "group_size", "micro_batch_size", "ppo_epochs", "save_every"):
@@ -295,7 +295,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.retrieval.config import make_retriever
     from searche1.rewards import get_reward
     from searche1.rollout.factory import make_engine
-    from searche1.sharding import full_model_state, full_optimizer_state, full_tensor, lockstep_pad, shard_model
+    from searche1.sharding import (full_model_state, full_optimizer_state, full_tensor, gather_dtype,
+                                   lockstep_pad, shard_model)
 
     if not cfg.data.train:  # fail before loading anything
         raise ConfigError("data.train: give at least one training QA file")
@@ -331,8 +332,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                                        seed=g.seed * 1000 + d.rank)  # vLLM's own generator
     autocast = use_bf16(g.bf16, device)
     if full:
-        gather_bf16 = g.fsdp_param_dtype == "bfloat16" or (g.fsdp_param_dtype == "auto" and autocast)
-        shard_model(model, d, device, param_dtype=torch.bfloat16 if gather_bf16 else None)
+        shard_model(model, d, device, param_dtype=gather_dtype(g.fsdp_param_dtype, autocast))
     eval_model = getattr(engine, "model", model) if full else model  # rank 0's dev evals: unsharded weights
     ref_cfg = ModelConfig(**{**cfg.model.__dict__, "device": device,
                              "name_or_path": reference or cfg.model.name_or_path})
