@@ -152,10 +152,7 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
 
     # the GRPO phases' sampler: the run's vLLM engine, or HF on a bf16 copy where bf16 is native (the trained
     # weights are fp32), else the policy itself
-    full = cfg.ofsd.sharding == "full" and dist.enabled  # FSDP (searche1.sharding)
-    if full and (cfg.model.lora_r > 0 or cfg.rollout.engine == "vllm-server"):
-        raise ConfigError("ofsd.sharding: full does not combine with LoRA or rollout.engine: vllm-server (fix: "
-                          "sharding: optimizer)")
+    full = cfg.ofsd.sharding == "full" and dist.enabled  # FSDP; LoRA / vllm-server refused by validate()
     # under FSDP the sampler is an unsharded copy, made (like the teacher's) before the weights are sharded
     engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
                                   model_path=resolve_model_path(model_cfg.name_or_path),

@@ -148,6 +148,12 @@ class TrainConfig:
         bad = [s for s in self.sinks if s not in ("tensorboard", "wandb")]
         if bad:
             raise ConfigError(f"sinks: unknown sink {bad[0]!r}; valid: tensorboard, wandb")
+        for section in ("grpo", "ofsd"):  # a pipeline's OFSD phase may come hours after the first GRPO phase
+            sub = getattr(self, section, None)
+            if getattr(sub, "sharding", None) == "full" and (self.model.lora_r > 0
+                                                             or self.rollout.engine == "vllm-server"):
+                raise ConfigError(f"{section}.sharding: full does not combine with LoRA or rollout.engine: "
+                                  f"vllm-server (fix: {section}.sharding: optimizer)")
         if self.grpo.tis_cap > 0:
             r = self.rollout
             if r.recompute_logprobs is False:
@@ -319,11 +325,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                **({"name_or_path": str(ckpt)} if ckpt is not None and not cfg.model.lora_r else {})})
     torch.manual_seed(g.seed)  # a LoRA adapter's initialisation (the same on every rank), dropout
     model, tok = load_policy(model_cfg, trainable=True)
-    full = g.sharding == "full" and d.enabled  # FSDP (searche1.sharding)
-    if full:
-        if cfg.model.lora_r > 0 or cfg.rollout.engine == "vllm-server":
-            raise ConfigError("grpo.sharding: full does not combine with LoRA or rollout.engine: vllm-server (fix: "
-                              "sharding: optimizer)")
+    full = g.sharding == "full" and d.enabled  # FSDP (searche1.sharding); LoRA / vllm-server refused by validate()
     # the sampler first: under FSDP it must copy the weights before they are sharded
     retriever = make_retriever(cfg.retrieval)
     engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,

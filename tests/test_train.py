@@ -323,6 +323,19 @@ def test_truncated_importance_config_rules():
     assert isinstance(cfg.rollout, RolloutConfig)
 
 
+def test_full_sharding_refuses_lora_and_vllm_server_at_load():
+    """grpo.sharding / ofsd.sharding: full with LoRA or vllm-server fails when the config loads, not when the phase
+    (maybe hours into a pipeline) starts."""
+    from searche1.pipeline import PipelineConfig
+
+    with pytest.raises(ConfigError, match="grpo.sharding: full does not combine with LoRA.*fix: grpo.sharding: opt"):
+        from_dict(TrainConfig, {"grpo": {"sharding": "full"}, "model": {"lora_r": 8}})
+    with pytest.raises(ConfigError, match="ofsd.sharding: full does not combine.*fix: ofsd.sharding: optimizer"):
+        from_dict(PipelineConfig, {"ofsd": {"sharding": "full"}, "rollout": {"engine": "vllm-server",
+                                                                           "vllm_url": "http://x:8000"}})
+    assert from_dict(PipelineConfig, {"ofsd": {"sharding": "full"}}).ofsd.sharding == "full"
+
+
 def test_vllm_engine_config_errors():
     from searche1.rollout.types import RolloutConfig
 
