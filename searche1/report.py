@@ -29,6 +29,9 @@ PLOTS = {  # file: (title, caption), in report order
     "valid_format.png": ("Valid-format rate", "Share of responses that follow the search/answer protocol."),
     "searches.png": ("Searches per question", "Mean search calls per episode, in training rollouts and on dev."),
     "ofsd_kl.png": ("OFSD KL", "Distillation divergence of each OFSD phase (per step, or first vs last epoch)."),
+    "sampler_gap.png": ("Sampler vs trainer", "Mean absolute gap between the sampler's and the trainer's log-probs "
+                        "of the sampled tokens (a bf16 copy or vLLM samples; rollout/logprob_mismatch), and, with "
+                        "grpo.tis_cap, the mean truncated importance weight minus 1."),
     "eval_em.png": ("EM per dataset per phase", "EM of the eval JSONs found in the run folder, per dataset."),
 }
 MAX_EVAL_GROUPS = 8  # bars per dataset in the EM chart; more evals are subsampled evenly (first and last kept)
@@ -228,7 +231,9 @@ def _plot_lines(run: Run, path: Path, ylabel: str, keys: list[tuple[str, str, di
     fig, ax = _figure(run, PLOTS[path.name][0], ylabel)
     for label, xs, ys, style in data:
         if xs:
-            ax.plot(xs, ys, label=label, **style)
+            style = dict(style)
+            shift = style.pop("shift", 0.0)  # e.g. a weight's deviation from 1 on a gap's axis
+            ax.plot(xs, [y + shift for y in ys], label=label, **style)
     return _save(fig, ax, path, run)
 
 
@@ -380,6 +385,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             ("rollout/searches", "training rollouts", {"lw": 1.2}),
             ("dev/searches", "dev (greedy)", {"marker": "o", "lw": 1.5})]),
         _plot_ofsd_kl(run, out / "ofsd_kl.png"), _plot_eval_em(run, out / "eval_em.png"),
+        _plot_lines(run, out / "sampler_gap.png", "nats per token", [
+            ("rollout/logprob_mismatch", "|log π_sampler − log π_trainer|", {"lw": 1.2}),
+            ("loss/is_weight_mean", "TIS weight − 1", {"lw": 1.2, "ls": "--", "shift": -1.0})]),
     ) if p is not None]
     md = [f"# Run report: `{run.path}`", ""]
     sched = " → ".join(run.schedule) if run.schedule else "unknown (no pipeline.json)"

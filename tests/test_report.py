@@ -94,6 +94,7 @@ def test_grpo_run_report(grpo_run: Path):
         _assert_png(report.parent / name)
         assert f"]({name})" in report.read_text()  # embedded with a relative link
     assert not (report.parent / "ofsd_kl.png").exists()  # no OFSD phase: no KL plot
+    assert not (report.parent / "sampler_gap.png").exists()  # the sampler was the trainer: no gap logged
     md = report.read_text()
     assert f"# Run report: `{grpo_run}`" in md
     assert "GRPO run." in md
@@ -107,6 +108,19 @@ def test_grpo_run_report(grpo_run: Path):
     assert "| nq | 8 | 0.500 | 0.600 | 1.50 | 0.900 |" in md
     assert "| **average** |  | 0.375 |" in md
     assert "| hotpotqa | 8 | 0.000 | 0.100 | 2.50 | 0.900 |" in md
+
+
+def test_sampler_gap_plot_when_the_gap_is_logged(tmp_path: Path):
+    """A run whose sampler was not the trainer (rollout/logprob_mismatch, and TIS weights) gets the gap plot."""
+    run = tmp_path / "r"
+    _grpo_run(run, steps=3, planned=3, dev_at={})
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows[1:]:
+        r.update({"rollout/logprob_mismatch": 0.01 * r["step"], "loss/is_weight_mean": 1.0 + 0.001 * r["step"]})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = write_report(run)
+    _assert_png(report.parent / "sampler_gap.png")
+    assert "](sampler_gap.png)" in report.read_text() and "### Sampler vs trainer" in report.read_text()
 
 
 def test_cut_line_and_nan_values_are_skipped(grpo_run: Path):
