@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from searche1.algos.distill import forward_kl_topk, get_distill_loss, topk_teacher
-from searche1.distributed import Dist, make_adamw
+from searche1.distributed import Dist, make_adamw, optimizer_state_bytes
 from searche1.errors import ConfigError
 from searche1.ofsd.config import OFSDConfig
 from searche1.ofsd.contexts import ContextFn, student_sequence, teacher_sequence
@@ -452,6 +452,7 @@ def distill(model: Any, items: Sequence[PairItem], cfg: OFSDConfig, *, pad_id: i
         "ofsd/steps": float(steps),
         "ofsd/skipped_nonfinite": float(skipped),
         "ofsd/train_tokens": tok_total,
+        "mem/optimizer_state_mb": optimizer_state_bytes(opt) / 2**20,  # this rank's (its shard under ZeRO / FSDP)
         "time/ofsd_teacher_s": timer.get("teacher", 0.0),  # teacher forwards inside the loop (exact mode)
     }
 
