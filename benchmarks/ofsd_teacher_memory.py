@@ -5,8 +5,8 @@ The demo's OFSD phase (the warmed-up SmolLM2 of ``searche1 demo``, its BM25 inde
 sampling copy forced on so both arms run the same way on any CPU) runs in a fresh process per arm; each reports its
 resident memory when distillation starts (the teacher made, the optimizer not yet: where the copy shows; measured
 2026-11-28, the phase's peak comes earlier, in the re-sampling) and its peak (``ru_maxrss``). Arms alternate
-``--repeats`` times. With the reuse the teacher is the sampling copy (``run_ofsd_phase(teacher_source=...)``, what ``searche1.pipeline`` passes); without
-it the phase deep-copies the policy into bf16 as before. Writes benchmarks/results/ofsd_teacher_memory.json.
+``--repeats`` times. With the reuse the teacher is the sampling copy (``run_ofsd_phase(teacher_source=...)``, what
+``searche1.pipeline`` passes); without it the phase deep-copies the policy into bf16 as before. Writes benchmarks/results/ofsd_teacher_memory.json.
 
     python benchmarks/ofsd_teacher_memory.py [--demo runs/demo] [--data ../shared/data/searchqa] [--repeats 2]
 """
