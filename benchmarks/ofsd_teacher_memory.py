@@ -6,7 +6,8 @@ sampling copy forced on so both arms run the same way on any CPU) runs in a fres
 resident memory when distillation starts (the teacher made, the optimizer not yet: where the copy shows; measured
 2026-11-28, the phase's peak comes earlier, in the re-sampling) and its peak (``ru_maxrss``). Arms alternate
 ``--repeats`` times. With the reuse the teacher is the sampling copy (``run_ofsd_phase(teacher_source=...)``, what
-``searche1.pipeline`` passes); without it the phase deep-copies the policy into bf16 as before. Writes benchmarks/results/ofsd_teacher_memory.json.
+``searche1.pipeline`` passes); without it the phase deep-copies the policy into bf16 as before. Writes
+benchmarks/results/ofsd_teacher_memory.json.
 
     python benchmarks/ofsd_teacher_memory.py [--demo runs/demo] [--data ../shared/data/searchqa] [--repeats 2]
 """
