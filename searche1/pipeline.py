@@ -150,10 +150,9 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
     from searche1.models import resolve_model_path
     from searche1.rollout.factory import make_engine
 
-    # the GRPO phases' sampler: the run's vLLM engine, or HF on a bf16 copy where bf16 is native (the trained
-    # weights are fp32), else the policy itself
     full = cfg.ofsd.sharding == "full" and dist.enabled  # FSDP; LoRA / vllm-server refused by validate()
-    # under FSDP the sampler is an unsharded copy, made (like the teacher's) before the weights are sharded
+    # the GRPO phases' sampler: the run's vLLM engine, or HF on a bf16 copy where bf16 is native (the trained
+    # weights are fp32), else the policy itself; under FSDP an unsharded copy, made before the weights are sharded
     engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
                                   model_path=resolve_model_path(model_cfg.name_or_path),
                                   sync_dir=pdir / f"vllm-sync-rank{dist.rank}", device=str(model_cfg.device),
