@@ -173,9 +173,23 @@ FSDP_BF16_SCRIPT = textwrap.dedent("""
         return out
 
     sh.shard_model = spy
-    cfg = make_config(Path({root!r}), steps=1, questions_per_step=4, sharding="full", bf16="on")
+    import torch.distributed as dist
+    gathered = [0]
+
+    def counting(real):  # the bytes this rank sends into FSDP's weight all-gathers
+        def gather(out, inp, *a, **kw):
+            gathered[0] += inp.numel() * inp.element_size()
+            return real(out, inp, *a, **kw)
+        return gather
+
+    for name in ("all_gather_single", "all_gather_into_tensor"):  # FSDP2 calls the first on newer torch
+        if hasattr(dist, name):
+            setattr(dist, name, counting(getattr(dist, name)))
+    cfg = make_config(Path({root!r}), steps=1, questions_per_step=4, sharding="full", bf16="on",
+                      fsdp_param_dtype={dtype!r})
     run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
-    Path({out!r}, "seen-" + str(__import__("os").environ["RANK"])).write_text(json.dumps(sorted(set(seen))))
+    Path({out!r}, "seen-" + str(__import__("os").environ["RANK"])).write_text(
+        json.dumps({{"dtypes": sorted(set(seen)), "gathered": gathered[0]}}))
 """)
 
 
@@ -186,20 +200,25 @@ def test_fsdp_bf16_gathers_keep_fp32_shards_and_match_autocast(tmp_path, monkeyp
     cfg = make_config(tmp_path, steps=1, questions_per_step=4, sharding="full", bf16="on")
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
-    launch_ranks(FSDP_BF16_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp")), world=2,
-                 grads=tmp_path / "grads-dp")
-    for r in range(2):
-        assert json.loads((tmp_path / "dp" / f"seen-{r}").read_text()) == ["torch.bfloat16"]
-    a, b = read_metrics(single)[0], read_metrics(tmp_path / "dp")[0]
+    seen = {}
+    for dtype in ("float32", "auto"):  # fp32 gathers first, for the traffic comparison; "auto" = bf16 here
+        launch_ranks(FSDP_BF16_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / dtype),
+                                             dtype=dtype), world=2, grads=tmp_path / "grads-dp")
+        seen[dtype] = [json.loads((tmp_path / dtype / f"seen-{r}").read_text()) for r in range(2)]
+    assert [s["dtypes"] for s in seen["auto"]] == [["torch.bfloat16"]] * 2
+    assert [s["dtypes"] for s in seen["float32"]] == [["torch.float32"]] * 2
+    for r in range(2):  # the same gathers, in half the bytes
+        assert seen["auto"][r]["gathered"] * 2 == seen["float32"][r]["gathered"] > 0
+    a, b = read_metrics(single)[0], read_metrics(tmp_path / "auto")[0]
     assert a["train/kept_rollouts"] == b["train/kept_rollouts"] > 0 and a["reward/em"] == b["reward/em"]
     ga = load_file(str(tmp_path / "grads-single" / "step-1.safetensors"))
     gb = load_file(str(tmp_path / "grads-dp" / "step-1.safetensors"))
     assert ga.keys() == gb.keys() and all(g.dtype == torch.float32 for g in gb.values())
     errs = {k: float((ga[k] - gb[k]).norm() / ga[k].norm().clamp(min=1e-30)) for k in ga}
     assert max(errs.values()) < 0.05, max(errs.items(), key=lambda kv: kv[1])  # bf16 keeps ~3 significant digits
-    wb = weights(list_checkpoints(tmp_path / "dp")[-1])
+    wb = weights(list_checkpoints(tmp_path / "auto")[-1])
     assert all(w.dtype == torch.float32 for w in wb.values())
-    ob = torch.load(list_checkpoints(tmp_path / "dp")[-1] / "optimizer.pt", weights_only=False)
+    ob = torch.load(list_checkpoints(tmp_path / "auto")[-1] / "optimizer.pt", weights_only=False)
     assert all(v["exp_avg"].dtype == torch.float32 for v in ob["state"].values())
 
 
