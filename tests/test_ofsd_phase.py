@@ -325,7 +325,8 @@ def test_exact_and_topk_with_k_equal_vocab_agree(tok, pairs, tmp_path):
     lt, _ = distill_loss(m2, batch, ct, pad_id=tok.pad_token_id, shards=shards, pair_ids=[0, 1])
     le, lt = float(le.detach()), float(lt.detach())
     # the cached teacher rows come from the precompute pass's own micro-batches, whose padded matmuls round
-    # differently from this batch's (AVX2 CPU: rel 1.1e-5); the math alone: test_distill.py::test_topk_exact_when_k_equals_vocab
+    # differently from this batch's (AVX2 CPU: rel 1.1e-5); the math alone is checked in test_distill.py
+    # (test_topk_exact_when_k_equals_vocab)
     assert le > 1e-3 and lt == pytest.approx(le, rel=1e-4)
     oe = distill(m1, items, ce, pad_id=tok.pad_token_id, teacher=FrozenTeacher(m1))
     ot = distill(m2, items, ct, pad_id=tok.pad_token_id, shards=shards)
