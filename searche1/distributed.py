@@ -98,14 +98,31 @@ class Dist:
             torch.distributed.barrier()
 
 
+def process_group_backend(device: str) -> str:
+    """The default process group's backend: gloo on CPUs; on GPUs NCCL for CUDA tensors **and** gloo for CPU ones.
+
+    NCCL alone cannot reduce a CPU tensor ("No backend type associated with device type cpu"), and the loops'
+    scalar sums (:meth:`Dist.sum_all`: loss normalisers, metrics) and object gathers (episode groups, pairs) are
+    CPU-side, so every GPU step would fail at its first such call; with ``cpu:gloo,cuda:nccl`` those go over gloo
+    (no device sync for a handful of floats) while gradients, FSDP and ZeRO traffic, all CUDA tensors, go over NCCL.
+    """
+    return "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
+
+
 def init_distributed(device: str = "cpu") -> Dist:
-    """The current rank; opens the process group from the launcher's environment when ``WORLD_SIZE`` > 1."""
+    """The current rank; opens the process group from the launcher's environment when ``WORLD_SIZE`` > 1.
+
+    On GPUs it first makes ``cuda:LOCAL_RANK`` the process's current device (the launchers set ``LOCAL_RANK`` per
+    node: on several nodes ``RANK`` counts over all of them, ``LOCAL_RANK`` from 0 on each), so NCCL and anything that
+    allocates on plain ``cuda`` use this rank's GPU, not GPU 0."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not torch.distributed.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend=backend, timeout=timedelta(hours=2))  # evals run on rank 0
+        if device.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend=process_group_backend(device),
+                                             timeout=timedelta(hours=2))  # evals run on rank 0
     return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size())
 
 

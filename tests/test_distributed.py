@@ -238,6 +238,29 @@ def test_world_size_one_needs_no_process_group(monkeypatch):
     assert init_distributed("cpu") == Dist() and not torch.distributed.is_initialized()
 
 
+def test_gpu_ranks_open_nccl_with_gloo_for_cpu_tensors_on_their_own_gpu(monkeypatch):
+    """On GPUs the default group is ``cpu:gloo,cuda:nccl`` (NCCL alone cannot reduce the loops' CPU scalars) and
+    each rank first makes ``cuda:LOCAL_RANK`` current (LOCAL_RANK, not RANK: on a second node RANK starts at 8)."""
+    from searche1 import distributed
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("RANK", "11")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("device", i))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, timeout: calls.setdefault("backend", backend))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 11)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 16)
+    assert distributed.init_distributed("cuda") == Dist(11, 16)
+    assert calls == {"device": 3, "backend": "cpu:gloo,cuda:nccl"}
+    calls.clear()
+    assert distributed.init_distributed("cpu") == Dist(11, 16) and calls == {"backend": "gloo"}
+    assert distributed.process_group_backend("cuda:3") == "cpu:gloo,cuda:nccl"
+
+
 def test_ranks_need_divisible_questions(tmp_path):
     """A config that cannot be split fails on every rank with the field named (checked in one process here)."""
     cfg = make_config(tmp_path, questions_per_step=3)
