@@ -95,6 +95,53 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch, extra, rollout)
     assert json.loads((tmp_path / "dp" / "config.json").read_text())["grpo"]["questions_per_step"] == 4
 
 
+VLLM_RANK_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {tests!r})
+    from pathlib import Path
+    from test_train import make_config, parity_reward
+    from vllm_fakes import RandomLLM, install_fake_vllm
+    from searche1.train import run_grpo
+    built = []
+    install_fake_vllm().LLM = lambda **kw: built.append(kw) or RandomLLM(vocab=550)
+    cfg = make_config(Path({root!r}), steps=2, questions_per_step=4)
+    cfg.rollout.engine = "vllm"
+    run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
+    Path({root!r}, "built-" + os.environ["RANK"] + ".json").write_text(json.dumps(built, default=str))
+""")
+
+
+def test_two_gloo_ranks_with_colocated_vllm_match_one_process(tmp_path, monkeypatch):
+    """rollout.engine: vllm on 2 ranks (a stand-in vLLM that refuses what vLLM 0.20 refuses): each rank builds its
+    own engine with the external_launcher executor and its own seed, and the steps match one process (the
+    episodes come from per-episode seeds, the old log-probs from the trainer)."""
+    from vllm_fakes import RandomLLM, install_fake_vllm
+
+    built: list[dict] = []
+    install_fake_vllm(lambda name, value: monkeypatch.setitem(sys.modules, name, value)).LLM = (
+        lambda **kw: built.append(kw) or RandomLLM(vocab=550))
+    monkeypatch.setattr("searche1.rollout.factory._COLOCATED", {})
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4)
+    cfg.rollout.engine = "vllm"
+    monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
+    single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
+    launch_ranks(VLLM_RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp")), world=2,
+                 grads=tmp_path / "grads-dp")
+    assert len(built) == 1 and "distributed_executor_backend" not in built[0]
+    ranks = [json.loads((tmp_path / f"built-{r}.json").read_text()) for r in (0, 1)]
+    assert [len(b) for b in ranks] == [1, 1]
+    assert all(b[0]["distributed_executor_backend"] == "external_launcher" for b in ranks)
+    assert ranks[0][0]["seed"] != ranks[1][0]["seed"]
+    a, b = read_metrics(single), read_metrics(tmp_path / "dp")
+    assert [r["step"] for r in b] == [1, 2]
+    for ra, rb in zip(a, b):
+        for k in ("reward/em", "rollout/policy_tokens", "train/kept_rollouts", "loss/policy", "grad/norm",
+                  "loss/num_tokens"):
+            assert rb[k] == pytest.approx(ra[k], rel=1e-4, abs=1e-7), k
+        assert rb["rollout/logprob_mismatch"] == pytest.approx(ra["rollout/logprob_mismatch"], rel=1e-4), k
+    assert_same_grads(tmp_path, (1, 2))
+
+
 def test_zero1_sharded_optimizer_matches_one_process_and_resumes(tmp_path):
     """grpo.sharding: optimizer (ZeRO-1) on 2 ranks: half the AdamW state per rank, the one-process weights after 2
     steps, a consolidated optimizer.pt equal to the unsharded one, and a resumed third step."""

@@ -113,6 +113,31 @@ def test_make_engine_passes_vllm_kwargs(fake_vllm, tok, monkeypatch, tmp_path):
     assert os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] == "1"
 
 
+def test_colocated_vllm_on_one_rank_of_several_uses_the_external_launcher(fake_vllm, tok, tmp_path, monkeypatch):
+    """Under a launcher (WORLD_SIZE > 1) each rank's engine gets vLLM's external_launcher executor, which places it
+    on cuda:LOCAL_RANK (the default executor puts every rank's engine on GPU 0); an engine in its own process or
+    tensor parallelism across the ranks cannot work that way and fails with the fix named."""
+    from searche1.errors import ConfigError
+    from searche1.rollout.factory import make_engine
+
+    made: list[dict] = []
+    fake_vllm.LLM = lambda **kw: made.append(kw) or types.SimpleNamespace()  # refuses what vLLM 0.20 refuses
+    model = types.SimpleNamespace(generation_config=None)
+    kw = dict(model_path=tmp_path, sync_dir=tmp_path, device="cuda:3")
+    make_engine(RolloutConfig(engine="vllm"), model, tok, None, **kw)
+    assert "distributed_executor_backend" not in made[-1]  # one process: vLLM's default executor
+    monkeypatch.setattr("searche1.rollout.factory._COLOCATED", {})
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    make_engine(RolloutConfig(engine="vllm"), model, tok, None, seed=3, **kw)
+    assert made[-1]["distributed_executor_backend"] == "external_launcher" and made[-1]["seed"] == 3
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # the executor asserts it
+    with pytest.raises(ConfigError, match="vllm_multiprocessing: with 8 ranks.*fix: rollout.vllm_multiprocessing"):
+        make_engine(RolloutConfig(engine="vllm", vllm_multiprocessing=True), model, tok, None, **kw)
+    with pytest.raises(ConfigError, match="tensor_parallel_size: with 8 ranks.*fix:"):
+        make_engine(RolloutConfig(engine="vllm", vllm_kwargs={"tensor_parallel_size": 2}), model, tok, None, **kw)
+    assert len(made) == 2
+
+
 def test_make_engine_seeds_a_new_vllm_engine_only(fake_vllm, tok, tmp_path):
     """The run's seed reaches vllm.LLM (its own generator samples requests without seeds); a later phase with
     another seed reuses the engine (the seed is not part of its shape); vllm_kwargs may override it."""

@@ -73,16 +73,23 @@ class FakeVLLMModule(types.ModuleType):
         super().__setattr__(name, checked_llm(value) if name == "LLM" else value)
 
 
-@pytest.fixture(autouse=True)
-def fake_vllm(monkeypatch):
-    """A stand-in ``vllm`` module, so the engine's lazy ``from vllm import SamplingParams`` works."""
+def install_fake_vllm(setitem=sys.modules.__setitem__) -> FakeVLLMModule:
+    """Put a stand-in ``vllm`` module into ``sys.modules`` (through ``setitem``: a test's ``monkeypatch.setitem``
+    undoes it; a rank process of tests/test_distributed.py keeps it)."""
     mod = FakeVLLMModule("vllm")
     mod.SamplingParams = FakeSamplingParams
     mod.__version__ = "0.0-fake"
     mod.sampling_params = types.ModuleType("vllm.sampling_params")
     mod.sampling_params.RequestOutputKind = types.SimpleNamespace(FINAL_ONLY="final_only")
-    monkeypatch.setitem(sys.modules, "vllm", mod)
-    monkeypatch.setitem(sys.modules, "vllm.sampling_params", mod.sampling_params)
+    setitem("vllm", mod)
+    setitem("vllm.sampling_params", mod.sampling_params)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def fake_vllm(monkeypatch):
+    """A stand-in ``vllm`` module, so the engine's lazy ``from vllm import SamplingParams`` works."""
+    mod = install_fake_vllm(lambda name, value: monkeypatch.setitem(sys.modules, name, value))
     monkeypatch.setattr("searche1.rollout.factory._COLOCATED", {})  # no engine from another test's fake vLLM
     return mod
 

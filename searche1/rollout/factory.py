@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from searche1.errors import ConfigError
 from searche1.rollout.types import RolloutConfig
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def colocated_llm(cfg: RolloutConfig, model_path: str | Path, model_config: Any,
     if cfg.vllm_multiprocessing:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     kwargs = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization, "max_model_len": cfg.max_total_tokens,
-              "dtype": "bfloat16" if device.startswith("cuda") else "auto",
+              "dtype": "bfloat16" if device.startswith("cuda") else "auto", **launcher_kwargs(cfg),
               **({"seed": seed} if seed is not None else {}), **cfg.vllm_kwargs}
     shape = {k: v for k, v in kwargs.items() if k != "seed"}  # another seed alone does not need a new engine
     key = json.dumps({"kwargs": shape, "mp": cfg.vllm_multiprocessing, "extra": key_extra, "model": [
@@ -138,6 +139,33 @@ def colocated_llm(cfg: RolloutConfig, model_path: str | Path, model_config: Any,
     else:
         log.info("reusing this process's colocated vLLM engine (its weights are pushed before the first rollout)")
     return llm
+
+
+def launcher_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
+    """``vllm.LLM`` keywords for a colocated engine on one rank of several (``WORLD_SIZE`` > 1, set by the launcher).
+
+    vLLM's default single-GPU executor takes its GPU from the device string (plain ``cuda``: GPU 0) and its rank as
+    0, so every rank's engine would load onto GPU 0. ``distributed_executor_backend="external_launcher"`` (as TRL's
+    colocate mode does) makes each engine read ``RANK`` / ``LOCAL_RANK`` from the launcher and build its groups from
+    the trainer's process group: with tensor-parallel size 1 every rank is its own data-parallel replica ("external
+    DP" in vLLM's group layout) and samples its own questions. That executor needs the engine in this process, and
+    the ranks of one tensor-parallel group would have to sample the same prompts, so both are refused. Departure:
+    found by reading vLLM 0.20's executor and group code; not yet run on several GPUs."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return {}
+    if cfg.vllm_multiprocessing:
+        raise ConfigError(f"rollout.vllm_multiprocessing: with {world} ranks each rank's colocated vLLM engine must "
+                          "run in its own trainer process (vLLM's external_launcher executor) (fix: "
+                          "rollout.vllm_multiprocessing: false, or engine: vllm-server)")
+    if int(cfg.vllm_kwargs.get("tensor_parallel_size", 1)) > 1:
+        raise ConfigError(f"rollout.vllm_kwargs.tensor_parallel_size: with {world} ranks each rank samples its own "
+                          "questions with its own colocated engine, so vLLM's tensor parallelism across ranks does "
+                          "not apply (fix: drop tensor_parallel_size, or engine: vllm-server with `vllm serve "
+                          "--tensor-parallel-size N`)")
+    return {"distributed_executor_backend": "external_launcher"}
 
 
 def _server_client(cfg: RolloutConfig) -> Any:
