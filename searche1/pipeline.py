@@ -156,7 +156,7 @@ def _run_ofsd(cfg: PipelineConfig, pdir: Path, *, seed: int, progress: bool, epi
     engine, sync, _ = make_engine(cfg.rollout, model, tok, retriever,
                                   model_path=resolve_model_path(model_cfg.name_or_path),
                                   sync_dir=pdir / f"vllm-sync-rank{dist.rank}", device=str(model_cfg.device),
-                                  seed=seed * 1000 + dist.rank, copy=full)
+                                  seed=seed * 1000 + dist.rank, copy=full, dist=dist)
     sync()  # a reused colocated engine (or a server) holds the previous phase's weights
     shard = None
     if full:

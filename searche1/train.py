@@ -331,7 +331,8 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     engine, sync_sampler, exact_logprobs = make_engine(cfg.rollout, model, tok, retriever, device=device,
                                                        model_path=resolve_model_path(model_cfg.name_or_path),
                                                        sync_dir=out / f"vllm-sync-rank{d.rank}", copy=full,
-                                                       seed=g.seed * 1000 + d.rank)  # vLLM's own generator
+                                                       seed=g.seed * 1000 + d.rank,  # vLLM's own generator
+                                                       dist=d)
     autocast = use_bf16(g.bf16, device)
     if full:
         shard_model(model, d, device, param_dtype=gather_dtype(g.fsdp_param_dtype, autocast))

@@ -121,7 +121,8 @@ def test_server_sync_writes_the_trained_weights_in_the_servers_dtype(tmp_path, m
     from tiny import tiny_model, tiny_tokenizer
 
     reloads = []
-    monkeypatch.setattr(factory, "_server_client", lambda cfg: types.SimpleNamespace(reload_weights=reloads.append))
+    monkeypatch.setattr(factory, "_server_client",
+                        lambda cfg, url=None: types.SimpleNamespace(reload_weights=reloads.append))
     tk = tiny_tokenizer()
     model = tiny_model(tk)
     _, sync, exact = factory.make_engine(RolloutConfig(engine="vllm-server", vllm_url="h:1"), model, tk, None,
@@ -132,3 +133,41 @@ def test_server_sync_writes_the_trained_weights_in_the_servers_dtype(tmp_path, m
     assert not exact and reloads == [str((tmp_path / "sync").resolve())] and synced.keys() == plain.keys()
     want = torch.bfloat16 if device == "cuda" else torch.float32
     assert all(v.dtype == want and torch.equal(v, plain[k].to(want)) for k, v in synced.items())
+
+
+def test_server_for_rank_spreads_ranks_and_names_one_pusher_per_server():
+    from searche1.errors import ConfigError
+    from searche1.rollout.factory import server_for_rank
+
+    one = [server_for_rank("http://a:1", r, 4) for r in range(4)]
+    assert one == [("http://a:1", True)] + [("http://a:1", False)] * 3
+    two = "http://a:1, http://b:2"
+    assert [server_for_rank(two, r, 4) for r in range(4)] == [
+        ("http://a:1", True), ("http://b:2", True), ("http://a:1", False), ("http://b:2", False)]
+    with pytest.raises(ConfigError, match="vllm_url: 2 servers for 1 rank.*fix: list at most 1"):
+        server_for_rank(two, 0, 1)
+    with pytest.raises(ConfigError, match="vllm_url: engine vllm-server needs"):
+        server_for_rank(" , ", 0, 1)
+    with pytest.raises(ConfigError, match="vllm_url: engine vllm-server needs"):
+        RolloutConfig(engine="vllm-server", vllm_url=",").validate()
+
+
+@pytest.mark.parametrize("rank, urls, pushes", [(0, "h:1", True), (1, "h:1", False), (1, "h:1,h:2", True)])
+def test_server_sync_on_several_ranks_pushes_once_per_server_then_waits(tmp_path, monkeypatch, rank, urls, pushes):
+    """W ranks on one server: only rank 0 saves the policy and reloads the server (all ranks hold the same weights
+    after a step), then every rank waits at a barrier, so none samples before the reload is done."""
+    import searche1.rollout.factory as factory
+    from tiny import tiny_model, tiny_tokenizer
+
+    used, reloads, barriers = [], [], []
+    monkeypatch.setattr(factory, "_server_client", lambda cfg, url=None: used.append(url) or types.SimpleNamespace(
+        reload_weights=reloads.append))
+    dist = types.SimpleNamespace(rank=rank, world=2, enabled=True, barrier=lambda: barriers.append(len(reloads)))
+    tk = tiny_tokenizer()
+    _, sync, _ = factory.make_engine(RolloutConfig(engine="vllm-server", vllm_url=urls), tiny_model(tk), tk, None,
+                                     model_path=tmp_path, sync_dir=tmp_path / "sync", device="cpu", dist=dist)
+    sync()
+    sync()
+    assert used == [urls.split(",")[rank % len(urls.split(","))]]
+    assert len(reloads) == (2 if pushes else 0) and (tmp_path / "sync").is_dir() == pushes
+    assert barriers == ([1, 2] if pushes else [0, 0])  # each barrier after that step's reload

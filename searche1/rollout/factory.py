@@ -49,15 +49,17 @@ def sampler_dtype(cfg: RolloutConfig, model: Any, device: str):
 
 
 def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, model_path: str | Path,
-                sync_dir: Path, device: str, copy: bool = False,
-                seed: int | None = None) -> tuple[Any, Callable[[], None], bool]:
+                sync_dir: Path, device: str, copy: bool = False, seed: int | None = None,
+                dist: Any = None) -> tuple[Any, Callable[[], None], bool]:
     """``(engine, sync, exact)``: call ``sync()`` after each optimizer step so the sampler uses the new weights;
     ``exact`` is False when the sampler's log-probs are not the trainer's (a bf16 copy, vLLM), so the trainer
     re-scores the sampled tokens. ``copy`` forces the HF engine onto its own copy of the weights even in the same
     dtype (FSDP: the trainer's model is about to be sharded); ``sync`` then gathers the shards (every rank calls
     it). ``seed`` seeds a new colocated vLLM engine's own generator (``vllm.LLM(seed=...)``; it samples requests
     without a seed, ``rollout.vllm_request_seeds: false``; in-process vLLM also reseeds the process's global RNGs
-    with it); a reused engine keeps its first seed and stream."""
+    with it); a reused engine keeps its first seed and stream. ``dist`` (:class:`searche1.distributed.Dist`, this
+    rank among several) picks a ``vllm-server`` rank's server (:func:`server_for_rank`); every rank calls ``sync``,
+    only the first rank on each server saves and reloads, and all wait at a barrier before sampling."""
     if cfg.engine == "hf":
         from searche1.rollout.hf_engine import HFEngine
 
@@ -93,9 +95,17 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
     from searche1.checkpoint import hf_state_dict, save_policy
     from searche1.io import atomic_dir
 
-    client = _server_client(cfg)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    url, pusher = server_for_rank(cfg.vllm_url, rank, world)
+    client = _server_client(cfg, url)
 
-    def sync() -> None:  # on a GPU the server samples in bf16: fp32 trained weights are written as bf16 (half the I/O)
+    def sync() -> None:
+        if pusher:
+            _save_and_reload()
+        if dist is not None and dist.enabled:
+            dist.barrier()  # no rank samples from a server before its reload is done
+
+    def _save_and_reload() -> None:  # on a GPU the server samples in bf16: fp32 trained weights are written as bf16
         import torch
 
         state, seen = None, set()
@@ -168,10 +178,29 @@ def launcher_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
     return {"distributed_executor_backend": "external_launcher"}
 
 
-def _server_client(cfg: RolloutConfig) -> Any:
+def server_urls(vllm_url: str | None) -> list[str]:
+    """``rollout.vllm_url`` as a list: one URL, or several separated by commas."""
+    return [u.strip() for u in (vllm_url or "").split(",") if u.strip()]
+
+
+def server_for_rank(vllm_url: str | None, rank: int, world: int) -> tuple[str, bool]:
+    """``(url, pushes)`` for ``rank`` of ``world``: with ``n`` servers rank ``r`` samples from server ``r mod n``,
+    and ranks ``0 .. n-1`` (the first on each server) push the weights to it after each step. All ranks hold the
+    same weights after a step, so one reload per server is enough: W ranks on one server used to save the policy W
+    times and reload it W times a step."""
+    urls = server_urls(vllm_url)
+    if not urls:
+        raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
+    if len(urls) > world:
+        raise ConfigError(f"vllm_url: {len(urls)} servers for {world} rank(s); rank r samples from server r mod n, "
+                          f"so {len(urls) - world} would never be used (fix: list at most {world})")
+    return urls[rank % len(urls)], rank < len(urls)
+
+
+def _server_client(cfg: RolloutConfig, url: str | None = None) -> Any:
     from searche1.rollout.vllm_engine import VLLMServerClient
 
-    return VLLMServerClient(cfg.vllm_url, concurrency=cfg.vllm_server_concurrency)
+    return VLLMServerClient(url or server_urls(cfg.vllm_url)[0], concurrency=cfg.vllm_server_concurrency)
 
 
 def _vllm_engine(backend: Any, tok: Any, retriever: Any, cfg: RolloutConfig, eos_ids: Any) -> Any:

@@ -47,7 +47,9 @@ class RolloutConfig:
         "help": "hf engine: sample from a copy of the policy in this dtype, synced after every optimizer step; auto "
                 "= bfloat16 where it is native (GPU, or a CPU with AVX512-BF16/AMX) and the trainer is not already "
                 "bf16, else no copy (same)"})
-    vllm_url: str | None = field(default=None, metadata={"help": "vllm-server: base URL, e.g. http://127.0.0.1:8001"})
+    vllm_url: str | None = field(default=None, metadata={
+        "help": "vllm-server: base URL, e.g. http://127.0.0.1:8001, or several separated by commas: rank r samples "
+                "from the (r mod n)-th, and the first rank on each server pushes the weights to it after each step"})
     vllm_server_concurrency: int = field(default=256, metadata={
         "help": "vllm-server: requests in flight at once, one per episode's turn (the server batches what is in "
                 "flight: below the episodes of a turn it decodes in smaller batches)"})
@@ -97,7 +99,7 @@ class RolloutConfig:
             raise ConfigError("temperature: must be > 0 (fix: set greedy: true for argmax decoding)")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p: must be in (0, 1]")
-        if self.engine == "vllm-server" and not self.vllm_url:
+        if self.engine == "vllm-server" and not "".join((self.vllm_url or "").split(",")).strip():
             raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
         if not isinstance(self.vllm_logprobs, bool) and self.vllm_logprobs is not None \
                 and not 0 <= self.vllm_logprobs <= 1:
