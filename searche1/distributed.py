@@ -24,8 +24,10 @@ summed gradients).
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,6 +126,40 @@ def init_distributed(device: str = "cpu") -> Dist:
         torch.distributed.init_process_group(backend=process_group_backend(device),
                                              timeout=timedelta(hours=2))  # evals run on rank 0
     return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size())
+
+
+SHARED_CHECK = ".shared-check"
+
+
+def check_shared_dir(dist: Dist, out: Path) -> None:
+    """Fail on every rank unless all ranks see the files rank 0 writes into ``out`` (a collective).
+
+    Every rank reads what rank 0 writes there: the checkpoint a resumed run starts from, each pipeline phase's
+    starting policy, the run state. On several nodes ``out`` must therefore be one filesystem that every node mounts
+    at the same path; on node-local disks the other nodes would resume from nothing, or start a phase from another
+    policy, silently. Rank 0 writes a random token to ``out/.shared-check``, every rank reads it back, and the ranks
+    that cannot are named. The file is removed afterwards."""
+    if not dist.enabled:
+        return
+    path = out / SHARED_CHECK
+    token = None
+    if dist.is_main:
+        token = secrets.token_hex(16)
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(token)
+    token = dist.gather(token)[0]  # rank 0 wrote the file before it joined this gather
+    try:
+        seen = path.read_text() == token
+    except OSError:
+        seen = False
+    blind = [r for r, ok in enumerate(dist.gather(seen)) if not ok]
+    if dist.is_main:
+        path.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(f"--out {out}: rank(s) {blind} of {dist.world} do not see the files rank 0 writes there; "
+                          "every rank reads rank 0's checkpoints and phase outputs, so on several nodes the run "
+                          "folder must be on a filesystem every node mounts at the same path (fix: --out on a "
+                          "shared filesystem such as NFS or Lustre)")
 
 
 def rank_device(device: str) -> str:

@@ -77,11 +77,12 @@ def run_pipeline(cfg: PipelineConfig, out_dir: str | Path, *, resume: bool = Fal
                  episode_reward=None) -> Path:
     """Run ``cfg.schedule``; returns the folder of the final policy (HF layout)."""
     from searche1.checkpoint import STATE_FILE, latest_checkpoint
-    from searche1.distributed import init_distributed
+    from searche1.distributed import check_shared_dir, init_distributed
     from searche1.models import resolve_device
 
     d = init_distributed(resolve_device(cfg.model.device))
     out = Path(out_dir)
+    check_shared_dir(d, out)  # on several nodes every rank must see rank 0's files (phase outputs, resume)
     state_path = out / "pipeline.json"
     if state_path.is_file() and not resume:
         raise FileExistsError(f"{out} already holds a pipeline run (fix: pass --resume, or another --out)")

@@ -287,6 +287,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     from searche1.checkpoint import checkpoint_at_or_before, latest_checkpoint, load_checkpoint, save_checkpoint
     from searche1.data.qa import load_qa, load_qa_files
     from searche1.distributed import (
+        check_shared_dir,
         consolidate_optimizer,
         init_distributed,
         make_adamw,
@@ -314,6 +315,7 @@ def run_grpo(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     d = init_distributed(device)  # data-parallel ranks under accelerate launch / torchrun (searche1.distributed)
     if d.enabled:
         device = rank_device(device)
+    check_shared_dir(d, out)  # on several nodes every rank must see rank 0's files (checkpoints, resume)
     d.barrier()  # every rank has checked --out before rank 0 writes to it
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)

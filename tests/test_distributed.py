@@ -308,6 +308,41 @@ def test_gpu_ranks_open_nccl_with_gloo_for_cpu_tensors_on_their_own_gpu(monkeypa
     assert distributed.process_group_backend("cuda:3") == "cpu:gloo,cuda:nccl"
 
 
+SHARED_SCRIPT = textwrap.dedent("""
+    import os
+    from pathlib import Path
+    from searche1.distributed import check_shared_dir, init_distributed
+    from searche1.errors import ConfigError
+    d = init_distributed("cpu")
+    out = Path({dirs!r}[d.rank])  # one folder for all ranks (a shared filesystem), or one per rank (node-local)
+    try:
+        check_shared_dir(d, out)
+        print("shared", sorted(p.name for p in out.iterdir()))
+    except ConfigError as e:
+        print("refused:", e)
+    import torch
+    torch.distributed.destroy_process_group()
+""")
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["shared", "node-local"])
+def test_run_folder_must_be_shared_by_all_ranks(tmp_path, local):
+    """On several nodes every rank reads rank 0's checkpoints and phase outputs: a run folder that another rank
+    cannot see (node-local disks, simulated by a folder per rank) fails on every rank, naming those ranks."""
+    dirs = [str(tmp_path / "a"), str(tmp_path / ("b" if local else "a"))]
+    (tmp_path / "b").mkdir()
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", SHARED_SCRIPT.format(dirs=dirs)], text=True,
+                              env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
+    if local:
+        assert all(o.startswith("refused: --out") and "rank(s) [1] of 2 do not see" in o and "fix: --out on a "
+                   "shared filesystem" in o for o in outs), outs
+    else:
+        assert outs == ["shared []", "shared []"]  # and the check file is gone
+
+
 def test_ranks_need_divisible_questions(tmp_path):
     """A config that cannot be split fails on every rank with the field named (checked in one process here)."""
     cfg = make_config(tmp_path, questions_per_step=3)
@@ -334,6 +369,31 @@ def test_accelerate_launch_runs_the_train_command(tmp_path):
            "-m", "searche1", "train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-000001", "step-000002"]
+
+
+def test_torchrun_on_two_nodes_runs_the_train_command(tmp_path):
+    """The documented multi-node launch, two "nodes" on this machine: one `torchrun --nnodes 2 --node_rank N
+    --nproc_per_node 1` per node (so LOCAL_RANK is 0 on both and RANK counts across nodes) sharing one run folder."""
+    import shutil
+
+    import yaml
+
+    from searche1.config import to_dict
+
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("torchrun is not installed")
+    cfg = to_dict(make_config(tmp_path, steps=2, questions_per_step=2))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    env, port = {**os.environ, "OMP_NUM_THREADS": "1"}, str(free_port())
+    procs = [subprocess.Popen([launcher, "--nnodes", "2", "--node_rank", str(n), "--nproc_per_node", "1",
+                               "--master_addr", "127.0.0.1", "--master_port", port, "-m", "searche1", "train",
+                               "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
     assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-000001", "step-000002"]
 
