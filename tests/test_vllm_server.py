@@ -141,9 +141,11 @@ def test_server_for_rank_spreads_ranks_and_names_one_pusher_per_server():
 
     one = [server_for_rank("http://a:1", r, 4) for r in range(4)]
     assert one == [("http://a:1", True)] + [("http://a:1", False)] * 3
-    two = "http://a:1, http://b:2"
+    two = "http://a:1, http://b:2"  # one server per node of 2 ranks each: ranks 0, 1 on a; 2, 3 on b
     assert [server_for_rank(two, r, 4) for r in range(4)] == [
-        ("http://a:1", True), ("http://b:2", True), ("http://a:1", False), ("http://b:2", False)]
+        ("http://a:1", True), ("http://a:1", False), ("http://b:2", True), ("http://b:2", False)]
+    three = [server_for_rank("a,b,c", r, 7) for r in range(7)]  # blocks of 3, 2, 2 ranks
+    assert three == [("a", True), ("a", False), ("a", False), ("b", True), ("b", False), ("c", True), ("c", False)]
     with pytest.raises(ConfigError, match="vllm_url: 2 servers for 1 rank.*fix: list at most 1"):
         server_for_rank(two, 0, 1)
     with pytest.raises(ConfigError, match="vllm_url: engine vllm-server needs"):
@@ -152,7 +154,8 @@ def test_server_for_rank_spreads_ranks_and_names_one_pusher_per_server():
         RolloutConfig(engine="vllm-server", vllm_url=",").validate()
 
 
-@pytest.mark.parametrize("rank, urls, pushes", [(0, "h:1", True), (1, "h:1", False), (1, "h:1,h:2", True)])
+@pytest.mark.parametrize("rank, urls, pushes", [(0, "h:1", True), (1, "h:1", False), (1, "h:1,h:2", True),
+                                                 (0, "h:1,h:2", True)])
 def test_server_sync_on_several_ranks_pushes_once_per_server_then_waits(tmp_path, monkeypatch, rank, urls, pushes):
     """W ranks on one server: only rank 0 saves the policy and reloads the server (all ranks hold the same weights
     after a step), then every rank waits at a barrier, so none samples before the reload is done."""
@@ -168,6 +171,6 @@ def test_server_sync_on_several_ranks_pushes_once_per_server_then_waits(tmp_path
                                      model_path=tmp_path, sync_dir=tmp_path / "sync", device="cpu", dist=dist)
     sync()
     sync()
-    assert used == [urls.split(",")[rank % len(urls.split(","))]]
+    assert used == [urls.split(",")[rank * len(urls.split(",")) // 2]]
     assert len(reloads) == (2 if pushes else 0) and (tmp_path / "sync").is_dir() == pushes
     assert barriers == ([1, 2] if pushes else [0, 0])  # each barrier after that step's reload

@@ -184,17 +184,19 @@ def server_urls(vllm_url: str | None) -> list[str]:
 
 
 def server_for_rank(vllm_url: str | None, rank: int, world: int) -> tuple[str, bool]:
-    """``(url, pushes)`` for ``rank`` of ``world``: with ``n`` servers rank ``r`` samples from server ``r mod n``,
-    and ranks ``0 .. n-1`` (the first on each server) push the weights to it after each step. All ranks hold the
-    same weights after a step, so one reload per server is enough: W ranks on one server used to save the policy W
-    times and reload it W times a step."""
+    """``(url, pushes)`` for ``rank`` of ``world``: the ranks are split into ``n`` contiguous blocks, one per server
+    (rank ``r`` samples from server ``r * n // world``: with one server per node, a node's ranks use its own), and
+    the first rank of each block pushes the weights to its server after each step. All ranks hold the same weights
+    after a step, so one reload per server is enough: W ranks on one server used to save the policy W times and
+    reload it W times a step."""
     urls = server_urls(vllm_url)
     if not urls:
         raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
     if len(urls) > world:
-        raise ConfigError(f"vllm_url: {len(urls)} servers for {world} rank(s); rank r samples from server r mod n, "
-                          f"so {len(urls) - world} would never be used (fix: list at most {world})")
-    return urls[rank % len(urls)], rank < len(urls)
+        raise ConfigError(f"vllm_url: {len(urls)} servers for {world} rank(s), so {len(urls) - world} would never "
+                          f"be used (fix: list at most {world})")
+    n = len(urls)
+    return urls[rank * n // world], rank == 0 or (rank - 1) * n // world != rank * n // world
 
 
 def _server_client(cfg: RolloutConfig, url: str | None = None) -> Any:

@@ -48,8 +48,9 @@ class RolloutConfig:
                 "= bfloat16 where it is native (GPU, or a CPU with AVX512-BF16/AMX) and the trainer is not already "
                 "bf16, else no copy (same)"})
     vllm_url: str | None = field(default=None, metadata={
-        "help": "vllm-server: base URL, e.g. http://127.0.0.1:8001, or several separated by commas: rank r samples "
-                "from the (r mod n)-th, and the first rank on each server pushes the weights to it after each step"})
+        "help": "vllm-server: base URL, e.g. http://127.0.0.1:8001, or several separated by commas: the ranks are "
+                "split into contiguous blocks, one per server (one server per node: each node's ranks use its own), "
+                "and the first rank of each block pushes the weights to its server after each step"})
     vllm_server_concurrency: int = field(default=256, metadata={
         "help": "vllm-server: requests in flight at once, one per episode's turn (the server batches what is in "
                 "flight: below the episodes of a turn it decodes in smaller batches)"})
