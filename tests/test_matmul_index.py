@@ -66,6 +66,18 @@ def test_k_is_clamped_and_bad_input_is_named():
             resolve_devices("cuda")
 
 
+def test_auto_devices_in_one_rank_of_several_take_that_ranks_gpu(monkeypatch):
+    """Each rank of a data-parallel run loads its own in-process index: ``auto`` keeps it on the rank's GPU instead
+    of a shard on every GPU (one process: every visible GPU, as before)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve_devices("auto") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_devices("auto") == ["cuda:2"]
+    assert resolve_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]  # asked for by name: all of them
+
+
 def test_dense_retriever_torch_backend_matches_faiss(tmp_path):
     pytest.importorskip("faiss")
     pytest.importorskip("sentence_transformers")

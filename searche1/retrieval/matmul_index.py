@@ -14,6 +14,7 @@ concurrently because CUDA kernels are asynchronous, and the merge waits for all 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,11 +27,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_devices(devices: str | Sequence[str] = "auto") -> list[str]:
-    """``auto`` → every visible GPU (else ``cpu``); ``cuda`` → every visible GPU; ``cpu*3`` → 3 CPU shards (tests);
-    a comma-separated string or a list → those devices."""
+    """``auto`` → every visible GPU (else ``cpu``), but in one rank of a data-parallel run (``WORLD_SIZE`` > 1) only
+    that rank's GPU (``cuda:LOCAL_RANK``), since every rank loads its own in-process index and would otherwise put a
+    shard on every GPU, searched by all ranks at once; ``cuda`` → every visible GPU; ``cpu*3`` → 3 CPU shards
+    (tests); a comma-separated string or a list → those devices."""
     if isinstance(devices, str):
         if devices in ("auto", "cuda"):
             n = torch.cuda.device_count()
+            if devices == "auto" and n and int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+                return [f"cuda:{int(os.environ['LOCAL_RANK'])}"]
             if n == 0 and devices == "cuda":
                 raise ConfigError("dense devices: 'cuda' asked for but no GPU is visible (fix: use 'cpu' or 'auto')")
             return [f"cuda:{i}" for i in range(n)] or ["cpu"]
