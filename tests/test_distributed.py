@@ -102,31 +102,38 @@ VLLM_RANK_SCRIPT = textwrap.dedent("""
     from test_train import make_config, parity_reward
     from vllm_fakes import RandomLLM, install_fake_vllm
     from searche1.train import run_grpo
-    built = []
-    install_fake_vllm().LLM = lambda **kw: built.append(kw) or RandomLLM(vocab=550)
-    cfg = make_config(Path({root!r}), steps=2, questions_per_step=4)
+    built, built_llm = [], []
+    install_fake_vllm().LLM = lambda **kw: built.append(kw) or built_llm.append(RandomLLM(vocab=550)) or built_llm[-1]
+    cfg = make_config(Path({root!r}), steps=2, questions_per_step=4, **{extra!r})
     cfg.rollout.engine = "vllm"
     run_grpo(cfg, Path({out!r}), progress=False, episode_reward=parity_reward)
     Path({root!r}, "built-" + os.environ["RANK"] + ".json").write_text(json.dumps(built, default=str))
+    if os.environ["RANK"] == "0":  # the weights rank 0's engine got at its last push
+        from safetensors.torch import save_file
+        save_file(built_llm[0].events[-1][1], str(Path({root!r}, "pushed-dp.safetensors")))
 """)
 
 
-def test_two_gloo_ranks_with_colocated_vllm_match_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [{}, {"sharding": "full", "skip_zero_std_groups": True}], ids=["ddp", "fsdp"])
+def test_two_gloo_ranks_with_colocated_vllm_match_one_process(tmp_path, monkeypatch, extra):
     """rollout.engine: vllm on 2 ranks (a stand-in vLLM that refuses what vLLM 0.20 refuses): each rank builds its
     own engine with the external_launcher executor and its own seed, and the steps match one process (the
-    episodes come from per-episode seeds, the old log-probs from the trainer)."""
+    episodes come from per-episode seeds, the old log-probs from the trainer); under FSDP the push gathers the
+    sharded weights one tensor at a time into each rank's engine: the last push holds the trained weights."""
     from vllm_fakes import RandomLLM, install_fake_vllm
 
     built: list[dict] = []
     install_fake_vllm(lambda name, value: monkeypatch.setitem(sys.modules, name, value)).LLM = (
         lambda **kw: built.append(kw) or RandomLLM(vocab=550))
     monkeypatch.setattr("searche1.rollout.factory._COLOCATED", {})
-    cfg = make_config(tmp_path, steps=2, questions_per_step=4)
+    cfg = make_config(tmp_path, steps=2, questions_per_step=4, **extra)
     cfg.rollout.engine = "vllm"
     monkeypatch.setenv("SEARCHE1_GRAD_DUMP", str(tmp_path / "grads-single"))
     single = run_grpo(cfg, tmp_path / "single", progress=False, episode_reward=parity_reward)
-    launch_ranks(VLLM_RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp")), world=2,
-                 grads=tmp_path / "grads-dp")
+    launch_ranks(VLLM_RANK_SCRIPT.format(tests=str(TESTS), root=str(tmp_path), out=str(tmp_path / "dp"),
+                                         extra=extra), world=2, grads=tmp_path / "grads-dp")
+    pushed, final = load_file(str(tmp_path / "pushed-dp.safetensors")), weights(list_checkpoints(tmp_path / "dp")[-1])
+    assert final.keys() <= pushed.keys() and all(torch.equal(pushed[k], final[k]) for k in final)  # (+ tied head)
     assert len(built) == 1 and "distributed_executor_backend" not in built[0]
     ranks = [json.loads((tmp_path / f"built-{r}.json").read_text()) for r in (0, 1)]
     assert [len(b) for b in ranks] == [1, 1]

@@ -42,6 +42,35 @@ def test_push_weights_paths(fake_vllm):
     assert torch.equal(loaded["weight"], model.weight.detach().to(torch.bfloat16))
 
 
+def test_push_weights_in_process_gathers_one_tensor_at_a_time(fake_vllm, monkeypatch):
+    """In process, the engine's loader pulls the weights one by one, each gathered (under FSDP) only when it is
+    loaded: one full tensor at a time instead of the whole policy; a loader that stops early still leaves every
+    tensor gathered (the gathers are collectives every rank must join)."""
+    import searche1.sharding
+
+    events: list[str] = []
+    real = searche1.sharding.full_tensor
+    monkeypatch.setattr(searche1.sharding, "full_tensor", lambda t: events.append("gather") or real(t))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+
+    def loader(take: int | None):
+        def load_weights(weights):
+            for i, (name, _) in enumerate(weights):
+                events.append("load " + name)
+                if take is not None and i + 1 == take:
+                    return
+        return lambda m: types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=types.SimpleNamespace(
+            model_runner=types.SimpleNamespace(model=types.SimpleNamespace(load_weights=load_weights)))))
+
+    llm, _ = fake_colocated(llm_engine=loader(None))
+    assert push_weights(llm, model) == 4
+    assert events == [e for n in ("0.weight", "0.bias", "1.weight", "1.bias") for e in ("gather", "load " + n)]
+    events.clear()
+    llm, _ = fake_colocated(llm_engine=loader(1))
+    push_weights(llm, model)
+    assert events == ["gather", "load 0.weight", "gather", "gather", "gather"]
+
+
 def test_push_weights_warns_when_vllm_keeps_its_prefix_cache(fake_vllm, caplog):
     """vLLM 0.20's reset_prefix_cache returns False (and resets nothing) while requests hold KV blocks: said aloud."""
     llm, loaded = fake_colocated(apply_model=lambda m: lambda fn: [fn(m)])

@@ -53,7 +53,7 @@ import collections
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -434,11 +434,14 @@ def push_weights(llm: Any, model: Any) -> int:
     from searche1.checkpoint import hf_state_dict
     from searche1.sharding import full_tensor
 
-    # FSDP: gathered; LoRA: merged (vLLM's model has the HF names and no adapters)
-    weights = [(k, full_tensor(v.detach())) for k, v in hf_state_dict(model).items()]
+    named = list(hf_state_dict(model).items())  # LoRA: merged (vLLM's model has the HF names and no adapters)
 
-    def load(m: Any) -> None:
-        m.load_weights(weights)
+    def gathered() -> Iterator[tuple[str, Any]]:
+        # FSDP: each full tensor is gathered (a collective: every rank pushes the same names in the same order)
+        # only when the engine asks for it, so one tensor is whole at a time, not the whole policy (7B in fp32:
+        # 28 GB at once on every GPU otherwise)
+        for k, v in named:
+            yield k, full_tensor(v.detach())
 
     target = None
     for path in ("llm_engine.model_executor.driver_worker.model_runner.model",
@@ -448,12 +451,19 @@ def push_weights(llm: Any, model: Any) -> int:
             break
         target = None
     if target is not None:
-        load(target)
-        return _after_push(llm, len(weights))
+        stream = gathered()
+        target.load_weights(stream)
+        for _ in stream:  # a loader that stopped early: every rank still takes part in every gather
+            pass
+        return _after_push(llm, len(named))
     # the tensors travel to the engine's process: in vLLM's dtype (fp32 trained weights to a bf16 engine: half)
     dtype = _attr_path(llm, "llm_engine.model_config.dtype")
-    if isinstance(dtype, torch.dtype):
-        weights = [(k, v.to(dtype) if v.is_floating_point() else v) for k, v in weights]
+    cast = isinstance(dtype, torch.dtype)
+    weights = [(k, v.to(dtype) if cast and v.is_floating_point() else v) for k, v in gathered()]
+
+    def load(m: Any) -> None:
+        m.load_weights(weights)
+
     if callable(getattr(llm, "apply_model", None)):
         llm.apply_model(load)
     elif callable(getattr(llm, "collective_rpc", None)):
