@@ -10,6 +10,12 @@ with ``enforce_eager: true``, i.e. no torch.compile / CUDA graphs).
 3. push the HF model's weights with noise added (``push_weights``): the continuations must change; push the original
    weights back: they must equal step 2's again (and the prefix cache must not serve stale blocks);
 4. log-prob gap: the HF model (bf16, same weights) re-scores step 2's tokens; mean and max |Δ log p| against vLLM's.
+
+``--launcher`` (run it under ``torchrun --nproc_per_node 1``): what a rank of a multi-GPU run does, on one GPU. It
+first opens the trainer's process group as :func:`searche1.distributed.init_distributed` does on GPUs (the current
+device ``cuda:LOCAL_RANK``, backend ``cpu:gloo,cuda:nccl``), checks a CPU and a CUDA all-reduce and an object gather
+on it, then builds vLLM with ``distributed_executor_backend="external_launcher"`` on top of that group (what
+:func:`searche1.rollout.factory.launcher_kwargs` adds under several ranks) and runs steps 2-4 through it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import log, rnd  # noqa: E402
 
 
+def process_group_check() -> dict:
+    """Open the trainer's process group from torchrun's environment, as init_distributed does on GPUs, and check
+    that a CPU tensor, a CUDA tensor and a Python object each go through it."""
+    import torch
+
+    from searche1.distributed import process_group_backend
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if k not in os.environ:
+            sys.exit(f"--launcher: {k} is not set (fix: run under torchrun --nproc_per_node 1)")
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    backend = process_group_backend("cuda")
+    t0 = time.perf_counter()
+    torch.distributed.init_process_group(backend=backend)
+    cpu, cuda = torch.ones(3, dtype=torch.float64), torch.ones(3, device="cuda")
+    torch.distributed.all_reduce(cpu)
+    torch.distributed.all_reduce(cuda)
+    objs: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(objs, {"rank": torch.distributed.get_rank()})
+    torch.distributed.barrier()
+    return {"backend": backend, "world": torch.distributed.get_world_size(), "cpu_all_reduce": cpu.tolist(),
+            "cuda_all_reduce": cuda.tolist(), "gathered": objs, "seconds": rnd(time.perf_counter() - t0, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="local HF folder or smollm2-135m-instruct")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--kwargs", default="{}", help="JSON: extra vllm.LLM keywords (rollout.vllm_kwargs)")
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--launcher", action="store_true", help="under torchrun: the trainer's process group first, "
+                    "then vLLM's external_launcher executor on it (module docstring)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -43,9 +75,15 @@ def main() -> None:
 
     path = str(resolve_model_path(args.model))
     res: dict = {"vllm": vllm.__version__, "torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
-    save = lambda: (args.out / "vllm_check.json").write_text(json.dumps(res, indent=1))  # noqa: E731
+    name = "vllm_check_launcher.json" if args.launcher else "vllm_check.json"
+    save = lambda: (args.out / name).write_text(json.dumps(res, indent=1))  # noqa: E731
+    extra = {}
+    if args.launcher:
+        res["process_group"] = process_group_check()
+        save()
+        extra = {"distributed_executor_backend": "external_launcher"}
     llm, errors = None, []
-    for kw in (json.loads(args.kwargs), {**json.loads(args.kwargs), "enforce_eager": True}):
+    for kw in ({**json.loads(args.kwargs), **extra}, {**json.loads(args.kwargs), **extra, "enforce_eager": True}):
         t0 = time.perf_counter()
         try:
             llm = load_llm(path, gpu_memory_utilization=0.3, dtype="bfloat16", max_model_len=2048, **kw)

@@ -5,6 +5,9 @@
 # Stages, in order (times measured on one H100, 2026-11-27):
 #   check       benchmarks/vllm_check.py: vLLM starts (else retried with enforce_eager), pushed weights reach it, the
 #               log-prob gap to HF (~90 s with the first torch.compile)
+#   launcher    torchrun --nproc_per_node 1 benchmarks/vllm_check.py --launcher: a rank's process group as on
+#               several GPUs (cpu:gloo,cuda:nccl: CPU and CUDA all-reduce, object gather), then the same check with
+#               vLLM's external_launcher executor built on that group (not yet run; ~60-90 s)
 #   demo        benchmarks/gpu_check.py --engine vllm: the demo with vLLM GRPO rollouts, then HF vs vLLM rollout
 #               tokens/s on the warmed model (~270 s; needs `check` first for its kwargs)
 #   decode      benchmarks/decode_compare.py: HF vs in-process vLLM on 512 long, decode-bound episodes, vLLM with
@@ -61,6 +64,16 @@ if has check; then
   cp /tmp/vc/vllm_check.json "$RES/" 2>/dev/null
   tail -25 "$RES/vllm_check.log"
   [ -f /tmp/vc/vllm_kwargs.json ] || { echo "vLLM did not start"; exit 1; }
+  bundle
+fi
+if has launcher; then
+  rm -rf /tmp/vcl
+  run "${CHECK_LIMIT:-150}" python3 -m torch.distributed.run --nproc_per_node 1 --master_port 29533 \
+    benchmarks/vllm_check.py --launcher --model smollm2-135m-instruct --out /tmp/vcl --kwargs "$(kw)" \
+    > "$RES/vllm_check_launcher.log" 2>&1
+  echo "vllm_check --launcher exit $?"
+  cp /tmp/vcl/vllm_check_launcher.json "$RES/" 2>/dev/null
+  tail -25 "$RES/vllm_check_launcher.log"
   bundle
 fi
 if has demo; then
