@@ -351,8 +351,10 @@ def _check_run_folder(out: Path, cfg, resume: bool) -> None:
 
     from searche1.config import to_dict
 
-    if not out.is_dir() or not any(out.iterdir()):
-        return
+    from searche1.distributed import SHARED_CHECK
+
+    if not out.is_dir() or not any(p.name != SHARED_CHECK for p in out.iterdir()):  # (a check file a killed run
+        return  # left behind: searche1.distributed.check_shared_dir)
     try:
         old = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):

@@ -108,6 +108,13 @@ def test_train_refuses_a_folder_that_holds_no_run_or_another_kind(tmp_path):
     r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "index"), "--resume"])
     assert r.exit_code == 2 and "holds files but no searche1 run" in flat(r), flat(r)
     assert not (tmp_path / "index" / "config.json").exists()
+    (tmp_path / "left").mkdir()  # only the check file of a multi-rank start that was killed: an empty folder
+    (tmp_path / "left" / ".shared-check").write_text("0" * 32)
+    from searche1.cli import _check_run_folder
+    from searche1.config import load_config
+    from searche1.pipeline import PipelineConfig
+
+    _check_run_folder(tmp_path / "left", load_config(PipelineConfig, cfg, {}), False)  # does not raise
     (tmp_path / "pipe" / "phase-00-grpo").mkdir(parents=True)
     r = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "pipe"), "--resume"])
     assert r.exit_code == 2 and "holds a pipeline run" in flat(r)
