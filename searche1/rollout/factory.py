@@ -5,9 +5,10 @@ a bf16 copy of it (``rollout.sampler_dtype``; DESIGN §4 measured ~1.5× faster 
 whose weights are copied over after every optimizer step. ``vllm`` builds a colocated ``vllm.LLM`` on the policy's
 folder (or reuses this process's, see ``_COLOCATED``) and pushes the trainer's weights into it after every optimizer
 step (:func:`searche1.rollout.vllm_engine.push_weights`): by reference in-process (the default), by RPC when
-``rollout.vllm_multiprocessing`` gives vLLM's engine its own process. ``vllm-server`` talks to a ``vllm serve``
-process and, after every step, saves the policy to ``RUN/vllm-sync/`` (safetensors) and asks the server to reload it
-by path. With either vLLM engine the trainer re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see
+``rollout.vllm_multiprocessing`` gives vLLM's engine its own process; under a launcher each rank's engine uses vLLM's
+``external_launcher`` executor (:func:`launcher_kwargs`). ``vllm-server`` talks to a ``vllm serve`` process and,
+after every step, saves the policy to ``RUN/vllm-sync-rankN/`` (safetensors) and asks the server to reload it by
+path: one rank per server does (:func:`server_for_rank`), the others wait. With either vLLM engine the trainer re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see
 train.py). The trainer also calls ``sync()`` once before its first rollout: a reused colocated engine or a server may
 hold another phase's weights, or a resumed run's older ones.
 """
