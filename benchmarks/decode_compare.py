@@ -54,7 +54,8 @@ def main() -> None:
     from searche1.rollout.hf_engine import HFEngine
     from searche1.rollout.tokens import generation_eos_ids
     from searche1.rollout.types import RolloutConfig
-    from searche1.rollout.vllm_engine import VLLMEngine, load_llm
+    from searche1.rollout.vllm_colocated import load_llm
+    from searche1.rollout.vllm_engine import VLLMEngine
 
     path = str(resolve_model_path(args.model))
     if args.shape:  # a random-weight body of that shape, with the model's tokenizer (saved: vLLM loads from disk)

@@ -94,7 +94,8 @@ def vllm_rollouts(args) -> None:
         return save()
     from transformers import AutoTokenizer
 
-    from searche1.rollout.vllm_engine import VLLMEngine, load_llm
+    from searche1.rollout.vllm_colocated import load_llm
+    from searche1.rollout.vllm_engine import VLLMEngine
 
     cfg, retriever, batch_of = rollout_setup(args, paths, Path(paths["warm"]))
     tok = AutoTokenizer.from_pretrained(paths["warm"])

@@ -71,7 +71,7 @@ def main() -> None:
     from vllm import SamplingParams
 
     from searche1.models import ModelConfig, load_policy, resolve_model_path
-    from searche1.rollout.vllm_engine import load_llm, push_weights
+    from searche1.rollout.vllm_colocated import load_llm, push_weights
 
     path = str(resolve_model_path(args.model))
     res: dict = {"vllm": vllm.__version__, "torch": torch.__version__, "device": torch.cuda.get_device_name(0)}

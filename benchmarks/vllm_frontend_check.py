@@ -116,7 +116,8 @@ def main() -> None:
     from searche1.models import resolve_model_path
     from searche1.retrieval.base import Hit
     from searche1.rollout.types import RolloutConfig
-    from searche1.rollout.vllm_engine import VLLMEngine, load_llm, push_weights
+    from searche1.rollout.vllm_colocated import load_llm, push_weights
+    from searche1.rollout.vllm_engine import VLLMEngine
 
     vllm.platforms._current_platform = CpuPlatform()  # config checks of a device; the fake core runs nothing
     core_client.EngineCoreClient.make_client = staticmethod(lambda **kw: FakeCore(**kw))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from searche1.rollout.types import RolloutConfig
-from searche1.rollout.vllm_engine import LOGPROBS_MODE, load_llm, push_weights
+from searche1.rollout.vllm_colocated import load_llm, push_weights
+from searche1.rollout.vllm_engine import LOGPROBS_MODE
 
 from vllm_fakes import fake_colocated, RandomLLM
 from vllm_fakes import fake_vllm, tok  # noqa: F401 (fixtures; fake_vllm is autouse)
@@ -75,7 +76,7 @@ def test_push_weights_warns_when_vllm_keeps_its_prefix_cache(fake_vllm, caplog):
     """vLLM 0.20's reset_prefix_cache returns False (and resets nothing) while requests hold KV blocks: said aloud."""
     llm, loaded = fake_colocated(apply_model=lambda m: lambda fn: [fn(m)])
     llm.reset_prefix_cache = lambda: False
-    with caplog.at_level("WARNING", logger="searche1.rollout.vllm_engine"):
+    with caplog.at_level("WARNING", logger="searche1.rollout.vllm_colocated"):
         push_weights(llm, torch.nn.Linear(3, 2))
     assert set(loaded) == {"weight", "bias"} and "kept its prefix cache" in caplog.text
 

@@ -52,7 +52,7 @@ def test_search_then_answer(tok):
 def test_fakes_refuse_what_vllm_020_refuses(fake_vllm):
     """The fakes hold the engine to vLLM 0.20's names (tests/vllm_020_api.json): an unknown SamplingParams or
     vllm.LLM keyword raises as it does there (and load_llm's logprobs_mode fallback does not swallow it)."""
-    from searche1.rollout.vllm_engine import load_llm
+    from searche1.rollout.vllm_colocated import load_llm
 
     with pytest.raises(TypeError, match="Unexpected keyword argument 'stop_strings'"):
         fake_vllm.SamplingParams(max_tokens=3, stop_strings=["</search>"])

@@ -4,7 +4,7 @@
 a bf16 copy of it (``rollout.sampler_dtype``; DESIGN §4 measured ~1.5× faster generation on a CPU with native bf16)
 whose weights are copied over after every optimizer step. ``vllm`` builds a colocated ``vllm.LLM`` on the policy's
 folder (or reuses this process's, see ``_COLOCATED``) and pushes the trainer's weights into it after every optimizer
-step (:func:`searche1.rollout.vllm_engine.push_weights`): by reference in-process (the default), by RPC when
+step (:func:`searche1.rollout.vllm_colocated.push_weights`): by reference in-process (the default), by RPC when
 ``rollout.vllm_multiprocessing`` gives vLLM's engine its own process; under a launcher each rank's engine uses vLLM's
 ``external_launcher`` executor (:func:`launcher_kwargs`). ``vllm-server`` talks to a ``vllm serve`` process and,
 after every step, saves the policy to ``RUN/vllm-sync-rankN/`` (safetensors) and asks the server to reload it by
@@ -89,7 +89,7 @@ def make_engine(cfg: RolloutConfig, model: Any, tok: Any, retriever: Any, *, mod
 
     eos_ids = generation_eos_ids(getattr(model, "generation_config", None))
     if cfg.engine == "vllm":
-        from searche1.rollout.vllm_engine import push_weights
+        from searche1.rollout.vllm_colocated import push_weights
 
         llm = colocated_llm(cfg, model_path, getattr(model, "config", None), device, seed)
         return _vllm_engine(llm, tok, retriever, cfg, eos_ids), lambda: push_weights(llm, model), False
@@ -130,7 +130,7 @@ def colocated_llm(cfg: RolloutConfig, model_path: str | Path, model_config: Any,
     time, reused after: see ``_COLOCATED``); ``key_extra`` keeps engines apart that must not share weights."""
     import os
 
-    from searche1.rollout.vllm_engine import load_llm
+    from searche1.rollout.vllm_colocated import load_llm
 
     # in-process: push_weights reaches the model by reference; else by RPC (pickled functions and tensors)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if cfg.vllm_multiprocessing else "0"
