@@ -382,7 +382,8 @@ def test_accelerate_launch_runs_the_train_command(tmp_path):
 
 def test_torchrun_on_two_nodes_runs_the_train_command(tmp_path):
     """The documented multi-node launch, two "nodes" on this machine: one `torchrun --nnodes 2 --node_rank N
-    --nproc_per_node 1` per node (so LOCAL_RANK is 0 on both and RANK counts across nodes) sharing one run folder."""
+    --nproc_per_node 1` per node (so LOCAL_RANK is 0 on both and RANK counts across nodes) sharing one run folder;
+    then both resume it."""
     import shutil
 
     import yaml
@@ -394,15 +395,23 @@ def test_torchrun_on_two_nodes_runs_the_train_command(tmp_path):
         pytest.skip("torchrun is not installed")
     cfg = to_dict(make_config(tmp_path, steps=2, questions_per_step=2))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    env, port = {**os.environ, "OMP_NUM_THREADS": "1"}, str(free_port())
-    procs = [subprocess.Popen([launcher, "--nnodes", "2", "--node_rank", str(n), "--nproc_per_node", "1",
-                               "--master_addr", "127.0.0.1", "--master_port", port, "-m", "searche1", "train",
-                               "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (0, 1)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def two_nodes(*extra: str) -> None:
+        port = str(free_port())
+        procs = [subprocess.Popen([launcher, "--nnodes", "2", "--node_rank", str(n), "--nproc_per_node", "1",
+                                   "--master_addr", "127.0.0.1", "--master_port", port, "-m", "searche1", "train",
+                                   "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), *extra],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for n in (0, 1)]
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+
+    two_nodes()
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2]
     assert [c.name for c in list_checkpoints(tmp_path / "run")] == ["step-000001", "step-000002"]
+    two_nodes("--resume", "--set", "grpo.steps=3")  # both nodes resume from rank 0's checkpoint
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3]
 
 
 OFSD_RANK_SCRIPT = textwrap.dedent("""
