@@ -51,7 +51,12 @@ def _overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise SearchE1Error(f"--set {item!r}: expected key=value, e.g. --set grpo.steps=10")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            why = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise SearchE1Error(f"--set {item!r}: the value is not YAML ({why}) (fix: quote it as a YAML string, "
+                                f"e.g. --set '{key.strip()}=\"{value}\"')") from None
     return out
 
 

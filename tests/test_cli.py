@@ -228,7 +228,8 @@ def test_train_checks_retrieval_and_data_before_the_model_loads(tmp_path, monkey
                          (["retrieval.index=null", "retrieval.url=http://127.0.0.1:9", "retrieval.retries=0"],
                           "unreachable"),
                          ([f"data.train=[{tmp_path / 'nope.jsonl'}]"], "nope.jsonl: file not found"),
-                         ([f"data.dev=[{tmp_path / 'nope.jsonl'}]", "grpo.eval_every=1"], "nope.jsonl: file not")]:
+                         ([f"data.dev=[{tmp_path / 'nope.jsonl'}]", "grpo.eval_every=1"], "nope.jsonl: file not"),
+                         (["rollout.vllm_url=,"], "--set 'rollout.vllm_url=,': the value is not YAML")]:
         r = runner.invoke(app, train + [x for s in sets for x in ("--set", s)])
         assert r.exit_code == 2 and needle in flat(r), (sets, flat(r))
     assert not (tmp_path / "run").exists()
