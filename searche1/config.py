@@ -172,7 +172,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: config file not found (fix: pass an existing YAML file, e.g. "
                           "configs/demo-cpu.yaml)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with open(path, encoding="utf-8") as f:  # a stream, so a syntax error's position names the file
+            data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
