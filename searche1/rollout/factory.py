@@ -8,9 +8,10 @@ step (:func:`searche1.rollout.vllm_colocated.push_weights`): by reference in-pro
 ``rollout.vllm_multiprocessing`` gives vLLM's engine its own process; under a launcher each rank's engine uses vLLM's
 ``external_launcher`` executor (:func:`launcher_kwargs`). ``vllm-server`` talks to a ``vllm serve`` process and,
 after every step, saves the policy to ``RUN/vllm-sync-rankN/`` (safetensors) and asks the server to reload it by
-path: one rank per server does (:func:`server_for_rank`), the others wait. With either vLLM engine the trainer re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see
-train.py). The trainer also calls ``sync()`` once before its first rollout: a reused colocated engine or a server may
-hold another phase's weights, or a resumed run's older ones.
+path: one rank per server does (:func:`server_for_rank`), the others wait. With either vLLM engine the trainer
+re-scores the sampled tokens itself (``rollout.recompute_logprobs``, see train.py). The trainer also calls ``sync()``
+once before its first rollout: a reused colocated engine or a server may hold another phase's weights, or a resumed
+run's older ones.
 """
 
 from __future__ import annotations
