@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from searche1.errors import ConfigError
-from searche1.rollout.types import RolloutConfig
+from searche1.rollout.types import RolloutConfig, server_urls
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,6 @@ def launcher_kwargs(cfg: RolloutConfig) -> dict[str, Any]:
                           "not apply (fix: drop tensor_parallel_size, or engine: vllm-server with `vllm serve "
                           "--tensor-parallel-size N`)")
     return {"distributed_executor_backend": "external_launcher"}
-
-
-def server_urls(vllm_url: str | None) -> list[str]:
-    """``rollout.vllm_url`` as a list: one URL, or several separated by commas."""
-    return [u.strip() for u in (vllm_url or "").split(",") if u.strip()]
 
 
 def server_for_rank(vllm_url: str | None, rank: int, world: int) -> tuple[str, bool]:

@@ -22,6 +22,11 @@ class StopReason(str, Enum):
     RETRIEVAL_ERROR = "retrieval_error"  # the retriever failed for this episode's query
 
 
+def server_urls(vllm_url: str | None) -> list[str]:
+    """``rollout.vllm_url`` as a list: one URL, or several separated by commas."""
+    return [u.strip() for u in (vllm_url or "").split(",") if u.strip()]
+
+
 @dataclass
 class RolloutConfig:
     max_searches: int = field(default=4, metadata={"help": "searches per episode; one more ends it (max_turns)"})
@@ -100,7 +105,7 @@ class RolloutConfig:
             raise ConfigError("temperature: must be > 0 (fix: set greedy: true for argmax decoding)")
         if not 0 < self.top_p <= 1:
             raise ConfigError("top_p: must be in (0, 1]")
-        if self.engine == "vllm-server" and not "".join((self.vllm_url or "").split(",")).strip():
+        if self.engine == "vllm-server" and not server_urls(self.vllm_url):
             raise ConfigError("vllm_url: engine vllm-server needs the server's URL (fix: vllm_url: http://HOST:PORT)")
         if not isinstance(self.vllm_logprobs, bool) and self.vllm_logprobs is not None \
                 and not 0 <= self.vllm_logprobs <= 1:
